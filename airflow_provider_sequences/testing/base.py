@@ -1,0 +1,80 @@
+"""What both simulators share: an in-memory service behind a real HTTP server on loopback."""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from types import TracebackType
+from typing import Any
+
+from airflow_provider_sequences.testing.faults import CannedResponse, FaultInjector, RequestRecord
+from airflow_provider_sequences.testing.ratelimit import SimClock, SlidingWindowLimiter
+from airflow_provider_sequences.testing.server import SimulatorServer
+
+
+class Simulator(ABC):
+    """Base of the service simulators.
+
+    Subclasses hold the service's state (guarded by ``self.lock``), build its FastAPI app and
+    say how the service answers a 429 and a 500. The base wraps the app in fault injection and
+    the request log, and serves it.
+
+    :param time_scale: simulated seconds per real second for the rate limits; 60 makes a
+        per-minute limit a per-second one.
+    :param enforce_rate_limits: refuse requests over the documented limits with 429s.
+    """
+
+    def __init__(self, *, time_scale: float = 1.0, enforce_rate_limits: bool = True) -> None:
+        self.clock = SimClock(time_scale)
+        self.limiter = SlidingWindowLimiter(self.clock)
+        self.enforce_rate_limits = enforce_rate_limits
+        self.lock = threading.RLock()
+        self.faults = FaultInjector(self.build_app(), self.rate_limited_response, self.server_error_response)
+        self._server: SimulatorServer | None = None
+
+    @abstractmethod
+    def build_app(self) -> Any:
+        """The service's ASGI app (FastAPI)."""
+
+    @abstractmethod
+    def rate_limited_response(self, wait_seconds: float) -> CannedResponse:
+        """The service's own 429 answer asking to wait ``wait_seconds`` real seconds."""
+
+    @abstractmethod
+    def server_error_response(self) -> CannedResponse:
+        """The service's own 500 answer."""
+
+    @property
+    def time_scale(self) -> float:
+        return self.clock.time_scale
+
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """Every request received so far, oldest first (a copy)."""
+        with self.faults._lock:
+            return list(self.faults.log)
+
+    def start(self, host: str = "127.0.0.1", port: int = 0) -> Simulator:
+        """Serve on loopback in a background thread; ``port=0`` picks a free port."""
+        self._server = SimulatorServer(self.faults, host=host, port=port).start()
+        return self
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+
+    @property
+    def url(self) -> str:
+        """Base URL of the running simulator (what a connection's host should be)."""
+        if self._server is None:
+            raise RuntimeError("the simulator is not running: call start() first")
+        return self._server.url
+
+    def __enter__(self) -> Simulator:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
