@@ -1,0 +1,91 @@
+"""Exceptions raised by the hooks. Plain Python, so the sync engine can catch them too."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class SequencesApiError(Exception):
+    """A call to a sequence service failed.
+
+    Carries what a person needs to act on the failure and never the API key: the service,
+    the request's method and path, the HTTP status (``None`` when no answer came back), the
+    service's error code and detail, and its field errors.
+
+    :param service: ``"Reply"`` or ``"Whippy"``.
+    :param method: HTTP method of the failed request.
+    :param path: path of the failed request, without host or query string.
+    :param status: HTTP status, or ``None`` when the connection failed.
+    :param code: the service's error slug (Reply's ``code``), if it gave one.
+    :param detail: the service's human-readable explanation.
+    :param errors: field errors, each ``{"field": ..., "detail": ...}``.
+    :param retry_after: seconds the service asked to wait before retrying (429s).
+    """
+
+    def __init__(
+        self,
+        *,
+        service: str,
+        method: str,
+        path: str,
+        status: int | None,
+        code: str | None = None,
+        detail: str | None = None,
+        errors: list[dict[str, Any]] | None = None,
+        retry_after: float | None = None,
+    ) -> None:
+        self.service = service
+        self.method = method
+        self.path = path
+        self.status = status
+        self.code = code
+        self.detail = detail
+        self.errors = errors or []
+        self.retry_after = retry_after
+        super().__init__(self._message())
+
+    def _message(self) -> str:
+        what = f"{self.status}" if self.status is not None else "no answer"
+        if self.code:
+            what += f" ({self.code})" if self.status is None else f" {self.code}"
+        message = f"{self.service} API {self.method} {self.path} failed: {what}"
+        if self.detail:
+            message += f": {self.detail}"
+        if self.errors:
+            fields = "; ".join(f"{e.get('field') or '?'}: {e.get('detail') or ''}" for e in self.errors[:10])
+            more = f" (+{len(self.errors) - 10} more)" if len(self.errors) > 10 else ""
+            message += f" [{fields}{more}]"
+        return message
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Keyword-only constructor: make the exception survive pickling across processes.
+        return (_rebuild, (self.__class__, self.__dict__.copy()))
+
+    @property
+    def is_rate_limited(self) -> bool:
+        return self.status == 429
+
+    @property
+    def is_retryable(self) -> bool:
+        """A later identical request may succeed: throttling, server errors, lost connections."""
+        return self.status is None or self.status == 429 or self.status >= 500
+
+    @property
+    def rejects_request(self) -> bool:
+        """The service refused the request's content as a whole (400 or 422)."""
+        return self.status in (400, 422)
+
+
+class OutcomeUnknownError(SequencesApiError):
+    """A write was sent but its answer was lost (dropped connection, read timeout).
+
+    The service may or may not have applied it. Writes that are not safe to repeat are not
+    retried blindly; the caller should read the state back to learn what happened.
+    """
+
+
+def _rebuild(cls: type[SequencesApiError], state: dict[str, Any]) -> SequencesApiError:
+    error = cls.__new__(cls)
+    error.__dict__.update(state)
+    Exception.__init__(error, error._message())
+    return error

@@ -1,0 +1,297 @@
+"""Hook for the Reply.io public API (v3)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any, ClassVar
+
+import requests
+
+from airflow_provider_sequences.exceptions import SequencesApiError
+from airflow_provider_sequences.hooks.base import RateBucket, SequencesHook, iso_datetime
+
+#: Documented limits per user: 100 requests a minute and 3,000 an hour.
+REPLY_REQUESTS_PER_MINUTE = 100
+REPLY_REQUESTS_PER_HOUR = 3000
+#: Undocumented maximum of ids per bulk add; related bulk endpoints cap at 1000.
+REPLY_MAX_BULK_IDS = 1000
+REPLY_MAX_PAGE = 1000
+
+
+def _pointer_to_field(pointer: str) -> str:
+    """``/contactIds/2`` -> ``contactIds[2]``: a JSON Pointer as a person reads a field."""
+    text = ""
+    for part in (part for part in pointer.split("/") if part):
+        text += f"[{part}]" if part.isdigit() else (f".{part}" if text else part)
+    return text or pointer
+
+
+class ReplyHook(SequencesHook):
+    """Talks to the Reply.io API v3 with an API key from an Airflow connection.
+
+    Connection (type ``reply``): the password holds the API key; the host, when set, replaces
+    ``https://api.reply.io``. Extras:
+
+    - ``acting_user_id`` / ``acting_user_email``: act as another user of the team (sent as
+      ``X-User-Id`` / ``X-User-Email``); required with an organization key.
+    - ``requests_per_minute`` (100), ``requests_per_hour`` (3000): client-side limits; lower
+      them when other tools spend the same user's budget.
+    - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6).
+    - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
+
+    Methods map one to one to API endpoints and return the parsed JSON.
+
+    :param reply_conn_id: the Airflow connection id (default ``reply_default``).
+    """
+
+    conn_name_attr = "reply_conn_id"
+    default_conn_name = "reply_default"
+    conn_type = "reply"
+    hook_name = "Reply"
+    default_base_url = "https://api.reply.io"
+    api_prefix = "/v3"
+    #: The web app, for links from Airflow's UI.
+    web_url: ClassVar[str] = "https://run.reply.io"
+
+    def __init__(self, reply_conn_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(reply_conn_id, **kwargs)
+
+    # -- SequencesHook ------------------------------------------------------------------------
+
+    def auth_headers(self) -> dict[str, str]:
+        headers = {"Authorization": f"Bearer {self.api_key}"}
+        if user_id := self.extras.get("acting_user_id"):
+            headers["X-User-Id"] = str(user_id)
+        elif user_email := self.extras.get("acting_user_email"):
+            headers["X-User-Email"] = str(user_email)
+        return headers
+
+    def rate_buckets(self) -> list[RateBucket]:
+        per_minute = int(self.extra_number("requests_per_minute", REPLY_REQUESTS_PER_MINUTE))
+        per_hour = int(self.extra_number("requests_per_hour", REPLY_REQUESTS_PER_HOUR))
+        return [RateBucket("all", ((per_minute, 60.0), (per_hour, 3600.0)))]
+
+    def bucket_for(self, method: str, path: str) -> str:
+        return "all"
+
+    def rate_limit_scope(self) -> str:
+        # Reply counts per acting user, whichever key acts for them.
+        user = self.extras.get("acting_user_id") or self.extras.get("acting_user_email") or ""
+        return f"{super().rate_limit_scope()}:{user}"
+
+    def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:
+        body: dict[str, Any] = {}
+        if response.content:
+            try:
+                parsed = response.json()
+                body = parsed if isinstance(parsed, dict) else {}
+            except ValueError:
+                body = {}
+        errors = [
+            {
+                "field": _pointer_to_field(str(e.get("pointer") or e.get("field") or "")),
+                "detail": e.get("detail") or e.get("title") or e.get("message") or "",
+            }
+            for e in body.get("errors") or []
+            if isinstance(e, dict)
+        ]
+        detail = body.get("detail") or body.get("title")
+        if response.status_code == 401 and not detail:
+            detail = "the API key is missing, wrong or revoked"
+        retry_after = None
+        if response.status_code == 429:
+            try:
+                retry_after = float(response.headers.get("Retry-After", ""))
+            except ValueError:
+                retry_after = None
+        return SequencesApiError(
+            service=self.hook_name,
+            method=method,
+            path=path,
+            status=response.status_code,
+            code=body.get("code"),
+            detail=detail,
+            errors=errors,
+            retry_after=retry_after,
+        )
+
+    def check_credentials(self) -> str:
+        user_id = self.whoami().get("userId")
+        return f"Connected to Reply at {self.base_url} as user {user_id}"
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    def whoami(self) -> dict[str, Any]:
+        """``GET /v3/whoami``: the user the key acts as, ``{"userId": ...}``."""
+        result: dict[str, Any] = self.request_json("GET", "/v3/whoami")
+        return result
+
+    def list_sequences(
+        self, *, status: str | None = None, name: str | None = None, page_size: int = REPLY_MAX_PAGE
+    ) -> list[dict[str, Any]]:
+        """``GET /v3/sequences``, every page: all sequences the acting user sees.
+
+        :param status: ``active``, ``paused`` or ``new``.
+        :param name: filter by name.
+        :param page_size: ``top`` per page (at most 1000).
+        """
+        return list(self._pages("/v3/sequences", {"status": status, "name": name}, page_size))
+
+    def get_sequence(self, sequence_id: int) -> dict[str, Any]:
+        """``GET /v3/sequences/{id}``: the sequence with its ``steps`` and ``settings``."""
+        result: dict[str, Any] = self.request_json("GET", f"/v3/sequences/{int(sequence_id)}")
+        return result
+
+    def list_steps(self, sequence_id: int) -> list[dict[str, Any]]:
+        """``GET /v3/sequences/{id}/steps``."""
+        result = self.request_json("GET", f"/v3/sequences/{int(sequence_id)}/steps")
+        items: list[dict[str, Any]] = result.get("items", []) if isinstance(result, dict) else result
+        return items
+
+    def list_sequence_contacts(
+        self, sequence_id: int, *, top: int = REPLY_MAX_PAGE, skip: int = 0
+    ) -> dict[str, Any]:
+        """``GET /v3/sequences/{id}/contacts``: one page, ``{"items": [...], "hasMore": bool}``."""
+        result: dict[str, Any] = self.request_json(
+            "GET", f"/v3/sequences/{int(sequence_id)}/contacts", params={"top": top, "skip": skip}
+        )
+        return result
+
+    def iter_sequence_contacts(
+        self, sequence_id: int, *, page_size: int = REPLY_MAX_PAGE
+    ) -> Iterator[dict[str, Any]]:
+        """Every contact of a sequence (``contactId``, ``statusInSequence``, ``currentStep``)."""
+        return self._pages(f"/v3/sequences/{int(sequence_id)}/contacts", {}, page_size)
+
+    def import_contacts(
+        self,
+        items: Sequence[dict[str, Any]],
+        *,
+        overwrite_existing: bool = False,
+        skip_existing: bool = False,
+        detect_time_zone: bool = False,
+        list_ids: Sequence[int] | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v3/contacts/import``: create or update contacts in bulk, matched by email.
+
+        Answers ``{"items": [{"id", "status", "error"}], "added", "updated", "skipped",
+        "failed"}`` with items in input order. When Reply runs a large import in the
+        background (202), this waits for the job and returns its result.
+
+        :param items: contacts (``email``, ``firstName``, ..., ``customFields``).
+        :param overwrite_existing: update fields of contacts that already exist.
+        :param skip_existing: leave existing contacts untouched.
+        :param detect_time_zone: let Reply set ``timeZoneId`` from the location.
+        :param list_ids: contact lists to add the contacts to.
+        """
+        options: dict[str, Any] = {
+            "overwriteExisting": overwrite_existing,
+            "skipExisting": skip_existing,
+            "detectTimeZone": detect_time_zone,
+        }
+        if list_ids:
+            options["listIds"] = [int(i) for i in list_ids]
+        # An upsert by email: sending it twice changes nothing, so retries are safe.
+        response = self.request(
+            "POST", "/v3/contacts/import", json={"items": list(items), "options": options}
+        )
+        if response.status_code == 202:
+            job_path = response.headers.get("Location", "")
+            return self.wait_for_background_job(job_path.rstrip("/").rsplit("/", 1)[-1])
+        result: dict[str, Any] = response.json()
+        return result
+
+    def get_background_job(self, job_id: str) -> dict[str, Any]:
+        """``GET /v3/background-jobs/{jobId}``: ``{jobId, status, progress, ...}``."""
+        result: dict[str, Any] = self.request_json("GET", f"/v3/background-jobs/{job_id}")
+        return result
+
+    def wait_for_background_job(
+        self, job_id: str, *, timeout: float = 3600.0, poll_interval: float = 5.0
+    ) -> dict[str, Any]:
+        """Poll a background job until it is ``Done`` and return its ``result``.
+
+        :raises SequencesApiError: when the job fails or ``timeout`` seconds pass.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            job = self.get_background_job(job_id)
+            status = str(job.get("status", ""))
+            if status == "Done":
+                result: dict[str, Any] = job.get("result") or {}
+                return result
+            if status not in ("Scheduled", "Processing", "Queued", "Pending") or time.monotonic() > deadline:
+                raise SequencesApiError(
+                    service=self.hook_name,
+                    method="GET",
+                    path=f"/v3/background-jobs/{job_id}",
+                    status=None,
+                    code="backgroundJobFailed" if status not in ("Scheduled", "Processing") else "timeout",
+                    detail=f"background job {job_id} is {status or 'unknown'}",
+                )
+            self.log.info("Reply background job %s is %s (%s%%)", job_id, status, job.get("progress", "?"))
+            time.sleep(min(poll_interval, max(deadline - time.monotonic(), 0.1)))
+
+    def find_contact_by_email(self, email: str) -> dict[str, Any] | None:
+        """``GET /v3/contacts?email=``: the contact with this email, or ``None``."""
+        result = self.request_json("GET", "/v3/contacts", params={"email": email})
+        items = (result or {}).get("items") or []
+        return items[0] if items else None
+
+    def add_contacts_to_sequence(
+        self,
+        sequence_id: int,
+        contact_ids: Sequence[int],
+        *,
+        remove_from_existing: bool = False,
+        start_step_id: int | None = None,
+        ignore_step_delay: bool = False,
+        start_from: datetime | str | None = None,
+    ) -> dict[str, Any]:
+        """``POST /v3/sequences/{id}/contact-links/bulk``: enrol existing contacts.
+
+        Non-atomic: answers ``{"added": [ids], "notProcessed": {"<id>": error}}`` where an
+        error is ``{"error": slug, "errorDetails": text}`` (or a bare slug).
+
+        :param sequence_id: the sequence.
+        :param contact_ids: Reply contact ids, at most 1000 per call.
+        :param remove_from_existing: take the contacts out of their current sequences first.
+        :param start_step_id: the step to start at (default: the first).
+        :param ignore_step_delay: skip the delay before the first step.
+        :param start_from: when processing begins (default: now); an aware datetime or ISO text.
+        """
+        body: dict[str, Any] = {
+            "contactIds": [int(i) for i in contact_ids],
+            "removeFromExisting": remove_from_existing,
+            "startStepId": start_step_id,
+            "ignoreStepDelay": ignore_step_delay,
+            "startFrom": iso_datetime(start_from),
+        }
+        result: dict[str, Any] = self.request_json(
+            "POST", f"/v3/sequences/{int(sequence_id)}/contact-links/bulk", json=body
+        )
+        return result
+
+    def remove_contacts_from_sequence(self, sequence_id: int, contact_ids: Sequence[int]) -> dict[str, Any]:
+        """``POST /v3/sequences/{id}/contact-links/bulk-delete``.
+
+        Answers ``{requested, removed, notFound, notInSequence, removedIds}``.
+        """
+        result: dict[str, Any] = self.request_json(
+            "POST",
+            f"/v3/sequences/{int(sequence_id)}/contact-links/bulk-delete",
+            json={"contactIds": [int(i) for i in contact_ids]},
+        )
+        return result
+
+    def _pages(self, path: str, params: dict[str, Any], page_size: int) -> Iterator[dict[str, Any]]:
+        skip = 0
+        while True:
+            page = self.request_json("GET", path, params={**params, "top": page_size, "skip": skip})
+            items = page.get("items") or []
+            yield from items
+            if not page.get("hasMore") or not items:
+                return
+            skip += len(items)

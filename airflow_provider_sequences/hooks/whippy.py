@@ -1,0 +1,251 @@
+"""Hook for the Whippy public API (v1)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from datetime import datetime
+from typing import Any, ClassVar
+
+import requests
+
+from airflow_provider_sequences.exceptions import SequencesApiError
+from airflow_provider_sequences.hooks.base import RateBucket, SequencesHook, iso_datetime
+
+#: Documented limits per key: 10 writes a minute on the "time consuming" endpoints
+#: (sequences, campaigns, contact lists), 25 requests a second on the rest.
+WHIPPY_SEQUENCE_WRITES_PER_MINUTE = 10
+WHIPPY_REQUESTS_PER_SECOND = 25
+#: Contacts per create-sequence-contacts call (``to``: 1 to 4000).
+WHIPPY_MAX_CONTACTS_PER_CALL = 4000
+WHIPPY_MAX_PAGE = 500
+
+_TIME_CONSUMING_PREFIXES = ("/v1/sequences", "/v1/campaigns", "/v1/contacts/lists")
+_WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+#: Fields a ``to`` item may carry, as the API names them.
+WHIPPY_CONTACT_FIELDS = (
+    "phone",
+    "email",
+    "name",
+    "external_id",
+    "language",
+    "default_channel_id",
+    "address",
+    "birth_date",
+    "properties",
+)
+
+
+class WhippyHook(SequencesHook):
+    """Talks to the Whippy API v1 with an API key from an Airflow connection.
+
+    Connection (type ``whippy``): the password holds the API key (sent as ``X-WHIPPY-KEY``);
+    the host, when set, replaces ``https://api.whippy.co``. Extras:
+
+    - ``sequence_writes_per_minute`` (10): writes to sequences, campaigns and contact lists;
+    - ``requests_per_second`` (25): every other request;
+    - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6);
+    - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
+
+    Methods map one to one to API endpoints and return the parsed JSON.
+
+    :param whippy_conn_id: the Airflow connection id (default ``whippy_default``).
+    """
+
+    conn_name_attr = "whippy_conn_id"
+    default_conn_name = "whippy_default"
+    conn_type = "whippy"
+    hook_name = "Whippy"
+    default_base_url = "https://api.whippy.co"
+    api_prefix = "/v1"
+    #: The web app, for links from Airflow's UI.
+    web_url: ClassVar[str] = "https://app.whippy.co"
+
+    def __init__(self, whippy_conn_id: str | None = None, **kwargs: Any) -> None:
+        super().__init__(whippy_conn_id, **kwargs)
+
+    # -- SequencesHook ------------------------------------------------------------------------
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"X-WHIPPY-KEY": self.api_key}
+
+    def rate_buckets(self) -> list[RateBucket]:
+        writes = int(self.extra_number("sequence_writes_per_minute", WHIPPY_SEQUENCE_WRITES_PER_MINUTE))
+        per_second = int(self.extra_number("requests_per_second", WHIPPY_REQUESTS_PER_SECOND))
+        return [
+            RateBucket("time_consuming", ((writes, 60.0),)),
+            RateBucket("standard", ((per_second, 1.0),)),
+        ]
+
+    def bucket_for(self, method: str, path: str) -> str:
+        if method.upper() in _WRITE_METHODS and path.startswith(_TIME_CONSUMING_PREFIXES):
+            return "time_consuming"
+        return "standard"
+
+    def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:
+        body: dict[str, Any] = {}
+        if response.content:
+            try:
+                parsed = response.json()
+                body = parsed if isinstance(parsed, dict) else {}
+            except ValueError:
+                body = {}
+        raw_errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
+        errors = [
+            {"field": e.get("field") or "", "detail": e.get("description") or e.get("message") or ""}
+            for e in raw_errors
+            if e.get("field")
+        ]
+        general = [str(e.get("description") or "") for e in raw_errors if not e.get("field")]
+        detail = "; ".join(d for d in general if d) or None
+        if response.status_code == 401 and not detail:
+            detail = "the API key is missing, wrong or revoked"
+        retry_after = None
+        if response.status_code == 429:
+            try:
+                retry_after = float(response.headers["X-RateLimit-Remaining-Interval-Milliseconds"]) / 1000
+            except (KeyError, ValueError):
+                retry_after = None
+        return SequencesApiError(
+            service=self.hook_name,
+            method=method,
+            path=path,
+            status=response.status_code,
+            detail=detail,
+            errors=errors,
+            retry_after=retry_after,
+        )
+
+    def check_credentials(self) -> str:
+        page = self.list_channels(limit=1)
+        channels = page.get("total", "?")
+        return f"Connected to Whippy at {self.base_url}; the organization has {channels} channels"
+
+    # -- endpoints ----------------------------------------------------------------------------
+
+    def list_sequences(self, *, title: str | None = None, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """``GET /v1/sequences``: one page, ``{"data": [...], "total": n}``.
+
+        :param title: filter by title.
+        :param limit: page size (at most 500).
+        :param offset: items to skip.
+        """
+        result: dict[str, Any] = self.request_json(
+            "GET", "/v1/sequences", params={"title": title, "limit": limit, "offset": offset}
+        )
+        return result
+
+    def iter_sequences(self, *, title: str | None = None) -> Iterator[dict[str, Any]]:
+        """Every sequence of the organization, page by page."""
+        return self._pages("/v1/sequences", {"title": title})
+
+    def get_sequence(self, sequence_id: str) -> dict[str, Any]:
+        """``GET /v1/sequences/{id}``: the sequence with its steps (the ``data`` object)."""
+        result = self.request_json("GET", f"/v1/sequences/{sequence_id}")
+        data: dict[str, Any] = result.get("data", result) if isinstance(result, dict) else {}
+        return data
+
+    def create_sequence_contacts(
+        self,
+        sequence_id: str,
+        to: Sequence[dict[str, Any]],
+        *,
+        from_: str | None = None,
+        step_id: str | None = None,
+        schedule_at: datetime | str | None = None,
+        custom_data: dict[str, Any] | None = None,
+        voice_options: dict[str, Any] | None = None,
+    ) -> Any:
+        """``POST /v1/sequences/{id}/contacts``: add contacts (creating missing ones) to a step.
+
+        Whippy answers 202 and does the work in the background; contacts that lack what the
+        step's channel needs are silently ignored, so read the outcome back with
+        :meth:`list_sequence_contacts`. The answer's body is undocumented and returned as is.
+
+        This write is not retried when its answer is lost: a contact sent again to the step
+        it is in is reprocessed (messaged again). It raises
+        :class:`~airflow_provider_sequences.exceptions.OutcomeUnknownError` instead, so the
+        caller can read back what happened.
+
+        :param sequence_id: the sequence.
+        :param to: 1 to 4000 contacts: ``phone`` (required, E.164), ``email``, ``name``,
+            ``external_id``, ``language``, ``default_channel_id``, ``address`` (``address_line_one``,
+            ``address_line_two``, ``city``, ``state``, ``country``, ``post_code``), ``birth_date``
+            (``day``, ``month``, ``year``), ``properties`` (custom object properties).
+        :param from_: phone or email of one of the organization's channels (the API's ``from``).
+        :param step_id: the step to add to (default: the first).
+        :param schedule_at: when the contacts start (an aware datetime or ISO 8601 text).
+        :param custom_data: ``{"custom_object_id": ..., "resource": "contact"|"step_contact"}``.
+        :param voice_options: default call flow for inbound calls, passed through as given.
+        """
+        body: dict[str, Any] = {"to": list(to)}
+        if from_ is not None:
+            body["from"] = from_
+        if step_id is not None:
+            body["step_id"] = step_id
+        if schedule_at is not None:
+            body["schedule_at"] = iso_datetime(schedule_at)
+        if custom_data is not None:
+            body["custom_data"] = custom_data
+        if voice_options is not None:
+            body["voice_options"] = voice_options
+        return self.request_json(
+            "POST", f"/v1/sequences/{sequence_id}/contacts", json=body, repeat_safe=False
+        )
+
+    def list_sequence_contacts(
+        self,
+        sequence_id: str,
+        *,
+        limit: int = WHIPPY_MAX_PAGE,
+        offset: int = 0,
+        status: str | None = None,
+        step_ids: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """``GET /v1/sequences/{id}/contacts``: one page of step contacts.
+
+        Answers ``{"data": [{id, status, step_id, sequence_id, scheduled_at, contact: {id,
+        name, email, phone, ...}}], "total": n}``.
+
+        :param status: ``pending``, ``active``, ``inactive``, ``moved``, ``complete``, ``removed``.
+        :param step_ids: only these steps.
+        """
+        result: dict[str, Any] = self.request_json(
+            "GET",
+            f"/v1/sequences/{sequence_id}/contacts",
+            params={
+                "limit": limit,
+                "offset": offset,
+                "status": status,
+                "step_ids": ",".join(step_ids) if step_ids else None,
+            },
+        )
+        return result
+
+    def iter_sequence_contacts(
+        self, sequence_id: str, *, status: str | None = None, step_ids: Sequence[str] | None = None
+    ) -> Iterator[dict[str, Any]]:
+        """Every step contact of a sequence, page by page."""
+        return self._pages(
+            f"/v1/sequences/{sequence_id}/contacts",
+            {"status": status, "step_ids": ",".join(step_ids) if step_ids else None},
+        )
+
+    def list_channels(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
+        """``GET /v1/channels``: ``{"data": [{id, name, phone, type, ...}], "total": n}``."""
+        result: dict[str, Any] = self.request_json(
+            "GET", "/v1/channels", params={"limit": limit, "offset": offset}
+        )
+        return result
+
+    def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        offset = 0
+        while True:
+            page = self.request_json(
+                "GET", path, params={**params, "limit": WHIPPY_MAX_PAGE, "offset": offset}
+            )
+            items = page.get("data") or []
+            yield from items
+            offset += len(items)
+            if not items or offset >= int(page.get("total", 0)):
+                return
