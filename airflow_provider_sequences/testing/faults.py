@@ -88,7 +88,7 @@ class FaultInjector:
         self.plan = FaultPlan()
         self._rate_limited = rate_limited
         self._server_error = server_error
-        self._random = random.Random()  # noqa: S311 - fault injection, not cryptography
+        self._random = random.Random()
         self._forced: deque[FaultKind | None] = deque()
         self._burst_left = 0
         self._lock = threading.Lock()
@@ -98,7 +98,7 @@ class FaultInjector:
         """Replace the fault plan (and reseed the generator)."""
         with self._lock:
             self.plan = plan
-            self._random = random.Random(plan.seed)  # noqa: S311
+            self._random = random.Random(plan.seed)
             self._burst_left = 0
 
     def force(self, *kinds: FaultKind | None) -> None:
