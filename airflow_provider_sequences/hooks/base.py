@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import ipaddress
+import logging
 import random
 import threading
 import time
@@ -27,6 +28,9 @@ DEFAULT_TIMEOUT = (10.0, 60.0)
 DEFAULT_MAX_ATTEMPTS = 6
 
 _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
+
+# pyrate-limiter announces every bucket it creates at INFO; that is noise in task logs.
+logging.getLogger("pyrate_limiter").setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)
@@ -333,7 +337,7 @@ class SequencesHook(BaseHook):
             return repeat_safe or _is_safe_transport_error(exc)
         return False
 
-    _backoff = wait_exponential_jitter(initial=0.5, max=30.0, jitter=0.5)
+    _backoff = wait_exponential_jitter(multiplier=0.5, max=30.0, jitter=0.5)
 
     def _wait(self, state: RetryCallState) -> float:
         exc = state.outcome.exception() if state.outcome else None
@@ -356,14 +360,23 @@ class SequencesHook(BaseHook):
     def _transport_error(
         self, method: str, path: str, exc: requests.RequestException, repeat_safe: bool
     ) -> SequencesApiError:
-        cls = SequencesApiError if repeat_safe or _is_safe_transport_error(exc) else OutcomeUnknownError
-        return cls(
+        detail = f"{type(exc).__name__} talking to {urlsplit(self.base_url).netloc}"
+        if repeat_safe or _is_safe_transport_error(exc):
+            return SequencesApiError(
+                service=self.hook_name,
+                method=method,
+                path=path,
+                status=None,
+                code="connectionFailed",
+                detail=detail,
+            )
+        return OutcomeUnknownError(
             service=self.hook_name,
             method=method,
             path=path,
             status=None,
-            code="connectionFailed",
-            detail=f"{type(exc).__name__} talking to {urlsplit(self.base_url).netloc}",
+            code="outcomeUnknown",
+            detail=f"{detail}; the request was sent and may or may not have been applied",
         )
 
     # -- Test Connection ----------------------------------------------------------------------

@@ -71,6 +71,9 @@ class ReplyHook(SequencesHook):
     def rate_buckets(self) -> list[RateBucket]:
         per_minute = int(self.extra_number("requests_per_minute", REPLY_REQUESTS_PER_MINUTE))
         per_hour = int(self.extra_number("requests_per_hour", REPLY_REQUESTS_PER_HOUR))
+        if per_minute >= per_hour:
+            # The hourly limit is then the only one that binds.
+            return [RateBucket("all", ((per_hour, 3600.0),))]
         return [RateBucket("all", ((per_minute, 60.0), (per_hour, 3600.0)))]
 
     def bucket_for(self, method: str, path: str) -> str:
@@ -91,7 +94,9 @@ class ReplyHook(SequencesHook):
                 body = {}
         errors = [
             {
-                "field": _pointer_to_field(str(e.get("pointer") or e.get("field") or "")),
+                "field": _pointer_to_field(
+                    str(e.get("pointer") or e.get("parameter") or e.get("field") or "")
+                ),
                 "detail": e.get("detail") or e.get("title") or e.get("message") or "",
             }
             for e in body.get("errors") or []

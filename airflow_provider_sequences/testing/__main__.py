@@ -14,6 +14,7 @@ from airflow_provider_sequences.testing.accounts import (
     seed_whippy_account,
     simulator_connection_extra,
 )
+from airflow_provider_sequences.testing.base import Simulator
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -47,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
     common: dict[str, Any] = {"time_scale": args.time_scale, "enforce_rate_limits": not args.no_rate_limits}
     extra = simulator_connection_extra(args.time_scale)
-    running = []
+    running: list[tuple[str, Simulator]] = []
     if args.service in ("reply", "both"):
         from airflow_provider_sequences.testing.reply import ReplySimulator
 

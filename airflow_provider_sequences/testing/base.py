@@ -5,11 +5,13 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from airflow_provider_sequences.testing.faults import CannedResponse, FaultInjector, RequestRecord
 from airflow_provider_sequences.testing.ratelimit import SimClock, SlidingWindowLimiter
 from airflow_provider_sequences.testing.server import SimulatorServer
+
+_S = TypeVar("_S", bound="Simulator")
 
 
 class Simulator(ABC):
@@ -54,7 +56,7 @@ class Simulator(ABC):
         with self.faults._lock:
             return list(self.faults.log)
 
-    def start(self, host: str = "127.0.0.1", port: int = 0) -> Simulator:
+    def start(self: _S, host: str = "127.0.0.1", port: int = 0) -> _S:
         """Serve on loopback in a background thread; ``port=0`` picks a free port."""
         self._server = SimulatorServer(self.faults, host=host, port=port).start()
         return self
@@ -71,7 +73,7 @@ class Simulator(ABC):
             raise RuntimeError("the simulator is not running: call start() first")
         return self._server.url
 
-    def __enter__(self) -> Simulator:
+    def __enter__(self: _S) -> _S:
         return self.start()
 
     def __exit__(

@@ -157,8 +157,10 @@ class FaultInjector:
             self._record(scope, None, fault)
             await _drop(send)
         if fault in ("server_error", "rate_limit"):
-            canned = self._server_error() if fault == "server_error" else self._rate_limited(
-                self.plan.rate_limit_wait
+            canned = (
+                self._server_error()
+                if fault == "server_error"
+                else self._rate_limited(self.plan.rate_limit_wait)
             )
             self._record(scope, canned[0], fault)
             await _send_canned(send, canned)
@@ -186,8 +188,6 @@ async def _send_canned(send: Send, canned: CannedResponse) -> None:
 
 async def _drop(send: Send) -> None:
     # Headers promise a body that never comes: the client sees the connection break.
-    await send(
-        {"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1048576")]}
-    )
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-length", b"1048576")]})
     await send({"type": "http.response.body", "body": b"{", "more_body": True})
     raise ConnectionDropped("simulated dropped connection")

@@ -422,7 +422,7 @@ class WhippyState:
                         "contact_ids": [contact.id for contact in contacts],
                     }
                 )
-            for item, contact in zip(job.items, contacts):
+            for item, contact in zip(job.items, contacts, strict=True):
                 self._enrol(job, sequence, step, contact, item)
 
     def _match_or_create(self, job: EnrolJob, item: dict[str, Any]) -> Contact:

@@ -1,0 +1,687 @@
+"""A Reply.io API v3 simulator, exactly as strict as the contract in ``shared/api/reply.md``.
+
+Endpoints, with the key scope each needs:
+
+============================================================  ======================
+``GET  /v3/whoami``                                            (any valid key)
+``GET  /v3/sequences``                                         ``sequences:read``
+``GET  /v3/sequences/{id}``                                    ``sequences:read``
+``GET  /v3/sequences/{id}/steps`` (a plain JSON array)         ``sequences:read``
+``GET  /v3/sequences/{id}/contacts``                           ``sequences:read``
+``POST /v3/sequences/{id}/contact-links/bulk``                 ``sequences:operate``
+``POST /v3/sequences/{id}/contact-links/bulk-delete``          ``sequences:operate``
+``POST /v3/contacts/import``                                   ``contacts:write``
+``GET  /v3/contacts?email=``                                   ``contacts:read``
+``GET  /v3/background-jobs/{jobId}``                           (any valid key)
+============================================================  ======================
+
+Every request passes, in this order: the key (401, empty body), the acting user (400/403),
+the rate limit of the acting user (429), the scope (403), then the endpoint's own checks.
+
+Choices of this simulator where the contract is silent:
+
+- Visibility: the acting user sees only what they own. Someone else's sequence is a 404,
+  someone else's contact is ``forbidden`` in a bulk add, ``notFound`` in a bulk delete and
+  absent from ``GET /v3/contacts``; importing an email another user owns fails that item.
+- Emails are unique across the account, compared case-insensitively.
+- Request bodies are typed as the service's models are: a value of the wrong JSON type
+  anywhere (``"7"`` or ``1.5`` for an integer, ``null`` or ``"true"`` for a boolean) rejects
+  the whole request with a 400 listing every such value. Bodies must be ``application/json``
+  (else 415). ``startFrom`` must carry an offset (``Z`` or ``+hh:mm``) and not be in the past.
+- 400s for query parameters point at them with ``{"parameter": "top", "detail": ...}``
+  instead of a JSON Pointer; body errors carry ``{"pointer": "/contactIds/2", "detail": ...}``.
+- A link's ``currentStep`` is a step id: ``startStepId`` or else the sequence's first step.
+- Import: ``skipExisting`` leaves a match as it is (``Skipped``); ``overwriteExisting``
+  replaces every field the item carries; with neither, a match only gets the fields it lacks
+  (still ``Updated``). Both at once is a 400. ``detectTimeZone`` and ``listIds`` are
+  accepted and checked for type only. A missing or empty email counts as an invalid one.
+- Background imports (``import_async_threshold``) are validated and applied when accepted;
+  the 202 body is ``{"jobId", "status": "Scheduled"}`` and the job reports ``Processing``
+  until ``job_delay`` real seconds have passed, then ``Done`` with ``"result"``: the same
+  body a synchronous import answers. That ``result`` field is our assumption, not the docs'.
+- Problem ``type`` is ``https://api.reply.io/problems/<code>``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import datetime, timezone
+from typing import Any, NoReturn
+
+from email_validator import EmailNotValidError, validate_email
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from airflow_provider_sequences.testing.base import Simulator
+from airflow_provider_sequences.testing.faults import CannedResponse
+from airflow_provider_sequences.testing.ratelimit import Limit
+from airflow_provider_sequences.testing.reply_state import (
+    CONTACT_FIELDS,
+    SEQUENCE_STATUSES,
+    ApiKey,
+    BulkAdd,
+    KeyKind,
+    ReplyState,
+    Sequence,
+    email_key,
+)
+
+#: Per acting user, shared by every key acting for them.
+RATE_LIMITS = [Limit(100, 60), Limit(3000, 3600)]
+MAX_STRING = 255
+PROBLEM_JSON = "application/problem+json"
+
+
+def rate_limit_identity(user_id: int) -> str:
+    """The limiter identity of a user (tests may pre-fill ``sim.limiter`` with it)."""
+    return f"user:{user_id}"
+
+
+class ProblemError(Exception):
+    """Ends a request with an RFC 9457 problem."""
+
+    def __init__(
+        self,
+        status: int,
+        detail: str,
+        code: str | None = None,
+        errors: list[dict[str, str]] | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.code, self.errors, self.headers = status, detail, code, errors, headers
+
+
+class Unauthorized(Exception):
+    """Ends a request with the bare 401 Reply answers."""
+
+
+_TITLES = {
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    415: "Unsupported Media Type",
+    429: "Too Many Requests",
+    500: "Internal Server Error",
+}
+
+
+def problem_body(status: int, detail: str, code: str | None = None, errors: Any = None) -> dict[str, Any]:
+    body: dict[str, Any] = {
+        "type": f"https://api.reply.io/problems/{code}" if code else "about:blank",
+        "title": _TITLES.get(status, "Error"),
+        "status": status,
+        "detail": detail,
+    }
+    if code:
+        body["code"] = code
+    if errors:
+        body["errors"] = errors
+    return body
+
+
+def problem_response(problem: ProblemError) -> JSONResponse:
+    return JSONResponse(
+        problem_body(problem.status, problem.detail, problem.code, problem.errors),
+        status_code=problem.status,
+        headers=problem.headers,
+        media_type=PROBLEM_JSON,
+    )
+
+
+def invalid(errors: list[dict[str, str]], detail: str = "the request is not valid") -> NoReturn:
+    raise ProblemError(400, detail, "validation.failed", errors)
+
+
+def _retry_after(wait_seconds: float) -> str:
+    return str(max(1, math.ceil(wait_seconds)))
+
+
+# -- request parsing --------------------------------------------------------------------------
+
+
+def _int_query(request: Request, name: str, default: int, low: int, high: int | None) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = None
+    if value is None or value < low or (high is not None and value > high):
+        bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+        invalid([{"parameter": name, "detail": f"{name} must be an integer {bounds}, got {raw!r}"}])
+    return value
+
+
+def _path_id(raw: str, name: str = "id") -> int:
+    if not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        invalid([{"parameter": name, "detail": f"{name} must be a positive integer, got {raw!r}"}])
+    return int(raw)
+
+
+def _page(items: list[dict[str, Any]], request: Request) -> dict[str, Any]:
+    top = _int_query(request, "top", 25, 1, 1000)
+    skip = _int_query(request, "skip", 0, 0, None)
+    return {"items": items[skip : skip + top], "hasMore": skip + top < len(items)}
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type != "application/json":
+        raise ProblemError(415, "the body must be application/json", "request.unsupportedMediaType")
+    try:
+        body = json.loads(await request.body())
+    except ValueError as exc:
+        raise ProblemError(400, f"the body is not valid JSON: {exc}", "request.invalidJson") from exc
+    if not isinstance(body, dict):
+        invalid([{"pointer": "", "detail": "the body must be a JSON object"}])
+    return body
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not an id
+
+
+def _int_list(body: dict[str, Any], name: str, errors: list[dict[str, str]], limit: int) -> list[int]:
+    """A required, non-empty array of at most ``limit`` integers; one error per bad element."""
+    values = body.get(name)
+    if name not in body or not isinstance(values, list):
+        errors.append({"pointer": f"/{name}", "detail": f"{name} is required: an array of integers"})
+        return []
+    if not values:
+        errors.append({"pointer": f"/{name}", "detail": f"{name} must not be empty"})
+    elif len(values) > limit:
+        errors.append({"pointer": f"/{name}", "detail": f"at most {limit} ids per call, got {len(values)}"})
+    for index, value in enumerate(values):
+        if not _is_int(value):
+            errors.append(
+                {"pointer": f"/{name}/{index}", "detail": f"must be an integer, got {json.dumps(value)}"}
+            )
+    return [v for v in values if _is_int(v)]
+
+
+def _bool(body: dict[str, Any], name: str, errors: list[dict[str, str]], prefix: str = "") -> bool:
+    value = body.get(name, False)
+    if not isinstance(value, bool):
+        errors.append(
+            {"pointer": f"{prefix}/{name}", "detail": f"must be a boolean, got {json.dumps(value)}"}
+        )
+        return False
+    return value
+
+
+def _start_from(value: Any, errors: list[dict[str, str]]) -> str | None:
+    if value is None:
+        return None
+    parsed = None
+    if isinstance(value, str):
+        try:
+            # Python 3.10's fromisoformat does not read "Z".
+            parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value.endswith(("Z", "z")) else value)
+        except ValueError:
+            parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        errors.append(
+            {
+                "pointer": "/startFrom",
+                "detail": f"must be an RFC 3339 date-time with an offset, got {json.dumps(value)}",
+            }
+        )
+        return None
+    now = datetime.now(timezone.utc)
+    if parsed < now:
+        errors.append(
+            {
+                "pointer": "/startFrom",
+                "detail": f"startFrom {value} is in the past (now is {now.isoformat(timespec='seconds')})",
+            }
+        )
+        return None
+    return parsed.isoformat()
+
+
+def parse_bulk_add(body: dict[str, Any], max_ids: int) -> BulkAdd:
+    errors: list[dict[str, str]] = []
+    ids = _int_list(body, "contactIds", errors, max_ids)
+    remove = _bool(body, "removeFromExisting", errors)
+    ignore_delay = _bool(body, "ignoreStepDelay", errors)
+    start_step = body.get("startStepId")
+    if start_step is not None and not _is_int(start_step):
+        errors.append(
+            {"pointer": "/startStepId", "detail": f"must be an integer or null, got {json.dumps(start_step)}"}
+        )
+        start_step = None
+    start_from = _start_from(body.get("startFrom"), errors)
+    if errors:
+        invalid(errors)
+    return BulkAdd(ids, remove, start_step, ignore_delay, start_from)
+
+
+def _check_import_schema(items: list[Any], options: Any) -> list[dict[str, str]]:
+    """Type errors anywhere in an import body (each one a 400, as model binding fails)."""
+    errors: list[dict[str, str]] = []
+    for index, item in enumerate(items):
+        where = f"/items/{index}"
+        if not isinstance(item, dict):
+            errors.append({"pointer": where, "detail": "must be a contact object"})
+            continue
+        for name in CONTACT_FIELDS:
+            if item.get(name) is not None and not isinstance(item[name], str):
+                errors.append({"pointer": f"{where}/{name}", "detail": "must be a string or null"})
+        customs = item.get("customFields")
+        if customs is not None and not isinstance(customs, list):
+            errors.append({"pointer": f"{where}/customFields", "detail": "must be an array"})
+            continue
+        for n, custom in enumerate(customs or []):
+            ok = (
+                isinstance(custom, dict)
+                and (isinstance(custom.get("name"), str) or _is_int(custom.get("id")))
+                and isinstance(custom.get("value"), (str, int, float, bool, type(None)))
+            )
+            if not ok:
+                errors.append(
+                    {"pointer": f"{where}/customFields/{n}", "detail": 'must be {"name" or "id", "value"}'}
+                )
+    if not isinstance(options, dict):
+        return [*errors, {"pointer": "/options", "detail": "must be an object"}]
+    for name in ("overwriteExisting", "skipExisting", "detectTimeZone"):
+        _bool(options, name, errors, "/options")
+    list_ids = options.get("listIds")
+    if list_ids is not None and not (isinstance(list_ids, list) and all(_is_int(i) for i in list_ids)):
+        errors.append({"pointer": "/options/listIds", "detail": "must be an array of integers"})
+    if options.get("overwriteExisting") is True and options.get("skipExisting") is True:
+        errors.append(
+            {"pointer": "/options/skipExisting", "detail": "cannot be combined with overwriteExisting"}
+        )
+    return errors
+
+
+def _email_error(email: Any) -> str | None:
+    if not email:
+        return "email is required"
+    try:
+        validate_email(email, check_deliverability=False)
+    except EmailNotValidError as exc:
+        return f"invalid email {email!r}: {exc}"
+    return None
+
+
+def _length_error(item: dict[str, Any]) -> str | None:
+    values = [(n, item.get(n)) for n in CONTACT_FIELDS]
+    values += [
+        (f"customFields[{c.get('name') or c.get('id')}]", c.get("value"))
+        for c in item.get("customFields") or []
+    ]
+    for name, value in values:
+        if isinstance(value, str) and len(value) > MAX_STRING:
+            return f"{name} is longer than {MAX_STRING} characters ({len(value)})"
+    return None
+
+
+# -- the simulator ----------------------------------------------------------------------------
+
+
+class ReplySimulator(Simulator):
+    """An in-memory Reply.io account behind a real HTTP server (see the module docstring).
+
+    Set it up through the Python API (``add_user``, ``add_api_key``, ``add_sequence``,
+    ``add_contact``), point a client at :attr:`url`, then read the ground truth
+    (``enrolments``, ``sequence_contacts``, ``contact``) and :attr:`requests`. Every method is
+    safe to call while the server thread runs.
+
+    :param time_scale: simulated seconds per real second for the rate limits.
+    :param enforce_rate_limits: answer 429 over 100 requests a minute or 3,000 an hour.
+    :param contact_limit: plan limit on contacts active in sequences (``None``: no limit);
+        over it, bulk add answers ``contactLimitExceeded`` for that contact.
+    :param max_bulk_ids: most ``contactIds`` per bulk add or bulk delete (undocumented; 1000).
+    :param max_import_items: most items per import (undocumented; 1000).
+    :param import_rejects_whole_batch_on_invalid_email: one invalid email makes the whole
+        import a 400 pointing at ``/items/<i>/email``; when False only that item fails.
+    :param import_async_threshold: imports of more items than this answer 202 with a
+        background job (``None``: never).
+    :param job_delay: real seconds a background job takes before it reports ``Done``.
+    """
+
+    def __init__(
+        self,
+        *,
+        time_scale: float = 1.0,
+        enforce_rate_limits: bool = True,
+        contact_limit: int | None = None,
+        max_bulk_ids: int = 1000,
+        max_import_items: int = 1000,
+        import_rejects_whole_batch_on_invalid_email: bool = True,
+        import_async_threshold: int | None = None,
+        job_delay: float = 0.0,
+    ) -> None:
+        # The base builds the app, so the state must exist first.
+        self.state = ReplyState(contact_limit)
+        self.max_bulk_ids = max_bulk_ids
+        self.max_import_items = max_import_items
+        self.import_rejects_whole_batch_on_invalid_email = import_rejects_whole_batch_on_invalid_email
+        self.import_async_threshold = import_async_threshold
+        self.job_delay = job_delay
+        super().__init__(time_scale=time_scale, enforce_rate_limits=enforce_rate_limits)
+
+    # -- Python API for tests ------------------------------------------------------------------
+
+    def add_user(self, email: str) -> int:
+        """Create a user of the account; returns its id."""
+        with self.lock:
+            return self.state.add_user(email)
+
+    def add_api_key(
+        self,
+        key: str,
+        user_id: int,
+        *,
+        kind: KeyKind = "team",
+        scopes: set[str] | None = None,
+        members: list[int] | None = None,
+    ) -> None:
+        """Register an API key owned by ``user_id``.
+
+        :param kind: ``"team"`` acts as its owner unless ``X-User-Id``/``X-User-Email`` names
+            another allowed user; ``"organization"`` must always name the acting user.
+        :param scopes: granted scopes (``None``: all of ``contacts:read``, ``contacts:write``,
+            ``sequences:read``, ``sequences:operate``).
+        :param members: users the key may act for besides its owner.
+        """
+        with self.lock:
+            self.state.add_api_key(key, user_id, kind, scopes, members)
+
+    def add_sequence(self, name: str, *, owner_user_id: int, status: str = "active", steps: int = 3) -> int:
+        """Create a sequence with ``steps`` email steps; returns its id."""
+        with self.lock:
+            return self.state.add_sequence(name, owner_user_id, status, steps)
+
+    def add_contact(self, email: str, *, owner_user_id: int, **fields: Any) -> int:
+        """Create a contact; returns its id.
+
+        ``fields`` are API field names (``firstName``, ``customFields``, ...) plus
+        ``invalid=True`` to flag the contact invalid. An empty ``email`` makes a contact
+        without one.
+        """
+        invalid_flag = bool(fields.pop("invalid", False))
+        with self.lock:
+            return self.state.add_contact(email, owner_user_id, invalid_flag, fields)
+
+    def contact(self, contact_id: int) -> dict[str, Any]:
+        """A contact as the API returns it; ``KeyError`` if unknown."""
+        with self.lock:
+            return self.state.contacts[contact_id].to_api()
+
+    def contact_by_email(self, email: str) -> dict[str, Any] | None:
+        """The contact with this email (any owner, case-insensitive), or ``None``."""
+        with self.lock:
+            contact_id = self.state.by_email.get(email_key(email))
+            return self.state.contacts[contact_id].to_api() if contact_id is not None else None
+
+    @property
+    def enrolments(self) -> dict[tuple[int, int], int]:
+        """Ground truth (a copy): (sequence id, contact id) -> times the contact was added."""
+        with self.lock:
+            return dict(self.state.enrolments)
+
+    def sequence_contacts(self, sequence_id: int) -> list[dict[str, Any]]:
+        """Ground truth: the contacts now in a sequence, in the order they were added.
+
+        Each is ``{contactId, email, statusInSequence, currentStep, ignoreStepDelay,
+        startFrom, addedAt}``; ``KeyError`` for an unknown sequence.
+        """
+        with self.lock:
+            return self.state.sequence_contacts(sequence_id)
+
+    # -- canned answers for the fault injector -------------------------------------------------
+
+    def rate_limited_response(self, wait_seconds: float) -> CannedResponse:
+        body = problem_body(429, "rate limit exceeded", "rateLimit.exceeded")
+        headers = [
+            (b"content-type", PROBLEM_JSON.encode()),
+            (b"retry-after", _retry_after(wait_seconds).encode()),
+        ]
+        return 429, headers, json.dumps(body).encode()
+
+    def server_error_response(self) -> CannedResponse:
+        body = problem_body(500, "an unexpected error occurred", "server.error")
+        return 500, [(b"content-type", PROBLEM_JSON.encode())], json.dumps(body).encode()
+
+    # -- the app -------------------------------------------------------------------------------
+
+    def _authorize(self, request: Request, scope: str | None) -> int:
+        """Check key, acting user, rate limit and scope, in that order; returns the acting user."""
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        with self.lock:
+            key = self.state.keys.get(token.strip()) if scheme.lower() == "bearer" else None
+            if key is None:
+                raise Unauthorized
+            user_id = self._acting_user(request, key)
+            if not key.may_act_for(user_id):
+                raise ProblemError(403, f"this API key may not act for user {user_id}", "user.forbidden")
+        if self.enforce_rate_limits:
+            wait = self.limiter.hit(rate_limit_identity(user_id), "all", RATE_LIMITS)
+            if wait > 0:
+                raise ProblemError(
+                    429,
+                    "rate limit exceeded",
+                    "rateLimit.exceeded",
+                    headers={"Retry-After": _retry_after(wait)},
+                )
+        if scope is not None and scope not in key.scopes:
+            raise ProblemError(403, f"this API key lacks the scope {scope!r}", "auth.missingScope")
+        return user_id
+
+    def _acting_user(self, request: Request, key: ApiKey) -> int:
+        raw_id, raw_email = request.headers.get("x-user-id"), request.headers.get("x-user-email")
+        named: set[int] = set()
+        if raw_id is not None:
+            if not raw_id.strip().isdigit():
+                invalid([{"parameter": "X-User-Id", "detail": "must be an integer user id"}])
+            named.add(int(raw_id))
+        if raw_email is not None:
+            by_email = self.state.user_by_email(raw_email)
+            if by_email is None:
+                raise ProblemError(403, "this API key may not act for that user", "user.forbidden")
+            named.add(by_email)
+        if len(named) > 1:
+            raise ProblemError(400, "X-User-Id and X-User-Email name different users", "user.ambiguous")
+        if named:
+            return named.pop()
+        if key.kind == "organization":
+            raise ProblemError(
+                400,
+                "an organization key must name the acting user (X-User-Id or X-User-Email)",
+                "user.notSpecified",
+            )
+        return key.owner_user_id
+
+    def _sequence(self, raw_id: str, user_id: int) -> Sequence:
+        sequence_id = _path_id(raw_id)
+        sequence = self.state.visible_sequence(sequence_id, user_id)
+        if sequence is None:
+            raise ProblemError(404, f"sequence {sequence_id} was not found", "sequence.notFound")
+        return sequence
+
+    def build_app(self) -> FastAPI:
+        app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
+        self._add_error_handlers(app)
+
+        @app.get("/v3/whoami")
+        async def whoami(request: Request) -> dict[str, Any]:
+            return {"userId": self._authorize(request, None)}
+
+        @app.get("/v3/sequences")
+        async def list_sequences(request: Request) -> dict[str, Any]:
+            user_id = self._authorize(request, "sequences:read")
+            status = request.query_params.get("status")
+            if status is not None and status not in SEQUENCE_STATUSES:
+                invalid([{"parameter": "status", "detail": f"must be one of {sorted(SEQUENCE_STATUSES)}"}])
+            with self.lock:
+                found = self.state.list_sequences(user_id, status, request.query_params.get("name"))
+                return _page([s.summary() for s in found], request)
+
+        @app.get("/v3/sequences/{sequence_id}")
+        async def get_sequence(sequence_id: str, request: Request) -> dict[str, Any]:
+            user_id = self._authorize(request, "sequences:read")
+            with self.lock:
+                sequence = self._sequence(sequence_id, user_id)
+                return {**sequence.summary(), "steps": sequence.steps(), "settings": _SETTINGS}
+
+        @app.get("/v3/sequences/{sequence_id}/steps")
+        async def list_steps(sequence_id: str, request: Request) -> list[dict[str, Any]]:
+            user_id = self._authorize(request, "sequences:read")
+            with self.lock:
+                return self._sequence(sequence_id, user_id).steps()
+
+        @app.get("/v3/sequences/{sequence_id}/contacts")
+        async def sequence_contacts(sequence_id: str, request: Request) -> dict[str, Any]:
+            user_id = self._authorize(request, "sequences:read")
+            with self.lock:
+                links = self.state.sequence_contacts(self._sequence(sequence_id, user_id).id)
+            fields = ("contactId", "email", "statusInSequence", "currentStep")
+            return _page([{f: link[f] for f in fields} for link in links], request)
+
+        @app.post("/v3/sequences/{sequence_id}/contact-links/bulk")
+        async def bulk_add(sequence_id: str, request: Request) -> dict[str, Any]:
+            user_id = self._authorize(request, "sequences:operate")
+            body = await _json_body(request)
+            if isinstance(body.get("contactIds"), list):
+                request.state.items = len(body["contactIds"])
+            parsed = parse_bulk_add(body, self.max_bulk_ids)
+            with self.lock:
+                sequence = self._sequence(sequence_id, user_id)
+                if parsed.start_step_id is not None and parsed.start_step_id not in sequence.step_ids:
+                    invalid(
+                        [
+                            {
+                                "pointer": "/startStepId",
+                                "detail": f"step {parsed.start_step_id} is not in sequence {sequence.id}",
+                            }
+                        ]
+                    )
+                added, not_processed = self.state.bulk_add(sequence, user_id, parsed)
+            return {"added": added, "notProcessed": not_processed}
+
+        @app.post("/v3/sequences/{sequence_id}/contact-links/bulk-delete")
+        async def bulk_delete(sequence_id: str, request: Request) -> dict[str, Any]:
+            user_id = self._authorize(request, "sequences:operate")
+            body = await _json_body(request)
+            if isinstance(body.get("contactIds"), list):
+                request.state.items = len(body["contactIds"])
+            errors: list[dict[str, str]] = []
+            ids = _int_list(body, "contactIds", errors, self.max_bulk_ids)
+            if errors:
+                invalid(errors)
+            with self.lock:
+                return self.state.bulk_delete(self._sequence(sequence_id, user_id), user_id, ids)
+
+        @app.post("/v3/contacts/import")
+        async def import_contacts(request: Request) -> Any:
+            user_id = self._authorize(request, "contacts:write")
+            body = await _json_body(request)
+            return self._import(request, user_id, body)
+
+        @app.get("/v3/background-jobs/{job_id}")
+        async def background_job(job_id: str, request: Request) -> dict[str, Any]:
+            user_id = self._authorize(request, None)
+            with self.lock:
+                job = self.state.jobs.get(job_id)
+                if job is None or job.owner_user_id != user_id:
+                    raise ProblemError(404, f"background job {job_id} was not found", "job.notFound")
+                return job.to_api()
+
+        @app.get("/v3/contacts")
+        async def find_contacts(request: Request) -> dict[str, Any]:
+            user_id = self._authorize(request, "contacts:read")
+            email = request.query_params.get("email")
+            if not email:
+                invalid([{"parameter": "email", "detail": "email is required"}])
+            with self.lock:
+                contact = self.state.find_contact(email, user_id)
+                return {"items": [contact.to_api()] if contact is not None else []}
+
+        return app
+
+    def _import(self, request: Request, user_id: int, body: dict[str, Any]) -> Any:
+        items = body.get("items")
+        if not isinstance(items, list) or not items:
+            invalid([{"pointer": "/items", "detail": "items is required: a non-empty array of contacts"}])
+        request.state.items = len(items)
+        if len(items) > self.max_import_items:
+            invalid(
+                [
+                    {
+                        "pointer": "/items",
+                        "detail": f"at most {self.max_import_items} items per call, got {len(items)}",
+                    }
+                ]
+            )
+        options: dict[str, Any] = body["options"] if body.get("options") is not None else {}
+        errors = _check_import_schema(items, options)
+        if errors:
+            invalid(errors)
+        email_errors = [_email_error(item.get("email")) for item in items]
+        bad = [{"pointer": f"/items/{i}/email", "detail": e} for i, e in enumerate(email_errors) if e]
+        if bad and self.import_rejects_whole_batch_on_invalid_email:
+            invalid(bad, f"{len(bad)} item(s) have an invalid email; nothing was imported")
+        item_errors = [e or _length_error(item) for e, item in zip(email_errors, items, strict=True)]
+        with self.lock:
+            result = self.state.import_contacts(user_id, items, item_errors, options)
+            if self.import_async_threshold is None or len(items) <= self.import_async_threshold:
+                return result
+            job = self.state.add_job(user_id, result, self.job_delay)
+        return JSONResponse(
+            {"jobId": job.id, "status": "Scheduled"},
+            status_code=202,
+            headers={"Location": f"/v3/background-jobs/{job.id}"},
+        )
+
+    @staticmethod
+    def _add_error_handlers(app: FastAPI) -> None:
+        # FastAPI's own {"detail": ...} answers must never escape: everything is a problem.
+        @app.exception_handler(ProblemError)
+        async def on_problem(request: Request, exc: ProblemError) -> Response:
+            return problem_response(exc)
+
+        @app.exception_handler(Unauthorized)
+        async def on_unauthorized(request: Request, exc: Unauthorized) -> Response:
+            return Response(status_code=401, headers={"WWW-Authenticate": "Bearer"})
+
+        @app.exception_handler(StarletteHTTPException)
+        async def on_http(request: Request, exc: StarletteHTTPException) -> Response:
+            code = {404: "route.notFound", 405: "method.notAllowed"}.get(exc.status_code)
+            detail = f"{request.method} {request.url.path}: {exc.detail}"
+            return problem_response(
+                ProblemError(exc.status_code, detail, code, headers=dict(exc.headers or {}))
+            )
+
+        @app.exception_handler(RequestValidationError)
+        async def on_validation(request: Request, exc: RequestValidationError) -> Response:
+            errors = [
+                {"pointer": "/" + "/".join(str(p) for p in e.get("loc", ())[1:]), "detail": str(e.get("msg"))}
+                for e in exc.errors()
+            ]
+            return problem_response(
+                ProblemError(400, "the request is not valid", "validation.failed", errors)
+            )
+
+        @app.exception_handler(Exception)
+        async def on_error(request: Request, exc: Exception) -> Response:
+            return problem_response(ProblemError(500, "an unexpected error occurred", "server.error"))
+
+
+_SETTINGS: dict[str, Any] = {
+    "emailsCountPerDay": 50,
+    "daysToFinishProspect": 14,
+    "emailSendingDelaySeconds": 30,
+    "dailyThrottling": 200,
+    "disableOpensTracking": False,
+    "repliesHandlingType": "markAsFinished",
+    "enableLinksTracking": True,
+}

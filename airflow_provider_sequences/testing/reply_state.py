@@ -1,0 +1,404 @@
+"""The in-memory state behind the Reply.io simulator: users, keys, sequences, contacts, links.
+
+Nothing here locks or speaks HTTP: :class:`~airflow_provider_sequences.testing.reply.ReplySimulator`
+validates requests, holds its lock and calls these methods. Ids of each kind start in their
+own range (users 1, sequences 1001, steps 50001, contacts 100001) so a client that sends one
+kind of id where another belongs meets "not found" instead of a lucky match.
+"""
+
+from __future__ import annotations
+
+import itertools
+import time
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Literal
+
+#: The contact fields the API reads and returns, besides ``customFields``.
+CONTACT_FIELDS = (
+    "email",
+    "firstName",
+    "lastName",
+    "phone",
+    "title",
+    "company",
+    "city",
+    "state",
+    "country",
+    "timeZoneId",
+    "linkedInUrl",
+    "notes",
+)
+SCOPES = frozenset({"contacts:read", "contacts:write", "sequences:read", "sequences:operate"})
+SEQUENCE_STATUSES = frozenset({"active", "paused", "new"})
+KeyKind = Literal["team", "organization"]
+
+
+def _now_iso() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def email_key(email: str) -> str:
+    """Emails match case-insensitively."""
+    return email.strip().lower()
+
+
+@dataclass(frozen=True)
+class ApiKey:
+    key: str
+    owner_user_id: int
+    kind: KeyKind
+    scopes: frozenset[str]
+    members: frozenset[int]
+
+    def may_act_for(self, user_id: int) -> bool:
+        return user_id == self.owner_user_id or user_id in self.members
+
+
+@dataclass
+class Sequence:
+    id: int
+    name: str
+    status: str
+    owner_user_id: int
+    step_ids: list[int]
+    created: str = field(default_factory=_now_iso)
+    is_archived: bool = False
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "name": self.name,
+            "status": self.status,
+            "ownerUserId": self.owner_user_id,
+            "created": self.created,
+            "isArchived": self.is_archived,
+        }
+
+    def steps(self) -> list[dict[str, Any]]:
+        return [
+            {
+                "id": step_id,
+                "type": "email",
+                "number": str(number),
+                "delayInMinutes": 0 if number == 1 else 1440,
+                "executionMode": "automatic",
+                "variants": [],
+            }
+            for number, step_id in enumerate(self.step_ids, start=1)
+        ]
+
+
+@dataclass
+class Contact:
+    id: int
+    owner_user_id: int
+    fields: dict[str, Any]
+    custom_fields: list[dict[str, Any]]
+    invalid: bool = False
+
+    @property
+    def email(self) -> str:
+        return str(self.fields.get("email") or "")
+
+    def to_api(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            **{name: self.fields.get(name) for name in CONTACT_FIELDS},
+            "customFields": [dict(custom) for custom in self.custom_fields],
+            "ownerUserId": self.owner_user_id,
+        }
+
+
+@dataclass
+class Link:
+    """A contact's enrolment in one sequence."""
+
+    contact_id: int
+    current_step: int | None
+    ignore_step_delay: bool
+    start_from: str | None
+    status: str = "active"
+    added_at: str = field(default_factory=_now_iso)
+
+
+@dataclass
+class Job:
+    id: str
+    owner_user_id: int
+    result: dict[str, Any]
+    delay: float
+    started: float = field(default_factory=time.monotonic)
+
+    def to_api(self) -> dict[str, Any]:
+        elapsed = time.monotonic() - self.started
+        if elapsed >= self.delay:
+            return {"jobId": self.id, "status": "Done", "progress": 100, "result": self.result}
+        return {"jobId": self.id, "status": "Processing", "progress": int(100 * elapsed / self.delay)}
+
+
+@dataclass(frozen=True)
+class BulkAdd:
+    """A validated bulk-add request body."""
+
+    contact_ids: list[int]
+    remove_from_existing: bool = False
+    start_step_id: int | None = None
+    ignore_step_delay: bool = False
+    start_from: str | None = None
+
+
+class ReplyState:
+    """Everything the simulated Reply account holds. Callers hold the simulator's lock."""
+
+    def __init__(self, contact_limit: int | None = None) -> None:
+        self.contact_limit = contact_limit
+        self.users: dict[int, str] = {}
+        self.keys: dict[str, ApiKey] = {}
+        self.sequences: dict[int, Sequence] = {}
+        self.contacts: dict[int, Contact] = {}
+        self.by_email: dict[str, int] = {}
+        # sequence id -> contact id -> link, in the order contacts were added.
+        self.links: dict[int, dict[int, Link]] = {}
+        self.enrolments: dict[tuple[int, int], int] = {}
+        self.jobs: dict[str, Job] = {}
+        self._user_ids = itertools.count(1)
+        self._sequence_ids = itertools.count(1001)
+        self._step_ids = itertools.count(50001)
+        self._contact_ids = itertools.count(100001)
+
+    # -- set-up --------------------------------------------------------------------------------
+
+    def add_user(self, email: str) -> int:
+        if self.user_by_email(email) is not None:
+            raise ValueError(f"a user with email {email!r} exists already")
+        user_id = next(self._user_ids)
+        self.users[user_id] = email
+        return user_id
+
+    def user_by_email(self, email: str) -> int | None:
+        wanted = email_key(email)
+        return next((uid for uid, known in self.users.items() if email_key(known) == wanted), None)
+
+    def add_api_key(
+        self,
+        key: str,
+        user_id: int,
+        kind: KeyKind,
+        scopes: set[str] | None,
+        members: list[int] | None,
+    ) -> None:
+        unknown_users = {user_id, *(members or [])} - set(self.users)
+        if unknown_users:
+            raise ValueError(f"unknown user ids: {sorted(unknown_users)}")
+        if kind not in ("team", "organization"):
+            raise ValueError(f"kind must be 'team' or 'organization', not {kind!r}")
+        if scopes is not None and not scopes <= SCOPES:
+            raise ValueError(f"unknown scopes: {sorted(scopes - SCOPES)}")
+        self.keys[key] = ApiKey(
+            key, user_id, kind, frozenset(SCOPES if scopes is None else scopes), frozenset(members or [])
+        )
+
+    def add_sequence(self, name: str, owner_user_id: int, status: str, steps: int) -> int:
+        if owner_user_id not in self.users:
+            raise ValueError(f"unknown user id {owner_user_id}")
+        if status not in SEQUENCE_STATUSES:
+            raise ValueError(f"status must be one of {sorted(SEQUENCE_STATUSES)}, not {status!r}")
+        sequence_id = next(self._sequence_ids)
+        step_ids = [next(self._step_ids) for _ in range(steps)]
+        self.sequences[sequence_id] = Sequence(sequence_id, name, status, owner_user_id, step_ids)
+        self.links[sequence_id] = {}
+        return sequence_id
+
+    def add_contact(
+        self, email: str | None, owner_user_id: int, invalid: bool, fields: dict[str, Any]
+    ) -> int:
+        if owner_user_id not in self.users:
+            raise ValueError(f"unknown user id {owner_user_id}")
+        unknown = set(fields) - set(CONTACT_FIELDS) - {"customFields"}
+        if unknown:
+            raise TypeError(f"unknown contact fields: {sorted(unknown)}")
+        if email and email_key(email) in self.by_email:
+            raise ValueError(f"a contact with email {email!r} exists already")
+        custom = [dict(c) for c in fields.pop("customFields", None) or []]
+        return self._create_contact(owner_user_id, {**fields, "email": email or None}, custom, invalid)
+
+    def _create_contact(
+        self, owner_user_id: int, fields: dict[str, Any], custom: list[dict[str, Any]], invalid: bool
+    ) -> int:
+        contact_id = next(self._contact_ids)
+        contact = Contact(contact_id, owner_user_id, fields, custom, invalid)
+        self.contacts[contact_id] = contact
+        if contact.email:
+            self.by_email[email_key(contact.email)] = contact_id
+        return contact_id
+
+    # -- reads ---------------------------------------------------------------------------------
+
+    def visible_sequence(self, sequence_id: int, user_id: int) -> Sequence | None:
+        """The sequence if the acting user may see it: only its owner does."""
+        sequence = self.sequences.get(sequence_id)
+        return sequence if sequence is not None and sequence.owner_user_id == user_id else None
+
+    def list_sequences(self, user_id: int, status: str | None, name: str | None) -> list[Sequence]:
+        return [
+            s
+            for s in self.sequences.values()
+            if s.owner_user_id == user_id
+            and (status is None or s.status == status)
+            and (name is None or name.lower() in s.name.lower())
+        ]
+
+    def find_contact(self, email: str, user_id: int) -> Contact | None:
+        contact_id = self.by_email.get(email_key(email))
+        contact = self.contacts.get(contact_id) if contact_id is not None else None
+        return contact if contact is not None and contact.owner_user_id == user_id else None
+
+    def sequence_contacts(self, sequence_id: int) -> list[dict[str, Any]]:
+        return [
+            {
+                "contactId": link.contact_id,
+                "email": self.contacts[link.contact_id].email or None,
+                "statusInSequence": link.status,
+                "currentStep": link.current_step,
+                "ignoreStepDelay": link.ignore_step_delay,
+                "startFrom": link.start_from,
+                "addedAt": link.added_at,
+            }
+            for link in self.links[sequence_id].values()
+        ]
+
+    def _active_contacts(self) -> set[int]:
+        return {
+            contact_id
+            for links in self.links.values()
+            for contact_id, link in links.items()
+            if link.status == "active"
+        }
+
+    # -- writes --------------------------------------------------------------------------------
+
+    def bulk_add(
+        self, sequence: Sequence, user_id: int, request: BulkAdd
+    ) -> tuple[list[int], dict[str, dict[str, str]]]:
+        """Add contacts one by one (non-atomic); answers ``(added, notProcessed)``."""
+        added: list[int] = []
+        not_processed: dict[str, dict[str, str]] = {}
+        links = self.links[sequence.id]
+        active = self._active_contacts()
+        first_step = sequence.step_ids[0] if sequence.step_ids else None
+        for contact_id in dict.fromkeys(request.contact_ids):  # duplicates: the first one counts
+            refusal = self._refusal(contact_id, sequence.id, user_id, active)
+            if refusal is not None:
+                not_processed[str(contact_id)] = {"error": refusal[0], "errorDetails": refusal[1]}
+            else:
+                if request.remove_from_existing:
+                    for other_id, other_links in self.links.items():
+                        if other_id != sequence.id:
+                            other_links.pop(contact_id, None)
+                links[contact_id] = Link(
+                    contact_id,
+                    request.start_step_id if request.start_step_id is not None else first_step,
+                    request.ignore_step_delay,
+                    request.start_from,
+                )
+                key = (sequence.id, contact_id)
+                self.enrolments[key] = self.enrolments.get(key, 0) + 1
+                active.add(contact_id)
+                added.append(contact_id)
+        return added, not_processed
+
+    def _refusal(
+        self, contact_id: int, sequence_id: int, user_id: int, active: set[int]
+    ) -> tuple[str, str] | None:
+        """Why a contact cannot be added, as (slug, details), checked in the documented order."""
+        contact = self.contacts.get(contact_id)
+        if contact is None:
+            return "contactNotFound", f"contact {contact_id} does not exist"
+        if contact.owner_user_id != user_id:
+            return "forbidden", f"user {user_id} may not act for the owner of contact {contact_id}"
+        if not contact.email or contact.invalid:
+            what = "has no email address" if not contact.email else "is marked invalid"
+            return "invalidInput", f"contact {contact_id} {what}"
+        if contact_id in self.links[sequence_id]:
+            return "contactAlreadyInSequence", f"contact {contact_id} is already in sequence {sequence_id}"
+        if self.contact_limit is not None and contact_id not in active and len(active) >= self.contact_limit:
+            return "contactLimitExceeded", f"the plan allows {self.contact_limit} contacts in sequences"
+        return None
+
+    def bulk_delete(self, sequence: Sequence, user_id: int, contact_ids: list[int]) -> dict[str, Any]:
+        unique = list(dict.fromkeys(contact_ids))
+        links = self.links[sequence.id]
+        removed: list[int] = []
+        not_found = not_in_sequence = 0
+        for contact_id in unique:
+            contact = self.contacts.get(contact_id)
+            if contact is None or contact.owner_user_id != user_id:
+                not_found += 1
+            elif links.pop(contact_id, None) is None:
+                not_in_sequence += 1
+            else:
+                removed.append(contact_id)
+        return {
+            "requested": len(unique),
+            "removed": len(removed),
+            "notFound": not_found,
+            "notInSequence": not_in_sequence,
+            "removedIds": removed,
+        }
+
+    def import_contacts(
+        self, user_id: int, items: list[dict[str, Any]], errors: list[str | None], options: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Upsert contacts by email, in input order; ``errors[i]`` fails item ``i`` up front."""
+        results: list[dict[str, Any]] = []
+        for item, error in zip(items, errors, strict=True):
+            existing = self.contacts.get(self.by_email.get(email_key(str(item.get("email") or "")), -1))
+            if error is None and existing is not None and existing.owner_user_id != user_id:
+                error = "a contact with this email belongs to another user"
+            if error is not None:
+                results.append({"id": None, "status": "Failed", "error": error})
+            elif existing is None:
+                fields = {name: item.get(name) for name in CONTACT_FIELDS}
+                custom = [dict(c) for c in item.get("customFields") or []]
+                results.append(
+                    {
+                        "id": self._create_contact(user_id, fields, custom, False),
+                        "status": "Created",
+                        "error": None,
+                    }
+                )
+            elif options.get("skipExisting"):
+                results.append({"id": existing.id, "status": "Skipped", "error": None})
+            else:
+                self._update(existing, item, overwrite=bool(options.get("overwriteExisting")))
+                results.append({"id": existing.id, "status": "Updated", "error": None})
+        counts = {
+            s: sum(r["status"] == s for r in results) for s in ("Created", "Updated", "Skipped", "Failed")
+        }
+        return {
+            "items": results,
+            "added": counts["Created"],
+            "updated": counts["Updated"],
+            "skipped": counts["Skipped"],
+            "failed": counts["Failed"],
+        }
+
+    @staticmethod
+    def _update(contact: Contact, item: dict[str, Any], *, overwrite: bool) -> None:
+        # Without overwriteExisting an import only fills what the contact lacks.
+        for name in CONTACT_FIELDS:
+            if name != "email" and item.get(name) is not None and (overwrite or not contact.fields.get(name)):
+                contact.fields[name] = item[name]
+        by_key = {(c.get("id"), c.get("name")): c for c in contact.custom_fields}
+        for custom in item.get("customFields") or []:
+            key = (custom.get("id"), custom.get("name"))
+            if overwrite or key not in by_key:
+                by_key[key] = dict(custom)
+        contact.custom_fields = list(by_key.values())
+
+    def add_job(self, user_id: int, result: dict[str, Any], delay: float) -> Job:
+        job = Job(uuid.uuid4().hex, user_id, result, delay)
+        self.jobs[job.id] = job
+        return job
