@@ -89,3 +89,15 @@ def _rebuild(cls: type[SequencesApiError], state: dict[str, Any]) -> SequencesAp
     error.__dict__.update(state)
     Exception.__init__(error, error._message())
     return error
+
+
+class SyncConfigurationError(ValueError):
+    """The task's settings cannot work: a sequence that does not exist or is a draft, an
+    unknown step or channel, an unknown field in ``column_map``. Nothing was sent."""
+
+
+class SyncAbortedError(RuntimeError):
+    """The service refused the whole run (a bad key, a missing scope, a sequence gone).
+
+    Raised after every outcome so far was recorded, so a retry resumes where this stopped.
+    """

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import requests
 
+from airflow_provider_sequences.testing.faults import RequestRecord
 from airflow_provider_sequences.testing.whippy import WhippySimulator
 
 KEY = "test-whippy-key"
@@ -72,6 +73,17 @@ def errors_of(response: requests.Response) -> list[dict[str, Any]]:
 
 def fields_of(response: requests.Response) -> list[str | None]:
     return [error.get("field") for error in errors_of(response)]
+
+
+def logged(sim: WhippySimulator, count: int) -> list[RequestRecord]:
+    """The request log once it holds ``count`` records.
+
+    The log records a request after its response went out, so the client can be a moment ahead.
+    """
+    deadline = time.monotonic() + 5
+    while len(sim.requests) < count and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return sim.requests
 
 
 def first_step(sim: WhippySimulator, sequence_id: str) -> str:
@@ -566,7 +578,7 @@ def test_lost_response_still_applies_the_write(sim: WhippySimulator, api: Api) -
     contact = sim.contact_by(phone="+15555550001")
     assert contact is not None
     assert sim.enrolments == {(sequence_id, contact["id"]): 1}
-    (record,) = sim.requests
+    (record,) = logged(sim, 1)
     assert (record.status, record.items, record.fault) == (202, 1, "lost_response")
 
 
@@ -577,7 +589,7 @@ def test_request_log_records_method_path_status_items_never_the_key(sim: WhippyS
     api.get("/v1/channels")
     requests.get(f"{sim.url}/v1/channels", timeout=10)
     path = f"/v1/sequences/{sequence_id}/contacts"
-    assert [(r.method, r.path, r.status, r.items, r.fault) for r in sim.requests] == [
+    assert [(r.method, r.path, r.status, r.items, r.fault) for r in logged(sim, 4)] == [
         ("POST", path, 202, 2, None),
         ("POST", path, 422, 0, None),
         ("GET", "/v1/channels", 200, None, None),

@@ -166,15 +166,23 @@ class FaultInjector:
             await _send_canned(send, canned)
             return
         status: list[int] = []
+        recorded = False
 
         async def capture(message: Message) -> None:
+            nonlocal recorded
             if message["type"] == "http.response.start":
                 status.append(message["status"])
+            elif message["type"] == "http.response.body" and not message.get("more_body", False):
+                # Logged before the last byte goes out: a client that has its answer can
+                # already see its request in the log.
+                self._record(scope, status[0] if status else None, fault)
+                recorded = True
             if fault != "lost_response":
                 await send(message)
 
         await self.app(scope, receive, capture)
-        self._record(scope, status[0] if status else None, fault)
+        if not recorded:
+            self._record(scope, status[0] if status else None, fault)
         if fault == "lost_response":
             await _drop(send)
 

@@ -1,0 +1,59 @@
+"""Airflow discovers the provider, its connection types and their forms."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+
+def test_providers_manager_knows_the_provider_and_its_hooks() -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    assert "airflow-provider-sequences" in manager.providers
+    hooks = manager.hooks
+    assert hooks["reply"].hook_class_name == "airflow_provider_sequences.hooks.reply.ReplyHook"
+    assert hooks["reply"].connection_id_attribute_name == "reply_conn_id"
+    assert hooks["whippy"].hook_class_name == "airflow_provider_sequences.hooks.whippy.WhippyHook"
+    assert hooks["whippy"].hook_name == "Whippy"
+
+
+def test_connection_forms_declare_key_url_limits_and_acting_user() -> None:
+    from airflow.providers_manager import ProvidersManager
+
+    manager = ProvidersManager()
+    widgets = manager.connection_form_widgets
+    for field in ("acting_user_id", "acting_user_email", "requests_per_minute", "requests_per_hour"):
+        assert f"extra__reply__{field}" in widgets
+    for field in ("sequence_writes_per_minute", "requests_per_second", "timeout"):
+        assert f"extra__whippy__{field}" in widgets
+    behaviours = manager.field_behaviours
+    for conn_type in ("reply", "whippy"):
+        assert behaviours[conn_type]["relabeling"] == {"host": "Base URL", "password": "API key"}
+        assert "login" in behaviours[conn_type]["hidden_fields"]
+
+
+@pytest.mark.parametrize("command", ["list", "hooks"])
+def test_airflow_cli_lists_the_provider(command: str) -> None:
+    airflow = os.path.join(os.path.dirname(sys.executable), "airflow")
+    result = subprocess.run(
+        [airflow, "providers", command, "--output", "json"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=True,
+    )
+    # Airflow may log a line before the JSON; the JSON is the line that starts a list.
+    rows = json.loads(next(line for line in result.stdout.splitlines() if line.startswith("[{")))
+    if command == "list":
+        ours = [r for r in rows if r["package_name"] == "airflow-provider-sequences"]
+        assert len(ours) == 1
+        assert ours[0]["description"].startswith("Enrol contacts")
+    else:
+        classes = {r["connection_type"]: r["class"] for r in rows}
+        assert classes["reply"] == "airflow_provider_sequences.hooks.reply.ReplyHook"
+        assert classes["whippy"] == "airflow_provider_sequences.hooks.whippy.WhippyHook"
