@@ -108,7 +108,9 @@ def test_large_import_runs_as_a_background_job(hook: ReplyHook, monkeypatch) -> 
 
 def test_find_contact_by_email(hook: ReplyHook, reply_simulator, reply_account) -> None:
     contact_id = reply_simulator.add_contact("linus@example.com", owner_user_id=reply_account.user_id)
-    assert hook.find_contact_by_email("linus@example.com")["id"] == contact_id
+    found = hook.find_contact_by_email("linus@example.com")
+    assert found is not None
+    assert found["id"] == contact_id
     assert hook.find_contact_by_email("nobody@example.com") is None
 
 
