@@ -1,24 +1,28 @@
-"""Demo: start both simulators and drive the hooks through a small, realistic flow.
+"""The main job, on the embedded default: two nights of a CRM export synced into sequences.
 
-Run with ``make demo``. Nothing to configure: the simulators run on loopback in this process,
-with fake keys, and the hooks reach them through ``AIRFLOW_CONN_*`` environment variables,
-exactly as a deployment would reach the real services through Airflow connections.
+Run with ``make demo``. It builds a SQLite CRM export of realistic rows (bad ones included),
+starts the Reply.io and Whippy simulators on loopback, and runs the example DAGs with a real
+Airflow (``dag.test()`` and its metadata database). Night two adds new leads and fixes some
+bad rows: only those are sent. Nothing reaches a real service.
 """
 
 from __future__ import annotations
 
 import os
-import random
 import sys
-import tempfile
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
-os.environ.setdefault("AIRFLOW_HOME", str(Path(tempfile.gettempdir()) / "airflow-provider-sequences-demo"))
+ROOT = Path(__file__).resolve().parents[1]
+WORK = ROOT / ".demo"
 
-from airflow_provider_sequences.exceptions import SequencesApiError
-from airflow_provider_sequences.hooks.reply import ReplyHook
-from airflow_provider_sequences.hooks.whippy import WhippyHook
+from airflow_provider_sequences.testing.dags import prepare_airflow_home
+
+prepare_airflow_home(WORK / "airflow", ROOT / "dags_examples")
+
+import pandas as pd
+
 from airflow_provider_sequences.testing import (
     ReplySimulator,
     WhippySimulator,
@@ -27,110 +31,82 @@ from airflow_provider_sequences.testing import (
     seed_reply_account,
     seed_whippy_account,
 )
+from airflow_provider_sequences.testing.crm import crm_frame, write_crm_sqlite
+from airflow_provider_sequences.testing.dags import load_dag, run_dag, task_states, task_xcom
 
-FIRST = ["Ada", "Grace", "Alan", "Edsger", "Barbara", "Donald", "Frances", "Ken", "Radia", "Tim"]
-LAST = ["Lovelace", "Hopper", "Turing", "Dijkstra", "Liskov", "Knuth", "Allen", "Thompson", "Perlman"]
-
-
-def crm_rows(count: int, seed: int = 7) -> list[dict[str, str]]:
-    """A small CRM export: names, work emails, US mobile numbers."""
-    rng = random.Random(seed)
-    rows = []
-    for i in range(count):
-        first, last = rng.choice(FIRST), rng.choice(LAST)
-        rows.append(
-            {
-                "firstName": first,
-                "lastName": last,
-                "email": f"{first}.{last}.{i}@example.com".lower(),
-                "phone": f"+1415555{i:04d}",
-                "company": rng.choice(["Initech", "Globex", "Umbrella", "Hooli"]),
-            }
-        )
-    return rows
+EXPORT_ROWS = 5_000
 
 
-def heading(text: str) -> None:
-    print(f"\n== {text} ==")
-
-
-def reply_flow(sim: ReplySimulator) -> None:
-    account = seed_reply_account(sim)
-    other = sim.add_sequence("Webinar follow-up", owner_user_id=account.user_id)
-    os.environ[connection_env_var("reply_default")] = connection_json("reply", sim.url, account.api_key)
-    hook = ReplyHook()
-    heading("Reply.io")
-    print(hook.test_connection()[1])
-    print("Sequences:", ", ".join(f"{s['id']} {s['name']!r}" for s in hook.list_sequences()))
-
-    rows = crm_rows(250)
-    rows[17]["email"] = "not-an-email"
-    try:
-        hook.import_contacts(rows)
-    except SequencesApiError as exc:
-        print(f"Import of 250 rows with one bad email refused as a whole:\n  {exc}")
-    rows.pop(17)
-    imported = hook.import_contacts(rows)
-    ids = [item["id"] for item in imported["items"]]
-    print(f"Import of the other {len(rows)} rows in one request: created {imported['added']}")
-
-    # Someone is already in the sequence, and one id does not exist.
-    hook.add_contacts_to_sequence(account.sequence_id, ids[:3])
-    answer = hook.add_contacts_to_sequence(
-        account.sequence_id, [*ids, 999_999], ignore_step_delay=True, remove_from_existing=False
-    )
-    reasons = Counter(
-        (error.get("error") if isinstance(error, dict) else error)
-        for error in answer["notProcessed"].values()
-    )
-    added = len(answer["added"])
-    print(f"Bulk add of {len(ids) + 1} ids in one request: added {added}, not processed {dict(reasons)}")
-    moved = hook.add_contacts_to_sequence(other, ids[:5], remove_from_existing=True)
-    print(f"Moved {len(moved['added'])} contacts to sequence {other} (removeFromExisting)")
-    enrolled = sum(1 for _ in hook.iter_sequence_contacts(account.sequence_id))
-    print(f"Sequence {account.sequence_id} now holds {enrolled} contacts")
-    print(f"Requests spent: {len(sim.requests)} (the hook counted {sum(hook.request_counts.values())})")
-
-
-def whippy_flow(sim: WhippySimulator) -> None:
-    account = seed_whippy_account(sim)
-    os.environ[connection_env_var("whippy_default")] = connection_json("whippy", sim.url, account.api_key)
-    hook = WhippyHook()
-    heading("Whippy")
-    print(hook.test_connection()[1])
-    channels = hook.list_channels()["data"]
-    print("Channels:", ", ".join(f"{c['name']} {c['phone']}" for c in channels))
-    sequences = list(hook.iter_sequences())
-    print("Sequences:", ", ".join(f"{s['title']!r}" for s in sequences))
-
-    rows = crm_rows(120, seed=11)
-    for row in rows[::10]:
-        row["email"] = ""  # the email step cannot use these: Whippy will silently ignore them
-    to = [
-        {
-            "phone": row["phone"],
-            "name": f"{row['firstName']} {row['lastName']}",
-            **({"email": row["email"]} if row["email"] else {}),
-            "external_id": f"crm-{i}",
-        }
-        for i, row in enumerate(rows)
-    ]
-    answer = hook.create_sequence_contacts(account.email_sequence_id, to, from_=account.channel_phone)
-    print(f"Sent {len(to)} contacts to the email sequence in one request; Whippy answered 202 {answer}")
-    sim.wait_idle()
-    enrolled = {item["contact"]["phone"] for item in hook.iter_sequence_contacts(account.email_sequence_id)}
-    ignored = [item for item in to if item["phone"] not in enrolled]
+def summarise(title: str, result: dict[str, Any] | None, sim_requests: int) -> None:
+    print(f"\n-- {title}")
+    if result is None:
+        print("   no result (the task failed: see its log above)")
+        return
+    stats = result["stats"]
     print(
-        f"Read back: {len(enrolled)} enrolled; {len(ignored)} silently ignored (no email for an email step)"
+        f"   {stats['rows']:,} rows: {stats['added']:,} added, {stats['not_processed']:,} not processed, "
+        f"{stats.get('unchanged', 0):,} unchanged (enrolled on an earlier night), "
+        f"{stats['duplicates']:,} duplicate rows"
     )
-    print(f"Requests spent: {len(sim.requests)}")
+    print(
+        f"   requests: {stats['write_requests']} writes, {stats['read_requests']} reads "
+        f"(the simulator saw {sim_requests})"
+    )
+    reasons = Counter(outcome["reason"] for outcome in result["not_processed"].values())
+    for reason, count in reasons.most_common():
+        example_key, example = next(
+            (k, o) for k, o in result["not_processed"].items() if o["reason"] == reason
+        )
+        print(f"   {reason:<24} {count:>5}   e.g. {example_key}: {example['detail'][:90]}")
+
+
+def night_two(export: pd.DataFrame) -> pd.DataFrame:
+    """The next night's export: 40 new leads, and 15 rows whose bad email was fixed."""
+    fixed = export.index[export["email"].isna()][:15]
+    export.loc[fixed, "email"] = [f"fixed.{i}@example.com" for i in range(len(fixed))]
+    new = crm_frame(40, seed=99, bad_share=0.0, first_id=len(export) + 1_000_000)
+    return pd.concat([export, new], ignore_index=True)
 
 
 def main() -> int:
-    with ReplySimulator() as reply, WhippySimulator() as whippy:
-        reply_flow(reply)
-        whippy_flow(whippy)
-    print("\nDone. Both simulators ran on loopback; no real service was contacted.")
+    export_path = WORK / "crm_export.db"
+    export = crm_frame(EXPORT_ROWS)
+    os.environ[connection_env_var("crm_export")] = f'{{"conn_type": "sqlite", "host": "{export_path}"}}'
+    state_file = WORK / "airflow" / "sequence_sync_state.db"
+    state_file.unlink(missing_ok=True)
+
+    with ReplySimulator() as reply, WhippySimulator(processing_delay=0.5) as whippy:
+        reply_account = seed_reply_account(reply)
+        whippy_account = seed_whippy_account(whippy)
+        os.environ[connection_env_var("reply_default")] = connection_json(
+            "reply", reply.url, reply_account.api_key
+        )
+        os.environ[connection_env_var("whippy_default")] = connection_json(
+            "whippy", whippy.url, whippy_account.api_key
+        )
+        reply_dag = load_dag("reply_nightly_crm_sync", ROOT / "dags_examples")
+        whippy_dag = load_dag("whippy_nightly_crm_sync", ROOT / "dags_examples")
+        for night in (1, 2):
+            if night == 2:
+                export = night_two(export)
+            write_crm_sqlite(export_path, export)
+            print(f"\n=== Night {night}: CRM export of {len(export):,} rows in {export_path} ===")
+            seen_reply, seen_whippy = len(reply.requests), len(whippy.requests)
+            run = run_dag(reply_dag, run_conf={"sequence_id": reply_account.sequence_id})
+            print(f"reply_nightly_crm_sync: {task_states(run)}")
+            summarise("Reply.io", task_xcom(run, "enrol_new_leads"), len(reply.requests) - seen_reply)
+            run = run_dag(
+                whippy_dag,
+                run_conf={
+                    "sequence_id": whippy_account.sequence_id,
+                    "from_channel": whippy_account.channel_phone,
+                },
+            )
+            print(f"whippy_nightly_crm_sync: {task_states(run)}")
+            summarise("Whippy", task_xcom(run, "enrol_new_leads"), len(whippy.requests) - seen_whippy)
+        twice = sum(1 for n in [*reply.enrolments.values(), *whippy.enrolments.values()] if n > 1)
+        print(f"\nContacts enrolled more than once across both nights, per the simulators: {twice}")
+    print(f"Full results: each task's XCom 'return_value'; the sync state: {state_file}")
     return 0
 
 

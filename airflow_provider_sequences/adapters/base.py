@@ -1,0 +1,81 @@
+"""What the sync engine needs from a service."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import pandas as pd
+
+from airflow_provider_sequences.exceptions import SequencesApiError
+from airflow_provider_sequences.sync.prepare import FieldRules
+
+
+@dataclass
+class BatchOutcome:
+    """What the service said about one batch, by key.
+
+    :param added: keys enrolled, with the service's contact id when known.
+    :param failed: keys not enrolled, with (reason, detail).
+    :param pending: keys accepted but not yet confirmed, with what identifies them in a read-back.
+    """
+
+    added: dict[str, str | None] = field(default_factory=dict)
+    failed: dict[str, tuple[str, str]] = field(default_factory=dict)
+    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def merge(self, other: BatchOutcome) -> None:
+        self.added.update(other.added)
+        self.failed.update(other.failed)
+        self.pending.update(other.pending)
+
+
+class ServiceAdapter(ABC):
+    """Turns prepared contacts into one service's bulk requests.
+
+    An adapter reads its settings once (:meth:`preflight`, read-only requests), then sends
+    batches (:meth:`push`) of at most :attr:`max_batch_size` contacts. A batch the service
+    rejects as a whole raises :class:`SequencesApiError`; the engine splits it.
+    """
+
+    #: Short lowercase service name, as stored in the sync state.
+    service: ClassVar[str]
+    #: The largest batch the service accepts in one call.
+    max_batch_size: ClassVar[int]
+    #: Whether sending a batch again is harmless when an earlier send may have been applied
+    #: (Reply answers "already in sequence"; Whippy would message people again).
+    resend_is_safe: ClassVar[bool] = True
+
+    @property
+    @abstractmethod
+    def rules(self) -> FieldRules:
+        """Fields the service accepts and how each is checked (after :meth:`preflight`)."""
+
+    @abstractmethod
+    def preflight(self) -> None:
+        """Check the settings against the service with reads only; raise
+        :class:`~airflow_provider_sequences.exceptions.SyncConfigurationError` when they cannot work."""
+
+    @abstractmethod
+    def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
+        """Send one batch; ``resent_keys`` may already have been applied by an earlier attempt."""
+
+    def confirm(self, pending: Mapping[str, dict[str, Any]], *, timeout: float) -> BatchOutcome:
+        """Read back what ``pending`` keys became; services that answer at once have nothing to do."""
+        return BatchOutcome(added={key: None for key in pending})
+
+    @abstractmethod
+    def is_row_error(self, error: SequencesApiError) -> bool:
+        """Whether a rejected batch was refused for its rows (split it) rather than for the
+        request's settings (stop: every batch would fail the same way)."""
+
+    @property
+    @abstractmethod
+    def request_counts(self) -> tuple[int, int]:
+        """(write requests, read requests) sent so far."""
+
+    def identity(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
+        """What identifies a contact in a later read-back (only services that confirm need it)."""
+        return None

@@ -1,0 +1,1 @@
+"""Operators that enrol contacts from upstream tables into sequences."""

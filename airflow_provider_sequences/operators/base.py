@@ -1,0 +1,268 @@
+"""What the Reply.io and Whippy operators share: the source, the state, the run, the result."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pandas as pd
+from airflow.sdk import BaseHook, BaseOperator
+
+from airflow_provider_sequences.adapters.base import ServiceAdapter
+from airflow_provider_sequences.exceptions import SyncAbortedError
+from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
+from airflow_provider_sequences.sync.outcomes import SyncResult
+from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
+from airflow_provider_sequences.sync.source import read_file_chunks, read_sql_chunks, records_chunks
+from airflow_provider_sequences.sync.state import Scope, SyncState, create_state_engine, default_state_url
+
+DEFAULT_CHUNK_SIZE = 20_000
+
+
+class SyncFailedError(RuntimeError):
+    """Too many rows were not processed; the result was still pushed to XCom."""
+
+
+class SequenceSyncOperator(BaseOperator):
+    """Base of the operators that enrol contacts read from a table into a sequence.
+
+    Exactly one source: ``sql`` (with ``source_conn_id``), ``source_path`` (CSV, Parquet or
+    JSON Lines; local or any object store ``ObjectStoragePath`` reaches, with
+    ``source_conn_id`` for its credentials) or ``contacts`` (rows from an upstream task).
+
+    :param sequence_id: the sequence to enrol into.
+    :param column_map: source column -> contact field (dotted for nested and custom fields).
+    :param key_column: the source column that names a row in results and in the sync state.
+    :param sql: a query returning one row per contact.
+    :param source_conn_id: the database connection for ``sql``, or the object-store
+        connection for ``source_path``.
+    :param source_path: a file to read; ``file_format`` when its suffix does not say.
+    :param contacts: a list of dicts or a DataFrame, typically an upstream task's XCom.
+    :param batch_size: contacts per request (default: the service's maximum).
+    :param chunk_size: source rows read at once; memory stays flat whatever the export's size.
+    :param dry_run: send nothing and write no state: the result says what would be sent.
+    :param max_not_processed_share: fail the task when more than this share of the distinct
+        keys read is not processed (the result is still in XCom); ``None`` never fails.
+        The default, 0.5, tolerates the few bad rows of a nightly export but not a run where
+        most rows fail.
+    :param incremental: skip keys an earlier run enrolled and retry what may succeed now.
+    :param full_resync: send every key again, whatever the state says.
+    :param max_attempts: sends of one key across runs before a transient failure is final.
+    :param state_conn_id: a database connection (SQLite or PostgreSQL) for the sync state;
+        by default a SQLite file under ``AIRFLOW_HOME``.
+    :param default_region: ISO 3166 region for phone numbers written without a country code.
+    """
+
+    template_fields: Sequence[str] = (
+        "sequence_id",
+        "sql",
+        "source_path",
+        "contacts",
+        "column_map",
+        "key_column",
+        "dry_run",
+        "full_resync",
+    )
+    template_fields_renderers: ClassVar[dict[str, str]] = {"sql": "sql", "column_map": "json"}
+    ui_color = "#e8f4ff"
+
+    def __init__(
+        self,
+        *,
+        sequence_id: Any,
+        column_map: Mapping[str, str],
+        key_column: str | None = None,
+        sql: str | None = None,
+        source_conn_id: str | None = None,
+        source_path: str | None = None,
+        file_format: str | None = None,
+        contacts: Any = None,
+        batch_size: int | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        dry_run: bool = False,
+        max_not_processed_share: float | None = 0.5,
+        incremental: bool = True,
+        full_resync: bool = False,
+        max_attempts: int = 5,
+        state_conn_id: str | None = None,
+        default_region: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        given = [name for name, value in (("sql", sql), ("source_path", source_path)) if value is not None]
+        if contacts is not None:
+            given.append("contacts")
+        if len(given) != 1:
+            raise ValueError(
+                f"{type(self).__name__} needs exactly one source: sql, source_path or contacts "
+                f"(got {', '.join(given) or 'none'})"
+            )
+        if sql is not None and not source_conn_id:
+            raise ValueError("sql needs source_conn_id: the Airflow connection of the database to query")
+        self.sequence_id = sequence_id
+        self.column_map = dict(column_map)
+        self.key_column = key_column
+        self.sql = sql
+        self.source_conn_id = source_conn_id
+        self.source_path = source_path
+        self.file_format = file_format
+        self.contacts = contacts
+        self.batch_size = batch_size
+        self.chunk_size = chunk_size
+        self.dry_run = dry_run
+        self.max_not_processed_share = max_not_processed_share
+        self.incremental = incremental
+        self.full_resync = full_resync
+        self.max_attempts = max_attempts
+        self.state_conn_id = state_conn_id
+        self.default_region = default_region
+
+    # -- what each service provides -----------------------------------------------------------
+
+    def make_adapter(self) -> ServiceAdapter:
+        raise NotImplementedError
+
+    def connection_id(self) -> str:
+        raise NotImplementedError
+
+    def default_key_column(self) -> str:
+        raise NotImplementedError
+
+    def id_column(self) -> str | None:
+        return None
+
+    def sequence_url(self) -> str:
+        raise NotImplementedError
+
+    # -- wiring -------------------------------------------------------------------------------
+
+    def prepare_spec(self, adapter: ServiceAdapter) -> PrepareSpec:
+        validate_column_map(self.column_map, adapter.rules)
+        return PrepareSpec(
+            column_map=self.column_map,
+            key_column=self.key_column or self.default_key_column(),
+            rules=adapter.rules,
+            default_region=self.default_region,
+            id_column=self.id_column(),
+        )
+
+    def source_chunks(self) -> Iterator[pd.DataFrame]:
+        """The source, chunk by chunk."""
+        if self.sql is not None:
+            hook = BaseHook.get_connection(str(self.source_conn_id)).get_hook()
+            engine = (
+                hook.get_sqlalchemy_engine() if hasattr(hook, "get_sqlalchemy_engine") else hook.get_conn()
+            )
+            return read_sql_chunks(engine, self.sql, chunk_size=self.chunk_size)
+        if self.source_path is not None:
+            path: Any = self.source_path
+            if "://" in str(path):
+                from airflow.sdk import ObjectStoragePath
+
+                path = ObjectStoragePath(str(path), conn_id=self.source_conn_id)
+            return read_file_chunks(path, chunk_size=self.chunk_size, file_format=self.file_format)
+        return iter(records_chunks(self.contacts, chunk_size=self.chunk_size))
+
+    def total_rows(self) -> int | None:
+        if isinstance(self.contacts, (list, pd.DataFrame)):
+            return len(self.contacts)
+        return None
+
+    def sync_state(self, adapter: ServiceAdapter) -> SyncState:
+        if self.state_conn_id:
+            hook = BaseHook.get_connection(self.state_conn_id).get_hook()
+            engine = hook.get_sqlalchemy_engine()
+        else:
+            home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
+            engine = create_state_engine(default_state_url(home))
+        return SyncState(engine, Scope(adapter.service, self.connection_id(), str(self.sequence_id)))
+
+    def options(self, adapter: ServiceAdapter, **extra: Any) -> SyncOptions:
+        batch_size = int(self.batch_size or adapter.max_batch_size)
+        if not 1 <= batch_size <= adapter.max_batch_size:
+            raise ValueError(f"batch_size must be between 1 and {adapter.max_batch_size}, got {batch_size}")
+        return SyncOptions(
+            batch_size=batch_size,
+            dry_run=bool(self.dry_run),
+            incremental=bool(self.incremental),
+            full_resync=bool(self.full_resync),
+            max_attempts=self.max_attempts,
+            **extra,
+        )
+
+    @staticmethod
+    def run_key(context: Mapping[str, Any]) -> str:
+        """Stable across retries of one task instance, distinct between mapped shards."""
+        ti = context["ti"]
+        map_index = getattr(ti, "map_index", -1)
+        return f"{ti.dag_id}.{ti.task_id}[{map_index}]:{context['run_id']}"
+
+    def start_run(self, context: Mapping[str, Any], **extra_options: Any) -> SyncRun:
+        adapter = self.make_adapter()
+        adapter.preflight()
+        spec = self.prepare_spec(adapter)
+        state = self.sync_state(adapter)
+        return SyncRun(
+            adapter,
+            spec,
+            state,
+            self.run_key(context),
+            self.options(adapter, **extra_options),
+            total_rows=self.total_rows(),
+            logger=self.log,
+        )
+
+    def read_and_push(self, run: SyncRun) -> None:
+        mode = "dry run: nothing is sent" if run.options.dry_run else "sending"
+        self.log.info(
+            "Syncing into %s sequence %s (%s); batches of %d; %s",
+            run.adapter.service,
+            self.sequence_id,
+            self.sequence_url(),
+            run.options.batch_size,
+            mode,
+        )
+        try:
+            run.run(self.source_chunks())
+        except SyncAbortedError:
+            self.log.error("Stopped: every outcome so far is recorded, so a retry resumes from here")
+            raise
+
+    def complete(self, context: Mapping[str, Any], result: SyncResult, run: SyncRun) -> dict[str, Any]:
+        """Log the summary, push the result and apply the partial-failure policy."""
+        value = result.to_xcom()
+        if run.options.dry_run:
+            value["would_send"] = run.would_send
+        stats = value["stats"]
+        self.log.info(
+            "%s sequence %s: %d rows; %d added, %d not processed, %d unchanged, %d duplicates; "
+            "%d write and %d read requests",
+            run.adapter.service,
+            self.sequence_id,
+            stats["rows"],
+            stats["added"],
+            stats["not_processed"],
+            stats.get("unchanged", 0),
+            stats["duplicates"],
+            stats["write_requests"],
+            stats["read_requests"],
+        )
+        reasons = result.reasons()
+        if reasons:
+            width = max(len(reason) for reason in reasons)
+            table = "\n".join(f"  {reason:<{width}}  {count:>8,}" for reason, count in reasons.most_common())
+            self.log.info("Not processed, by reason:\n%s", table)
+        # Every distinct key counts, enrolled on an earlier night or now: a night where a
+        # few known-bad rows are reported again is not a failing night.
+        keys = stats["rows"] - stats["duplicates"]
+        share = stats["not_processed"] / keys if keys else 0.0
+        limit = self.max_not_processed_share
+        if limit is not None and not run.options.dry_run and keys and share > limit:
+            context["ti"].xcom_push(key="return_value", value=value)
+            raise SyncFailedError(
+                f"{stats['not_processed']} of {keys} contacts ({share:.0%}) were not processed, more "
+                f"than max_not_processed_share={limit:.0%}; the result with every reason is in XCom"
+            )
+        return value

@@ -1,0 +1,165 @@
+"""Operator that enrols contacts from an upstream table into a Whippy sequence."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any
+
+from airflow.sdk import Asset, Context
+
+from airflow_provider_sequences.adapters.whippy import WhippyAdapter, WhippyEnrolment
+from airflow_provider_sequences.hooks.whippy import WhippyHook
+from airflow_provider_sequences.links import SequenceLink
+from airflow_provider_sequences.operators.base import SequenceSyncOperator
+from airflow_provider_sequences.sync.state import PENDING
+from airflow_provider_sequences.triggers.whippy import WhippyEnrollmentTrigger
+
+
+def whippy_sequence_asset(sequence_id: Any) -> Asset:
+    """The Asset a sync into this Whippy sequence updates, for data-aware scheduling."""
+    return Asset(uri=f"whippy://sequences/{sequence_id}", name=f"whippy-sequence-{sequence_id}")
+
+
+class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
+    """Enrol contacts from a table into a Whippy sequence, 4,000 per request.
+
+    Whippy answers 202 and enrols in the background, silently ignoring contacts that lack
+    what the step's channel needs or that are active in another step. So after sending, the
+    operator reads the step back until every accepted contact is seen or
+    ``enrollment_timeout`` passes; contacts never seen become ``notEnrolled``. With
+    ``deferrable=True`` that wait happens in a trigger that only reads and holds no worker slot.
+
+    Returns the same shape as the Reply operator (``added``, ``not_processed``, ``stats``).
+
+    :param whippy_conn_id: the Whippy connection (default ``whippy_default``).
+    :param from_channel: phone or email of the channel to send from (the API's ``from``).
+    :param step_id: the step to add contacts to (default: the first).
+    :param schedule_at: when the contacts start (aware datetime or ISO 8601 text; templated).
+    :param custom_object_id: a custom object to attach ``properties.<key>`` columns to.
+    :param custom_data_resource: ``contact`` or ``step_contact``.
+    :param voice_options: default call flow for inbound calls, passed through as given.
+    :param wait_for_enrollment: read the enrolment back before finishing (default true);
+        without it, accepted contacts are reported ``enrollmentUnconfirmed`` and the next run
+        confirms them.
+    :param enrollment_timeout: seconds to wait for Whippy's background work.
+    :param poll_interval: seconds between read-backs while waiting.
+    :param deferrable: wait in the triggerer instead of a worker slot.
+
+    ``column_map`` targets ``phone`` (required, made E.164 with ``default_region``), ``email``,
+    ``name``, ``external_id``, ``language``, ``default_channel_id``, ``address.<part>``
+    (``address_line_one``, ``address_line_two``, ``city``, ``state``, ``country``,
+    ``post_code``), ``birth_date.<day|month|year>`` and ``properties.<key>``. ``key_column``
+    defaults to the column mapped to ``external_id``, else the one mapped to ``phone``.
+    """
+
+    template_fields: Sequence[str] = (
+        *SequenceSyncOperator.template_fields,
+        "from_channel",
+        "step_id",
+        "schedule_at",
+        "custom_object_id",
+    )
+    operator_extra_links = (SequenceLink(),)
+
+    def __init__(
+        self,
+        *,
+        whippy_conn_id: str = WhippyHook.default_conn_name,
+        from_channel: str | None = None,
+        step_id: str | None = None,
+        schedule_at: datetime | str | None = None,
+        custom_object_id: str | None = None,
+        custom_data_resource: str = "contact",
+        voice_options: dict[str, Any] | None = None,
+        wait_for_enrollment: bool = True,
+        enrollment_timeout: float = 600.0,
+        poll_interval: float = 10.0,
+        deferrable: bool = False,
+        **kwargs: Any,
+    ) -> None:
+        sequence_id = kwargs.get("sequence_id")
+        if sequence_id is not None and "{{" not in str(sequence_id) and "outlets" not in kwargs:
+            kwargs["outlets"] = [whippy_sequence_asset(sequence_id)]
+        super().__init__(**kwargs)
+        self.whippy_conn_id = whippy_conn_id
+        self.from_channel = from_channel
+        self.step_id = step_id
+        self.schedule_at = schedule_at
+        self.custom_object_id = custom_object_id
+        self.custom_data_resource = custom_data_resource
+        self.voice_options = voice_options
+        self.wait_for_enrollment = wait_for_enrollment
+        self.enrollment_timeout = enrollment_timeout
+        self.poll_interval = poll_interval
+        self.deferrable = deferrable
+
+    def connection_id(self) -> str:
+        return self.whippy_conn_id
+
+    def default_key_column(self) -> str:
+        for wanted in ("external_id", "phone"):
+            for column, field in self.column_map.items():
+                if field == wanted:
+                    return column
+        raise ValueError("set key_column, or map a column to 'external_id' or 'phone'")
+
+    def sequence_url(self) -> str:
+        return f"{WhippyHook.web_url}/sequences/{self.sequence_id}"
+
+    def make_adapter(self) -> WhippyAdapter:
+        return WhippyAdapter(
+            WhippyHook(self.whippy_conn_id),
+            str(self.sequence_id),
+            enrolment=WhippyEnrolment(
+                from_channel=self.from_channel or None,
+                step_id=self.step_id or None,
+                schedule_at=self.schedule_at or None,
+                custom_object_id=self.custom_object_id or None,
+                custom_data_resource=self.custom_data_resource,
+                voice_options=self.voice_options,
+            ),
+        )
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        run = self.start_run(context, enrollment_timeout=self.enrollment_timeout)
+        adapter = run.adapter
+        assert isinstance(adapter, WhippyAdapter)
+        baseline = 0 if run.options.dry_run else adapter.step_total()
+        self.read_and_push(run)
+        if run.pending and self.wait_for_enrollment and not run.options.dry_run:
+            if self.deferrable:
+                assert run.state is not None
+                run.state.save_run(run.run_id, dict(run.finish().stats))
+                self.log.info("Deferring: waiting for Whippy to enrol %d contacts", len(run.pending))
+                self.defer(
+                    trigger=WhippyEnrollmentTrigger(
+                        whippy_conn_id=self.whippy_conn_id,
+                        sequence_id=str(self.sequence_id),
+                        step_id=str(adapter.step_id),
+                        expected_total=baseline + len(run.pending),
+                        poll_interval=self.poll_interval,
+                        timeout=self.enrollment_timeout,
+                    ),
+                    method_name="execute_complete",
+                )
+            run.confirm()
+        return self.complete(context, run.finish(), run)
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: read the step back once and finish the run's result."""
+        run = self.start_run(context, enrollment_timeout=self.poll_interval)
+        assert run.state is not None
+        saved = run.state.load_run(run.run_id) or {}
+        self.log.info("Whippy's background work is %s", (event or {}).get("status", "over"))
+        stored = run.state.keys_with_status(PENDING, run_id=run.run_id)
+        run.pending = {row.contact_key: json.loads(row.identity or "{}") for row in stored.itertuples()}
+        run.confirm()
+        result = run.finish()
+        for name, value in saved.items():
+            if name in ("write_requests", "read_requests", "requests"):
+                result.stats[name] += int(value)
+            elif name not in ("added", "not_processed", "finished"):
+                result.stats[name] = value
+        return self.complete(context, result, run)

@@ -1,0 +1,409 @@
+"""One run of a sync: source chunks -> prepare -> plan -> push -> record.
+
+Plain Python and pandas: the operators wire a source, an adapter and a state together and
+call :meth:`SyncRun.run`; benchmarks and tests can do the same without Airflow.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter
+from airflow_provider_sequences.sync.outcomes import DATA_REASONS, ENROLLMENT_UNCONFIRMED, SyncResult
+from airflow_provider_sequences.sync.prepare import PrepareSpec, check_columns, prepare_chunk
+from airflow_provider_sequences.sync.push import Pusher
+from airflow_provider_sequences.sync.state import (
+    ADDED,
+    NOT_PROCESSED,
+    PENDING,
+    SENDING,
+    KeyOutcome,
+    SyncState,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SyncOptions:
+    """How a run behaves.
+
+    :param batch_size: contacts per request (at most the service's maximum).
+    :param dry_run: plan only: no write request and nothing written to the state.
+    :param incremental: skip keys an earlier run enrolled; retry earlier failures that may
+        succeed now (up to ``max_attempts`` sends), and data rejections only when the data changed.
+    :param full_resync: send every key whatever the state says (outcomes are still recorded).
+    :param max_attempts: sends of one key across runs before a transient failure is final.
+    :param enrollment_timeout: seconds to wait for a service that confirms in the background.
+    :param max_failed_batches: consecutive failed batches before the run stops sending.
+    :param progress_interval: seconds between progress lines in the log.
+    """
+
+    batch_size: int
+    dry_run: bool = False
+    incremental: bool = True
+    full_resync: bool = False
+    max_attempts: int = 5
+    enrollment_timeout: float = 600.0
+    max_failed_batches: int = 3
+    progress_interval: float = 30.0
+
+
+@dataclass
+class _Progress:
+    started: float = field(default_factory=time.monotonic)
+    last_log: float = field(default_factory=time.monotonic)
+    batches: int = 0
+
+
+class SyncRun:
+    """One pass of a source through prepare, plan, push and record.
+
+    :param adapter: the service adapter (already past :meth:`~ServiceAdapter.preflight`).
+    :param spec: how source columns become contact fields.
+    :param state: the sync state of this sequence, or ``None`` for a dry run without one.
+    :param run_id: this run's id (the Airflow run id): a retried task with the same id resumes.
+    :param options: see :class:`SyncOptions`.
+    :param total_rows: the number of source rows when known cheaply, for progress lines.
+    """
+
+    def __init__(
+        self,
+        adapter: ServiceAdapter,
+        spec: PrepareSpec,
+        state: SyncState | None,
+        run_id: str,
+        options: SyncOptions,
+        *,
+        total_rows: int | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.adapter = adapter
+        self.spec = spec
+        self.state = state
+        self.run_id = run_id
+        self.options = options
+        self.total_rows = total_rows
+        self.log = logger or log
+        self.pusher = Pusher(adapter, max_failed_batches=options.max_failed_batches)
+        self.result = SyncResult()
+        self.would_send: list[str] = []
+        self.pending: dict[str, dict[str, Any]] = {}
+        self._seen: set[str] = set()
+        self._buffer: list[pd.DataFrame] = []
+        self._buffered = 0
+        self._resent: set[str] = set()
+        self._progress = _Progress()
+        self._requests_before = adapter.request_counts
+
+    @property
+    def writes_state(self) -> bool:
+        return self.state is not None and not self.options.dry_run
+
+    # -- the run ------------------------------------------------------------------------------
+
+    def run(self, chunks: Iterable[pd.DataFrame]) -> SyncResult:
+        """Read every chunk, send what the plan says, and return the run's result.
+
+        Pending contacts (services that confirm in the background) are left in
+        :attr:`pending` for :meth:`confirm`, so the wait can happen elsewhere (a trigger).
+        """
+        first_row = 0
+        for chunk in chunks:
+            if first_row == 0:
+                check_columns(list(chunk.columns), self.spec)
+            self._take_chunk(chunk, first_row)
+            first_row += len(chunk)
+            self.result.stats["rows"] = first_row
+            self._log_progress()
+        self._flush(final=True)
+        self._count_requests()
+        return self.result
+
+    def _take_chunk(self, chunk: pd.DataFrame, first_row: int) -> None:
+        if chunk.empty:
+            return
+        fingerprints = _fingerprints(chunk, self.spec)
+        prepared = prepare_chunk(chunk, self.spec, first_row=first_row)
+        contacts = prepared.contacts
+        contacts["fingerprint"] = fingerprints[contacts["row"].to_numpy() - first_row]
+        rejected = pd.DataFrame(
+            {
+                "key": [key for key, _, _ in prepared.rejected],
+                "reason": [reason for _, reason, _ in prepared.rejected],
+                "detail": [detail for _, _, detail in prepared.rejected],
+                "row": prepared.rejected_rows,
+            }
+        )
+        rejected["fingerprint"] = fingerprints[rejected["row"].to_numpy(dtype="int64") - first_row]
+
+        # First occurrence of a key wins, across chunks, whether it was accepted or not.
+        everyone = pd.concat(
+            [contacts[["key", "row"]].assign(ok=True), rejected[["key", "row"]].assign(ok=False)],
+            ignore_index=True,
+        ).sort_values("row", kind="stable")
+        first = ~everyone["key"].duplicated() & ~everyone["key"].isin(self._seen)
+        self.result.stats["duplicates"] += int((~first).sum())
+        winners = set(everyone.loc[first, "row"].tolist())
+        self._seen.update(everyone.loc[first, "key"].tolist())
+        contacts = contacts[contacts["row"].isin(winners)]
+        rejected = rejected[rejected["row"].isin(winners)]
+
+        contacts, rejected = self._plan(contacts, rejected)
+        self._reject(rejected)
+        if contacts.empty:
+            return
+        if self.options.dry_run:
+            self.would_send.extend(contacts["key"].tolist())
+            return
+        self._buffer.append(contacts)
+        self._buffered += len(contacts)
+        self._flush(final=False)
+
+    # -- plan ---------------------------------------------------------------------------------
+
+    def _plan(self, contacts: pd.DataFrame, rejected: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Decide, from the state, what each key needs; returns (to send, to reject now).
+
+        Keys an earlier run enrolled are skipped (``unchanged``); data rejections whose data did
+        not change, and transient failures out of attempts, are reported again without
+        sending; keys acknowledged by an earlier attempt of this same run are already part of
+        its result; keys whose batch may have been applied when a worker died are re-sent
+        only where that is safe, and otherwise read back.
+        """
+        if self.state is None:
+            return contacts, rejected
+        frame = pd.concat(
+            [contacts.assign(_accepted=True), rejected.assign(_accepted=False)], ignore_index=True
+        )
+        if frame.empty:
+            return contacts, rejected
+        for column in ("reason", "detail"):
+            if column not in frame.columns:
+                frame[column] = None
+        known = self.state.lookup(frame["key"].tolist())
+        if known.empty:
+            return contacts, rejected
+        merged = frame.merge(
+            known, how="left", left_on="key", right_on="contact_key", suffixes=("", "_state")
+        )
+        status = merged["status"]
+        same_run = merged["last_run_id"] == self.run_id
+        resync = self.options.full_resync or not self.options.incremental
+        data_reason = merged["reason_state"].isin(list(DATA_REASONS))
+        attempts = pd.to_numeric(merged["attempts"], errors="coerce").fillna(0)
+        decision = np.select(
+            [
+                status.isna(),
+                status == SENDING,
+                same_run & status.isin([ADDED, NOT_PROCESSED]),
+                status == PENDING,
+                pd.Series(resync, index=merged.index),
+                status == ADDED,
+                data_reason & (merged["fingerprint_state"] == merged["fingerprint"]),
+                ~data_reason & (attempts >= self.options.max_attempts),
+            ],
+            ["handle", "sending", "done", "pending", "handle", "unchanged", "again", "given_up"],
+            default="handle",
+        )
+        self.result.stats["unchanged"] += int((decision == "unchanged").sum())
+        self.result.stats["resumed"] += int((decision == "done").sum())
+
+        sending = merged[decision == "sending"]
+        if len(sending):
+            if self.adapter.resend_is_safe:
+                self._resent.update(sending["key"].tolist())
+                decision = np.where(decision == "sending", "handle", decision)
+            else:
+                for row in sending.to_dict("records"):
+                    self.pending[row["key"]] = self.adapter.identity(row) or {}
+        for row in merged[decision == "pending"].to_dict("records"):
+            self.pending[row["key"]] = {}
+        again = merged[(decision == "again") | (decision == "given_up")]
+        if len(again):
+            given_up = decision[(decision == "again") | (decision == "given_up")] == "given_up"
+            details = [
+                f"{detail} (gave up after {int(n)} attempts)"
+                if gave_up
+                else f"{detail} (unchanged since then)"
+                for detail, n, gave_up in zip(again["detail_state"], again["attempts"], given_up, strict=True)
+            ]
+            self._reject(
+                pd.DataFrame(
+                    {
+                        "key": again["key"],
+                        "reason": again["reason_state"],
+                        "detail": details,
+                        "fingerprint": again["fingerprint"],
+                    }
+                )
+            )
+        handle = merged[decision == "handle"]
+        keys_to_send = set(handle.loc[handle["_accepted"], "key"])
+        keys_to_reject = set(handle.loc[~handle["_accepted"], "key"])
+        return contacts[contacts["key"].isin(keys_to_send)], rejected[rejected["key"].isin(keys_to_reject)]
+
+    # -- push and record ----------------------------------------------------------------------
+
+    def _flush(self, *, final: bool) -> None:
+        size = self.options.batch_size
+        while self._buffered >= size or (final and self._buffered > 0):
+            merged = pd.concat(self._buffer, ignore_index=True) if len(self._buffer) > 1 else self._buffer[0]
+            batch, rest = merged.iloc[:size], merged.iloc[size:]
+            self._buffer = [rest] if len(rest) else []
+            self._buffered = len(rest)
+            self._send(batch.reset_index(drop=True))
+
+    def _send(self, batch: pd.DataFrame) -> None:
+        keys = batch["key"].tolist()
+        fingerprints = dict(zip(keys, batch["fingerprint"].tolist(), strict=True))
+        if self.state is not None:
+            self.state.record([KeyOutcome(key, SENDING) for key in keys], self.run_id)
+        resent = frozenset(self._resent.intersection(keys))
+        outcome = self.pusher.push(batch, resent_keys=resent)
+        identities = {}
+        if outcome.pending:
+            identities = {
+                key: self.adapter.identity(row) or {}
+                for key, row in zip(keys, batch.to_dict("records"), strict=True)
+                if key in outcome.pending
+            }
+            for key, identity in identities.items():
+                outcome.pending[key] = identity
+        self._record(outcome, fingerprints)
+        self._progress.batches += 1
+        self._log_progress()
+
+    def _record(self, outcome: BatchOutcome, fingerprints: dict[str, str]) -> None:
+        outcomes = [
+            KeyOutcome(key, ADDED, fingerprint=fingerprints.get(key), service_contact_id=contact_id)
+            for key, contact_id in outcome.added.items()
+        ]
+        outcomes += [
+            KeyOutcome(key, NOT_PROCESSED, reason, detail, fingerprint=fingerprints.get(key))
+            for key, (reason, detail) in outcome.failed.items()
+        ]
+        outcomes += [
+            KeyOutcome(key, PENDING, fingerprint=fingerprints.get(key), identity=identity)
+            for key, identity in outcome.pending.items()
+        ]
+        if self.writes_state:
+            assert self.state is not None
+            self.state.record(outcomes, self.run_id)
+        for key in outcome.added:
+            self.result.add(key)
+        for key, (reason, detail) in outcome.failed.items():
+            self.result.reject(key, reason, detail)
+        self.pending.update(outcome.pending)
+
+    def _reject(self, rejected: pd.DataFrame) -> None:
+        if rejected.empty:
+            return
+        rows = list(
+            zip(
+                rejected["key"].tolist(),
+                rejected["reason"].tolist(),
+                rejected["detail"].tolist(),
+                rejected["fingerprint"].tolist(),
+                strict=True,
+            )
+        )
+        if self.writes_state:
+            assert self.state is not None
+            self.state.record(
+                [KeyOutcome(k, NOT_PROCESSED, r, d, fingerprint=f) for k, r, d, f in rows], self.run_id
+            )
+        for key, reason, detail, _ in rows:
+            self.result.reject(key, reason, detail)
+
+    # -- confirm ------------------------------------------------------------------------------
+
+    def confirm(self, timeout: float | None = None) -> None:
+        """Resolve pending keys by reading the service back (Whippy) and record the answers."""
+        if not self.pending:
+            return
+        pending = self.pending
+        if self.state is not None and any(not identity for identity in pending.values()):
+            stored = self.state.keys_with_status(PENDING)
+            known = {row.contact_key: json.loads(row.identity or "{}") for row in stored.itertuples()}
+            pending = {key: identity or known.get(key, {}) for key, identity in pending.items()}
+        self.pending = {}
+        self.log.info("Waiting for %s to confirm %d contacts", self.adapter.service, len(pending))
+        outcome = self.adapter.confirm(pending, timeout=timeout or self.options.enrollment_timeout)
+        self._record(outcome, {})
+        self._count_requests()
+
+    def finish(self) -> SyncResult:
+        """The run's result. With a state, it is read back from it, so a resumed or deferred
+        task reports the whole run, not only its last attempt."""
+        self._count_requests()
+        if not self.writes_state:
+            if self.options.dry_run:
+                self.result.stats["would_send"] = len(self.would_send)
+            return self.result
+        assert self.state is not None
+        result = SyncResult(stats=self.result.stats)
+        for key, status, reason, detail in self.state.run_outcomes(self.run_id):
+            if status == ADDED:
+                result.add(key)
+            elif status == NOT_PROCESSED:
+                result.reject(key, reason or "", detail or "")
+            else:
+                result.reject(
+                    key,
+                    ENROLLMENT_UNCONFIRMED,
+                    f"{self.adapter.service} accepted this contact but its enrolment was not read back "
+                    "in this run; the next run confirms it",
+                )
+        return result
+
+    # -- reporting ----------------------------------------------------------------------------
+
+    def _count_requests(self) -> None:
+        writes, reads = self.adapter.request_counts
+        self.result.stats["write_requests"] = writes - self._requests_before[0]
+        self.result.stats["read_requests"] = reads - self._requests_before[1]
+        self.result.stats["requests"] = (
+            self.result.stats["write_requests"] + self.result.stats["read_requests"]
+        )
+        self.result.stats["split_batches"] = self.pusher.splits
+
+    def _log_progress(self) -> None:
+        now = time.monotonic()
+        if now - self._progress.last_log < self.options.progress_interval:
+            return
+        self._progress.last_log = now
+        self._count_requests()
+        rows = self.result.stats["rows"]
+        elapsed = max(now - self._progress.started, 1e-9)
+        total = f" of {self.total_rows:,}" if self.total_rows else ""
+        self.log.info(
+            "%s: %s%s rows read (%.0f rows/s); %d batches sent, %d added, %d not processed, "
+            "%d unchanged, %d requests",
+            self.adapter.service,
+            f"{rows:,}",
+            total,
+            rows / elapsed,
+            self._progress.batches,
+            len(self.result.added),
+            len(self.result.not_processed),
+            self.result.stats["unchanged"],
+            self.result.stats["requests"],
+        )
+
+
+def _fingerprints(chunk: pd.DataFrame, spec: PrepareSpec) -> Any:
+    """A stable hash per row of the mapped source values: a changed row has a new one."""
+    columns = sorted({spec.key_column, *spec.column_map, *([spec.id_column] if spec.id_column else [])})
+    columns = [c for c in columns if c in chunk.columns]
+    text = chunk[columns].astype("string").fillna("")
+    hashes = pd.util.hash_pandas_object(text, index=False).to_numpy()
+    return pd.Series(hashes).map("{:016x}".format).to_numpy()

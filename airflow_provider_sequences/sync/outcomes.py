@@ -1,0 +1,72 @@
+"""Reasons and the run result: every distinct key ends in exactly one outcome."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+# The provider's own reasons (the services' slugs, such as ``contactAlreadyInSequence``,
+# ``contactNotFound``, ``forbidden``, ``contactLimitExceeded`` and ``invalidInput``, pass through).
+MISSING_KEY = "missingKey"
+MISSING_EMAIL = "missingEmail"
+INVALID_EMAIL = "invalidEmail"
+MISSING_PHONE = "missingPhone"
+INVALID_PHONE = "invalidPhone"
+INVALID_CONTACT_ID = "invalidContactId"
+FIELD_TOO_LONG = "fieldTooLong"
+INVALID_FIELD = "invalidField"
+MISSING_FIELD = "missingField"
+NOT_ENROLLED = "notEnrolled"
+ENROLLMENT_UNCONFIRMED = "enrollmentUnconfirmed"
+REQUEST_FAILED = "requestFailed"
+INVALID_INPUT = "invalidInput"
+CONTACT_ALREADY_IN_SEQUENCE = "contactAlreadyInSequence"
+
+#: Reasons about the row's data: sending the same data again will fail again.
+DATA_REASONS = frozenset(
+    {
+        MISSING_KEY,
+        MISSING_EMAIL,
+        INVALID_EMAIL,
+        MISSING_PHONE,
+        INVALID_PHONE,
+        INVALID_CONTACT_ID,
+        FIELD_TOO_LONG,
+        INVALID_FIELD,
+        MISSING_FIELD,
+        INVALID_INPUT,
+    }
+)
+
+
+@dataclass
+class SyncResult:
+    """The outcome of one run, built up batch by batch.
+
+    ``added`` and ``not_processed`` never share a key; ``stats["rows"]`` counts every row
+    read, so ``rows == added + not_processed + duplicates (+ unchanged)`` always holds.
+    """
+
+    added: list[str] = field(default_factory=list)
+    not_processed: dict[str, dict[str, str]] = field(default_factory=dict)
+    stats: Counter[str] = field(default_factory=Counter)
+
+    def add(self, key: str) -> None:
+        self.added.append(key)
+
+    def reject(self, key: str, reason: str, detail: str) -> None:
+        self.not_processed[key] = {"reason": reason, "detail": detail}
+
+    def reasons(self) -> Counter[str]:
+        """How many keys each reason accounts for."""
+        return Counter(outcome["reason"] for outcome in self.not_processed.values())
+
+    def to_xcom(self) -> dict[str, Any]:
+        """The operator's return value: JSON-safe, keys are strings."""
+        stats = dict(self.stats)
+        stats["added"] = len(self.added)
+        stats["not_processed"] = len(self.not_processed)
+        for name in ("rows", "duplicates", "requests", "write_requests", "read_requests"):
+            stats.setdefault(name, 0)
+        return {"added": list(self.added), "not_processed": dict(self.not_processed), "stats": stats}

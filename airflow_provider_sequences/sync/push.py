@@ -1,0 +1,94 @@
+"""The push stage: send a batch through an adapter, splitting batches the service rejects whole."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+import pandas as pd
+
+from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter
+from airflow_provider_sequences.exceptions import OutcomeUnknownError, SequencesApiError, SyncAbortedError
+from airflow_provider_sequences.sync.outcomes import INVALID_INPUT, REQUEST_FAILED
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Pusher:
+    """Sends batches, isolating bad rows by bisection and stopping when the service is down.
+
+    A batch the service refuses for its rows (a 400 or 422 pinned to items) is split in
+    halves until each bad row stands alone, so one bad row costs only its own outcome. A batch
+    that fails for the service's reasons after the hook's retries (429s, 5xx, lost
+    connections) becomes ``requestFailed``, a reason a later run retries; after
+    ``max_failed_batches`` such batches in a row, the rest is not sent at all. An error about
+    the request itself (a bad key, a missing scope, a wrong step) stops the run.
+
+    :param adapter: the service adapter.
+    :param max_failed_batches: consecutive failed batches before giving up on the run.
+    """
+
+    adapter: ServiceAdapter
+    max_failed_batches: int = 3
+    failed_in_a_row: int = 0
+    splits: int = 0
+    last_failure: str = ""
+    _stopped: bool = field(default=False, repr=False)
+
+    @property
+    def stopped(self) -> bool:
+        """Whether sending stopped because the service kept failing."""
+        return self._stopped
+
+    def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
+        """Send one batch and say what became of every key in it."""
+        if self._stopped:
+            return _all_failed(
+                batch,
+                REQUEST_FAILED,
+                f"not sent: the previous {self.max_failed_batches} batches failed ({self.last_failure})",
+            )
+        outcome = BatchOutcome()
+        self._push(batch, resent_keys, outcome)
+        return outcome
+
+    def _push(self, batch: pd.DataFrame, resent_keys: frozenset[str], outcome: BatchOutcome) -> None:
+        try:
+            outcome.merge(self.adapter.push(batch, resent_keys=resent_keys))
+            self.failed_in_a_row = 0
+        except SequencesApiError as exc:
+            if exc.rejects_request and self.adapter.is_row_error(exc):
+                if len(batch) == 1:
+                    detail = f"{exc.service} rejected this contact: {_field_details(exc)}"
+                    outcome.failed[str(batch["key"].iloc[0])] = (INVALID_INPUT, detail)
+                    return
+                self.splits += 1
+                half = len(batch) // 2
+                log.info(
+                    "%s rejected a batch of %d for its rows; splitting it in halves", exc.service, len(batch)
+                )
+                self._push(batch.iloc[:half], resent_keys, outcome)
+                self._push(batch.iloc[half:], resent_keys, outcome)
+                return
+            if exc.is_retryable or isinstance(exc, OutcomeUnknownError):
+                self.failed_in_a_row += 1
+                self.last_failure = str(exc)
+                if self.failed_in_a_row >= self.max_failed_batches:
+                    self._stopped = True
+                log.warning("A batch of %d failed after retries: %s", len(batch), exc)
+                outcome.merge(_all_failed(batch, REQUEST_FAILED, f"the request failed after retries: {exc}"))
+                return
+            raise SyncAbortedError(
+                f"{exc.service} refused the request, so no batch can succeed: {exc}"
+            ) from exc
+
+
+def _all_failed(batch: pd.DataFrame, reason: str, detail: str) -> BatchOutcome:
+    return BatchOutcome(failed={str(key): (reason, detail) for key in batch["key"].tolist()})
+
+
+def _field_details(error: SequencesApiError) -> str:
+    if error.errors:
+        return "; ".join(str(e.get("detail") or e.get("field")) for e in error.errors)
+    return error.detail or f"{error.status}"

@@ -1,0 +1,312 @@
+"""The sync state: what each key's last outcome was in a sequence, in a plain SQL table.
+
+One row per (service, connection, sequence, key). It is written batch by batch as the service
+answers, so a run killed half-way resumes where it stopped, and it is a table users can query
+themselves ("who was enrolled when, and who failed why"). SQLAlchemy Core keeps it portable:
+the embedded default is SQLite, deployments with several workers use PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+
+STATE_TABLE = "sequence_sync_state"
+RUNS_TABLE = "sequence_sync_runs"
+
+#: Statuses of a key in the state table.
+ADDED = "added"
+NOT_PROCESSED = "not_processed"
+#: Sent and accepted, not yet confirmed (Whippy works in the background).
+PENDING = "pending"
+#: Written just before a batch is sent: if the worker dies now, a retry knows the batch
+#: may already have been applied.
+SENDING = "sending"
+
+# IN lists are cut to this size: SQLite allows 32,766 bound parameters per statement.
+_LOOKUP_SLICE = 5_000
+
+metadata = sa.MetaData()
+
+state_table = sa.Table(
+    STATE_TABLE,
+    metadata,
+    sa.Column("service", sa.String(32), primary_key=True),
+    sa.Column("connection_id", sa.String(250), primary_key=True),
+    sa.Column("sequence_id", sa.String(100), primary_key=True),
+    sa.Column("contact_key", sa.String(512), primary_key=True),
+    sa.Column("status", sa.String(20), nullable=False),
+    sa.Column("reason", sa.String(64)),
+    sa.Column("detail", sa.Text),
+    sa.Column("fingerprint", sa.String(32)),
+    sa.Column("service_contact_id", sa.String(100)),
+    sa.Column("identity", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, default=0),
+    sa.Column("first_run_id", sa.String(250)),
+    sa.Column("last_run_id", sa.String(250)),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+sa.Index("ix_sequence_sync_state_run", state_table.c.sequence_id, state_table.c.last_run_id)
+
+runs_table = sa.Table(
+    RUNS_TABLE,
+    metadata,
+    sa.Column("service", sa.String(32), primary_key=True),
+    sa.Column("connection_id", sa.String(250), primary_key=True),
+    sa.Column("sequence_id", sa.String(100), primary_key=True),
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("stats", sa.Text, nullable=False),
+    sa.Column("finished", sa.Boolean, nullable=False, default=False),
+    sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+
+@dataclass(frozen=True)
+class KeyOutcome:
+    """One key's outcome in a batch, as recorded."""
+
+    key: str
+    status: str
+    reason: str | None = None
+    detail: str | None = None
+    fingerprint: str | None = None
+    service_contact_id: str | None = None
+    identity: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The state of one sequence reached through one connection of one service."""
+
+    service: str
+    connection_id: str
+    sequence_id: str
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def default_state_url(airflow_home: str | Path) -> str:
+    """The embedded default: a SQLite file under ``AIRFLOW_HOME``."""
+    return f"sqlite:///{Path(airflow_home) / 'sequence_sync_state.db'}"
+
+
+def create_state_engine(url: str) -> sa.Engine:
+    """An engine for the state database, with SQLite set up for concurrent writers."""
+    if url.startswith("sqlite"):
+        engine = sa.create_engine(url, connect_args={"timeout": 60})
+
+        @sa.event.listens_for(engine, "connect")
+        def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+            # WAL lets readers and one writer work at once; several mapped tasks share the file.
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=NORMAL")
+            cursor.close()
+
+        return engine
+    return sa.create_engine(url, pool_pre_ping=True)
+
+
+class SyncState:
+    """Reads and writes the sync state of one scope (service, connection, sequence).
+
+    :param engine: a SQLAlchemy engine for the state database (SQLite or PostgreSQL).
+    :param scope: whose records this object reads and writes.
+    """
+
+    def __init__(self, engine: sa.Engine, scope: Scope) -> None:
+        self.engine = engine
+        self.scope = scope
+        metadata.create_all(engine, checkfirst=True)
+
+    def _where(self, table: sa.Table) -> sa.ColumnElement[bool]:
+        return sa.and_(
+            table.c.service == self.scope.service,
+            table.c.connection_id == self.scope.connection_id,
+            table.c.sequence_id == self.scope.sequence_id,
+        )
+
+    # -- reading ------------------------------------------------------------------------------
+
+    def lookup(self, keys: Sequence[str]) -> pd.DataFrame:
+        """The recorded state of these keys (those never seen are absent).
+
+        Columns: ``contact_key``, ``status``, ``reason``, ``detail``, ``fingerprint``, ``attempts``,
+        ``last_run_id``, ``service_contact_id``.
+        """
+        columns = [
+            state_table.c.contact_key,
+            state_table.c.status,
+            state_table.c.reason,
+            state_table.c.detail,
+            state_table.c.fingerprint,
+            state_table.c.attempts,
+            state_table.c.last_run_id,
+            state_table.c.service_contact_id,
+        ]
+        frames = []
+        with self.engine.connect() as connection:
+            for start in range(0, len(keys), _LOOKUP_SLICE):
+                part = list(keys[start : start + _LOOKUP_SLICE])
+                query = sa.select(*columns).where(
+                    self._where(state_table), state_table.c.contact_key.in_(part)
+                )
+                rows = connection.execute(query).all()
+                if rows:
+                    frames.append(pd.DataFrame(rows, columns=[c.name for c in columns]))
+        if not frames:
+            return pd.DataFrame(columns=[c.name for c in columns])
+        return pd.concat(frames, ignore_index=True)
+
+    def keys_with_status(self, status: str, *, run_id: str | None = None) -> pd.DataFrame:
+        """Keys in one status (optionally of one run), with their identity and fingerprint."""
+        query = sa.select(
+            state_table.c.contact_key,
+            state_table.c.identity,
+            state_table.c.fingerprint,
+            state_table.c.attempts,
+            state_table.c.last_run_id,
+        ).where(self._where(state_table), state_table.c.status == status)
+        if run_id is not None:
+            query = query.where(state_table.c.last_run_id == run_id)
+        with self.engine.connect() as connection:
+            rows = connection.execute(query).all()
+        return pd.DataFrame(
+            rows, columns=["contact_key", "identity", "fingerprint", "attempts", "last_run_id"]
+        )
+
+    def run_outcomes(self, run_id: str) -> Iterator[tuple[str, str, str | None, str | None]]:
+        """(key, status, reason, detail) of every key whose last run is ``run_id``."""
+        query = (
+            sa.select(
+                state_table.c.contact_key, state_table.c.status, state_table.c.reason, state_table.c.detail
+            )
+            .where(self._where(state_table), state_table.c.last_run_id == run_id)
+            .order_by(state_table.c.contact_key)
+        )
+        with self.engine.connect() as connection:
+            for row in connection.execute(query):
+                yield row[0], row[1], row[2], row[3]
+
+    def to_frame(self) -> pd.DataFrame:
+        """The whole state of this scope as a DataFrame (for people, not for the sync)."""
+        query = sa.select(state_table).where(self._where(state_table)).order_by(state_table.c.contact_key)
+        with self.engine.connect() as connection:
+            return pd.read_sql(query, connection)
+
+    # -- writing ------------------------------------------------------------------------------
+
+    def record(self, outcomes: Iterable[KeyOutcome], run_id: str) -> int:
+        """Upsert outcomes in one transaction; a key's attempts grow by one per send."""
+        now = _now()
+        rows = [
+            {
+                "service": self.scope.service,
+                "connection_id": self.scope.connection_id,
+                "sequence_id": self.scope.sequence_id,
+                "contact_key": o.key,
+                "status": o.status,
+                "reason": o.reason,
+                "detail": o.detail,
+                "fingerprint": o.fingerprint,
+                "service_contact_id": o.service_contact_id,
+                "identity": json.dumps(o.identity, sort_keys=True) if o.identity else None,
+                "attempts": 1 if o.status == SENDING else 0,
+                "first_run_id": run_id,
+                "last_run_id": run_id,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for o in outcomes
+        ]
+        if not rows:
+            return 0
+        with self.engine.begin() as connection:
+            connection.execute(self._upsert(), rows)
+        return len(rows)
+
+    def _upsert(self) -> Any:
+        dialect = self.engine.dialect.name
+        insert: Any
+        if dialect == "postgresql":
+            insert = postgresql.insert(state_table)
+        elif dialect == "sqlite":
+            insert = sqlite.insert(state_table)
+        else:
+            raise ValueError(f"the sync state supports SQLite and PostgreSQL, not {dialect}")
+        new = insert.excluded
+        return insert.on_conflict_do_update(
+            index_elements=[
+                state_table.c.service,
+                state_table.c.connection_id,
+                state_table.c.sequence_id,
+                state_table.c.contact_key,
+            ],
+            set_={
+                "status": new.status,
+                "reason": new.reason,
+                "detail": new.detail,
+                "fingerprint": sa.func.coalesce(new.fingerprint, state_table.c.fingerprint),
+                "service_contact_id": sa.func.coalesce(
+                    new.service_contact_id, state_table.c.service_contact_id
+                ),
+                "identity": sa.func.coalesce(new.identity, state_table.c.identity),
+                "attempts": state_table.c.attempts + new.attempts,
+                "last_run_id": new.last_run_id,
+                "updated_at": new.updated_at,
+            },
+        )
+
+    # -- runs ---------------------------------------------------------------------------------
+
+    def load_run(self, run_id: str) -> dict[str, Any] | None:
+        """The stats saved for a run, or ``None`` when the run never started here."""
+        query = sa.select(runs_table.c.stats, runs_table.c.finished).where(
+            self._where(runs_table), runs_table.c.run_id == run_id
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        if row is None:
+            return None
+        stats: dict[str, Any] = json.loads(row[0])
+        stats["finished"] = bool(row[1])
+        return stats
+
+    def save_run(self, run_id: str, stats: dict[str, Any], *, finished: bool = False) -> None:
+        """Save a run's counters (so a resumed or deferred task can finish the run's result)."""
+        now = _now()
+        values = {
+            "service": self.scope.service,
+            "connection_id": self.scope.connection_id,
+            "sequence_id": self.scope.sequence_id,
+            "run_id": run_id,
+            "stats": json.dumps(stats, sort_keys=True),
+            "finished": finished,
+            "started_at": now,
+            "updated_at": now,
+        }
+        dialect = self.engine.dialect.name
+        insert: Any = postgresql.insert(runs_table) if dialect == "postgresql" else sqlite.insert(runs_table)
+        statement = insert.on_conflict_do_update(
+            index_elements=[
+                runs_table.c.service,
+                runs_table.c.connection_id,
+                runs_table.c.sequence_id,
+                runs_table.c.run_id,
+            ],
+            set_={"stats": insert.excluded.stats, "finished": finished, "updated_at": now},
+        )
+        with self.engine.begin() as connection:
+            connection.execute(statement, values)

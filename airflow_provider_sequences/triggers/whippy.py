@@ -1,0 +1,92 @@
+"""Wait for Whippy's background enrolment without holding a worker slot."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+from airflow_provider_sequences.hooks.whippy import WhippyHook
+
+
+class WhippyEnrollmentTrigger(BaseTrigger):
+    """Polls how many contacts a sequence step holds until Whippy's background work is done.
+
+    Only reads (one cheap request per poll, never a write). Fires when the step holds
+    ``expected_total`` contacts, when its count has not moved for ``stable_polls`` polls in a
+    row (contacts Whippy ignored never arrive), or after ``timeout`` seconds; the task then
+    resumes and reads the step back to learn exactly who was enrolled.
+
+    :param whippy_conn_id: the Whippy connection.
+    :param sequence_id: the sequence.
+    :param step_id: the step the contacts were sent to.
+    :param expected_total: the step's count once every accepted contact is in.
+    :param poll_interval: seconds between polls.
+    :param stable_polls: unchanged polls in a row that mean the work is over.
+    :param timeout: seconds before giving up.
+    """
+
+    def __init__(
+        self,
+        *,
+        whippy_conn_id: str,
+        sequence_id: str,
+        step_id: str,
+        expected_total: int,
+        poll_interval: float = 10.0,
+        stable_polls: int = 3,
+        timeout: float = 600.0,
+    ) -> None:
+        super().__init__()
+        self.whippy_conn_id = whippy_conn_id
+        self.sequence_id = sequence_id
+        self.step_id = step_id
+        self.expected_total = expected_total
+        self.poll_interval = poll_interval
+        self.stable_polls = stable_polls
+        self.timeout = timeout
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            f"{type(self).__module__}.{type(self).__qualname__}",
+            {
+                "whippy_conn_id": self.whippy_conn_id,
+                "sequence_id": self.sequence_id,
+                "step_id": self.step_id,
+                "expected_total": self.expected_total,
+                "poll_interval": self.poll_interval,
+                "stable_polls": self.stable_polls,
+                "timeout": self.timeout,
+            },
+        )
+
+    def _count(self, hook: WhippyHook) -> int:
+        page = hook.list_sequence_contacts(self.sequence_id, limit=1, step_ids=[self.step_id])
+        return int(page.get("total", 0))
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        hook = WhippyHook(self.whippy_conn_id)
+        deadline = time.monotonic() + self.timeout
+        last: int | None = None
+        unchanged = 0
+        while True:
+            # The hook is synchronous (requests); a thread keeps the triggerer's loop free.
+            total = await asyncio.to_thread(self._count, hook)
+            unchanged = unchanged + 1 if total == last else 0
+            last = total
+            status = None
+            if total >= self.expected_total:
+                status = "complete"
+            elif unchanged >= self.stable_polls:
+                status = "settled"
+            elif time.monotonic() >= deadline:
+                status = "timeout"
+            if status:
+                self.log.info("Whippy step %s holds %d contacts: %s", self.step_id, total, status)
+                yield TriggerEvent({"status": status, "total": total})
+                return
+            self.log.info("Whippy step %s holds %d of %d contacts", self.step_id, total, self.expected_total)
+            await asyncio.sleep(self.poll_interval)
