@@ -39,6 +39,23 @@ def get_provider_info() -> dict[str, Any]:
             {"integration-name": "Reply.io", "python-modules": ["airflow_provider_sequences.hooks.reply"]},
             {"integration-name": "Whippy", "python-modules": ["airflow_provider_sequences.hooks.whippy"]},
         ],
+        "operators": [
+            {
+                "integration-name": "Reply.io",
+                "python-modules": ["airflow_provider_sequences.operators.reply"],
+            },
+            {
+                "integration-name": "Whippy",
+                "python-modules": ["airflow_provider_sequences.operators.whippy"],
+            },
+        ],
+        "triggers": [
+            {
+                "integration-name": "Whippy",
+                "python-modules": ["airflow_provider_sequences.triggers.whippy"],
+            }
+        ],
+        "extra-links": ["airflow_provider_sequences.links.SequenceLink"],
         "connection-types": [
             {
                 "connection-type": "reply",

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -12,11 +10,12 @@ from airflow.sdk import BaseHook, BaseOperator
 
 from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.exceptions import SyncAbortedError
+from airflow_provider_sequences.state import state_engine
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
 from airflow_provider_sequences.sync.outcomes import SyncResult
 from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
 from airflow_provider_sequences.sync.source import read_file_chunks, read_sql_chunks, records_chunks
-from airflow_provider_sequences.sync.state import Scope, SyncState, create_state_engine, default_state_url
+from airflow_provider_sequences.sync.state import Scope, SyncState
 
 DEFAULT_CHUNK_SIZE = 20_000
 
@@ -171,13 +170,8 @@ class SequenceSyncOperator(BaseOperator):
         return None
 
     def sync_state(self, adapter: ServiceAdapter) -> SyncState:
-        if self.state_conn_id:
-            hook = BaseHook.get_connection(self.state_conn_id).get_hook()
-            engine = hook.get_sqlalchemy_engine()
-        else:
-            home = os.environ.get("AIRFLOW_HOME") or str(Path.home() / "airflow")
-            engine = create_state_engine(default_state_url(home))
-        return SyncState(engine, Scope(adapter.service, self.connection_id(), str(self.sequence_id)))
+        scope = Scope(adapter.service, self.connection_id(), str(self.sequence_id))
+        return SyncState(state_engine(self.state_conn_id), scope)
 
     def options(self, adapter: ServiceAdapter, **extra: Any) -> SyncOptions:
         batch_size = int(self.batch_size or adapter.max_batch_size)
