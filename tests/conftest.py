@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import subprocess
 import tempfile
 from pathlib import Path
 
@@ -32,4 +33,37 @@ def dags_folder(airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     folder = tmp_path / "dags"
     folder.mkdir()
     monkeypatch.setenv("AIRFLOW__CORE__DAGS_FOLDER", str(folder))
+    # Airflow also keeps the folder it read at start-up in airflow.settings.
+    import airflow.settings
+
+    monkeypatch.setattr(airflow.settings, "DAGS_FOLDER", str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> str:
+    """URL of a throwaway PostgreSQL on loopback, started once per session by
+    ``scripts/postgres.sh`` (which installs PostgreSQL first on a machine without it).
+
+    When the script fails, tests that need PostgreSQL fail under CI (``CI`` set) and are
+    skipped elsewhere, with the script's output either way.
+    """
+    script = REPO / "scripts" / "postgres.sh"
+    try:
+        # apt-get may run on a fresh machine: give it time, within pytest-timeout's 300 s.
+        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=280, check=False)
+        lines = done.stdout.strip().splitlines()
+        url = lines[-1] if lines else ""
+        failure = (
+            ""
+            if done.returncode == 0 and url.startswith("postgresql://")
+            else f"exit status {done.returncode}\n{done.stdout}{done.stderr}"
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        failure, url = f"bash {script}: {exc}", ""
+    if failure:
+        message = f"scripts/postgres.sh could not start PostgreSQL: {failure.strip()}"
+        if os.environ.get("CI"):
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    return url

@@ -161,9 +161,11 @@ class ReplyAdapter(ServiceAdapter):
         else:
             ids = self._import(batch, outcome)
         key_by_id: dict[int, str] = {}
+        # Rows that are one Reply contact (one email or id under two keys) are added once.
+        same_contact: dict[str, int] = {}
         for key, contact_id in zip(keys, ids, strict=True):
-            if contact_id is not None:
-                key_by_id.setdefault(contact_id, key)
+            if contact_id is not None and key_by_id.setdefault(contact_id, key) != key:
+                same_contact[key] = contact_id
         if not key_by_id:
             return outcome
         uncertain_before = self.hook.uncertain_retries
@@ -195,6 +197,13 @@ class ReplyAdapter(ServiceAdapter):
         for contact_id, key in key_by_id.items():
             if key not in answered:
                 outcome.failed[key] = (INVALID_INPUT, f"Reply's answer did not mention contact {contact_id}")
+        # ... and share the outcome of the first of them.
+        for key, contact_id in same_contact.items():
+            first = key_by_id[contact_id]
+            if first in outcome.added:
+                outcome.added[key] = str(contact_id)
+            else:
+                outcome.failed[key] = outcome.failed[first]
         return outcome
 
     def _import(self, batch: pd.DataFrame, outcome: BatchOutcome) -> list[int | None]:

@@ -23,6 +23,9 @@ from airflow_provider_sequences.sync.prepare import FieldRules
 
 WHIPPY_PLAIN_FIELDS = frozenset({"phone", "email", "name", "external_id", "language", "default_channel_id"})
 NESTED = ("address", "birth_date", "properties")
+#: Step contacts in these statuses are in their step; the others left it (or never started it
+#: again: a contact that finished the sequence keeps its old, finished step contact).
+CURRENT_STATUSES = frozenset({"pending", "active"})
 ADDRESS_PARTS = ("address_line_one", "address_line_two", "city", "state", "country", "post_code")
 BIRTH_DATE_PARTS = ("day", "month", "year")
 
@@ -86,6 +89,7 @@ class WhippyAdapter(ServiceAdapter):
     :param hook: the Whippy hook.
     :param sequence_id: the sequence to enrol into.
     :param enrolment: the call's options.
+    :param poll_interval: seconds between read-backs while waiting for the enrolment.
     """
 
     service = "whippy"
@@ -93,7 +97,12 @@ class WhippyAdapter(ServiceAdapter):
     resend_is_safe: ClassVar[bool] = False
 
     def __init__(
-        self, hook: WhippyHook, sequence_id: str, *, enrolment: WhippyEnrolment | None = None
+        self,
+        hook: WhippyHook,
+        sequence_id: str,
+        *,
+        enrolment: WhippyEnrolment | None = None,
+        poll_interval: float = 2.0,
     ) -> None:
         self.hook = hook
         self.sequence_id = str(sequence_id)
@@ -103,6 +112,9 @@ class WhippyAdapter(ServiceAdapter):
         self.sequence_title: str | None = None
         self._rules = whippy_rules(email_required=False)
         self._uncertain: set[str] = set()
+        self.poll_interval = poll_interval
+        #: Seconds already waited elsewhere (a trigger) before :meth:`confirm`, for the details.
+        self.waited: float | None = None
 
     @property
     def rules(self) -> FieldRules:
@@ -202,11 +214,17 @@ class WhippyAdapter(ServiceAdapter):
         return outcome
 
     def enrolled_identities(self) -> tuple[set[str], set[str], set[str]]:
-        """External ids, phones and emails of every contact in the target step now."""
+        """External ids, phones and emails of every contact in the target step now.
+
+        Only step contacts that are pending or active count: a contact that went through the
+        step before keeps its finished step contact there, and Whippy may ignore it now.
+        """
         external_ids: set[str] = set()
         phones: set[str] = set()
         emails: set[str] = set()
         for item in self.hook.iter_sequence_contacts(self.sequence_id, step_ids=[str(self.step_id)]):
+            if str(item.get("status") or "").lower() not in CURRENT_STATUSES:
+                continue
             contact = item.get("contact") or {}
             if contact.get("external_id"):
                 external_ids.add(str(contact["external_id"]))
@@ -222,13 +240,13 @@ class WhippyAdapter(ServiceAdapter):
         return int(page.get("total", 0))
 
     def confirm(
-        self, pending: Mapping[str, dict[str, Any]], *, timeout: float, poll_interval: float = 2.0
+        self, pending: Mapping[str, dict[str, Any]], *, timeout: float, poll_interval: float | None = None
     ) -> BatchOutcome:
         """Read the step back until every pending key is seen or ``timeout`` seconds pass."""
         outcome = BatchOutcome()
         waiting = dict(pending)
         deadline = time.monotonic() + timeout
-        interval = poll_interval
+        interval = self.poll_interval if poll_interval is None else poll_interval
         while waiting:
             external_ids, phones, emails = self.enrolled_identities()
             for key, identity in list(waiting.items()):
@@ -242,18 +260,21 @@ class WhippyAdapter(ServiceAdapter):
                 if seen:
                     outcome.added[key] = None
                     del waiting[key]
-            if not waiting or time.monotonic() + interval > deadline:
+            # The last read is at the deadline, not up to one interval before it.
+            left = deadline - time.monotonic()
+            if not waiting or left <= 0:
                 break
             self.hook.log.info(
                 "Whippy has confirmed %d of %d contacts; reading again in %.0f s",
                 len(pending) - len(waiting),
                 len(pending),
-                interval,
+                min(interval, left),
             )
-            time.sleep(interval)
+            time.sleep(min(interval, left))
             interval = min(interval * 2, 30.0)
+        waited = timeout if self.waited is None else self.waited
         for key in waiting:
-            outcome.failed[key] = (NOT_ENROLLED, self._not_enrolled_detail(key, timeout))
+            outcome.failed[key] = (NOT_ENROLLED, self._not_enrolled_detail(key, waited))
         return outcome
 
     def _not_enrolled_detail(self, key: str, timeout: float) -> str:
@@ -262,6 +283,7 @@ class WhippyAdapter(ServiceAdapter):
             return f"the answer to the request that sent this contact was lost, and it is not in {step}"
         return (
             f"Whippy accepted this contact but it was not in {step} after {timeout:.0f} s: Whippy silently "
-            f"ignores contacts that lack what a {self.step_channel or 'step'} step needs, and contacts "
-            "active in another step of the sequence"
+            f"ignores contacts that lack what a {self.step_channel or 'step'} step needs, contacts active "
+            "in another step of the sequence, and, unless the sequence re-adds contacts, contacts that "
+            "already went through it"
         )

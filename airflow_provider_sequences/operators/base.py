@@ -12,12 +12,24 @@ from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.exceptions import SyncAbortedError
 from airflow_provider_sequences.state import state_engine
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
-from airflow_provider_sequences.sync.outcomes import SyncResult
+from airflow_provider_sequences.sync.outcomes import ENROLLMENT_UNCONFIRMED, SyncResult
 from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
 from airflow_provider_sequences.sync.source import read_file_chunks, read_sql_chunks, records_chunks
 from airflow_provider_sequences.sync.state import Scope, SyncState
 
 DEFAULT_CHUNK_SIZE = 20_000
+
+
+def _flag(name: str, value: Any) -> bool:
+    """A boolean parameter; templated ones arrive as text ("False", "true"), not as booleans."""
+    if isinstance(value, str):
+        text = value.strip().lower()
+        if text in ("true", "1", "yes", "on"):
+            return True
+        if text in ("false", "0", "no", "off", "", "none"):
+            return False
+        raise ValueError(f"{name} must be true or false, got {value!r}")
+    return bool(value)
 
 
 class SyncFailedError(RuntimeError):
@@ -179,9 +191,9 @@ class SequenceSyncOperator(BaseOperator):
             raise ValueError(f"batch_size must be between 1 and {adapter.max_batch_size}, got {batch_size}")
         return SyncOptions(
             batch_size=batch_size,
-            dry_run=bool(self.dry_run),
+            dry_run=_flag("dry_run", self.dry_run),
             incremental=bool(self.incremental),
-            full_resync=bool(self.full_resync),
+            full_resync=_flag("full_resync", self.full_resync),
             max_attempts=self.max_attempts,
             **extra,
         )
@@ -249,14 +261,16 @@ class SequenceSyncOperator(BaseOperator):
             table = "\n".join(f"  {reason:<{width}}  {count:>8,}" for reason, count in reasons.most_common())
             self.log.info("Not processed, by reason:\n%s", table)
         # Every distinct key counts, enrolled on an earlier night or now: a night where a
-        # few known-bad rows are reported again is not a failing night.
+        # few known-bad rows are reported again is not a failing night. Contacts accepted but
+        # not read back yet (wait_for_enrollment=False) are on their way, not failures.
         keys = stats["rows"] - stats["duplicates"]
-        share = stats["not_processed"] / keys if keys else 0.0
+        failed = stats["not_processed"] - reasons[ENROLLMENT_UNCONFIRMED]
+        share = failed / keys if keys else 0.0
         limit = self.max_not_processed_share
         if limit is not None and not run.options.dry_run and keys and share > limit:
             context["ti"].xcom_push(key="return_value", value=value)
             raise SyncFailedError(
-                f"{stats['not_processed']} of {keys} contacts ({share:.0%}) were not processed, more "
+                f"{failed} of {keys} contacts ({share:.0%}) were not processed, more "
                 f"than max_not_processed_share={limit:.0%}; the result with every reason is in XCom"
             )
         return value

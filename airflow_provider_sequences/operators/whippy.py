@@ -120,6 +120,7 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
                 custom_data_resource=self.custom_data_resource,
                 voice_options=self.voice_options,
             ),
+            poll_interval=self.poll_interval,
         )
 
     def execute(self, context: Context) -> dict[str, Any]:
@@ -139,6 +140,7 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
                         sequence_id=str(self.sequence_id),
                         step_id=str(adapter.step_id),
                         expected_total=baseline + len(run.pending),
+                        initial_total=baseline,
                         poll_interval=self.poll_interval,
                         timeout=self.enrollment_timeout,
                     ),
@@ -151,6 +153,9 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         """Resume after the trigger: read the step back once and finish the run's result."""
         run = self.start_run(context, enrollment_timeout=self.poll_interval)
         assert run.state is not None
+        assert isinstance(run.adapter, WhippyAdapter)
+        if event and event.get("waited") is not None:
+            run.adapter.waited = float(event["waited"])
         saved = run.state.load_run(run.run_id) or {}
         self.log.info("Whippy's background work is %s", (event or {}).get("status", "over"))
         stored = run.state.keys_with_status(PENDING, run_id=run.run_id)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter
-from airflow_provider_sequences.sync.outcomes import DATA_REASONS, ENROLLMENT_UNCONFIRMED, SyncResult
+from airflow_provider_sequences.sync.outcomes import ENROLLMENT_UNCONFIRMED, RETRY_WHEN_CHANGED, SyncResult
 from airflow_provider_sequences.sync.prepare import PrepareSpec, check_columns, prepare_chunk
 from airflow_provider_sequences.sync.push import Pusher
 from airflow_provider_sequences.sync.state import (
@@ -95,6 +96,7 @@ class SyncRun:
         self.log = logger or log
         self.pusher = Pusher(adapter, max_failed_batches=options.max_failed_batches)
         self.result = SyncResult()
+        self.result.stats.update(unchanged=0, resumed=0)
         self.would_send: list[str] = []
         self.pending: dict[str, dict[str, Any]] = {}
         self._seen: set[str] = set()
@@ -150,7 +152,9 @@ class SyncRun:
             [contacts[["key", "row"]].assign(ok=True), rejected[["key", "row"]].assign(ok=False)],
             ignore_index=True,
         ).sort_values("row", kind="stable")
-        first = ~everyone["key"].duplicated() & ~everyone["key"].isin(self._seen)
+        seen = self._seen
+        earlier = np.fromiter((key in seen for key in everyone["key"]), dtype=bool, count=len(everyone))
+        first = ~everyone["key"].duplicated().to_numpy() & ~earlier
         self.result.stats["duplicates"] += int((~first).sum())
         winners = set(everyone.loc[first, "row"].tolist())
         self._seen.update(everyone.loc[first, "key"].tolist())
@@ -177,7 +181,7 @@ class SyncRun:
         not change, and transient failures out of attempts, are reported again without
         sending; keys acknowledged by an earlier attempt of this same run are already part of
         its result; keys whose batch may have been applied when a worker died are re-sent
-        only where that is safe, and otherwise read back.
+        only where that is safe, and otherwise read back (and sent only if not found).
         """
         if self.state is None:
             return contacts, rejected
@@ -198,7 +202,7 @@ class SyncRun:
         status = merged["status"]
         same_run = merged["last_run_id"] == self.run_id
         resync = self.options.full_resync or not self.options.incremental
-        data_reason = merged["reason_state"].isin(list(DATA_REASONS))
+        data_reason = merged["reason_state"].isin(list(RETRY_WHEN_CHANGED))
         attempts = pd.to_numeric(merged["attempts"], errors="coerce").fillna(0)
         decision = np.select(
             [
@@ -214,6 +218,10 @@ class SyncRun:
             ["handle", "sending", "done", "pending", "handle", "unchanged", "again", "given_up"],
             default="handle",
         )
+        if resync:
+            # Keys an earlier run enrolled: if the service answers "already in the sequence",
+            # that is what they are, not a failure to retry on every later run.
+            self._resent.update(merged.loc[(decision == "handle") & (status == ADDED).to_numpy(), "key"])
         self.result.stats["unchanged"] += int((decision == "unchanged").sum())
         self.result.stats["resumed"] += int((decision == "done").sum())
 
@@ -223,17 +231,28 @@ class SyncRun:
                 self._resent.update(sending["key"].tolist())
                 decision = np.where(decision == "sending", "handle", decision)
             else:
-                for row in sending.to_dict("records"):
-                    self.pending[row["key"]] = self.adapter.identity(row) or {}
-        for row in merged[decision == "pending"].to_dict("records"):
-            self.pending[row["key"]] = {}
+                # The worker died with this batch in flight: read it back once. Keys found were
+                # applied and are added, never sent again; keys not found never reached the
+                # service, so sending them now is what a run without the crash did.
+                resumed = {row["key"]: self.adapter.identity(row) or {} for row in sending.to_dict("records")}
+                found = self.adapter.confirm(resumed, timeout=0).added
+                fingerprints = dict(zip(sending["key"], sending["fingerprint"], strict=True))
+                self._record(BatchOutcome(added=found), fingerprints)
+                decision = np.where((decision == "sending") & ~merged["key"].isin(found), "handle", decision)
+        carried = [row["key"] for row in merged[decision == "pending"].to_dict("records")]
+        self.pending.update({key: {} for key in carried})
+        if carried and self.writes_state:
+            # Still unconfirmed from an earlier run: recorded under this run too, so that its
+            # result accounts for them even when this run does not read them back either.
+            assert self.state is not None
+            self.state.record([KeyOutcome(key, PENDING) for key in carried], self.run_id)
         again = merged[(decision == "again") | (decision == "given_up")]
         if len(again):
             given_up = decision[(decision == "again") | (decision == "given_up")] == "given_up"
             details = [
-                f"{detail} (gave up after {int(n)} attempts)"
+                f"{_first_detail(detail)} (gave up after {int(n)} attempts)"
                 if gave_up
-                else f"{detail} (unchanged since then)"
+                else f"{_first_detail(detail)} (unchanged since then)"
                 for detail, n, gave_up in zip(again["detail_state"], again["attempts"], given_up, strict=True)
             ]
             self._reject(
@@ -398,6 +417,15 @@ class SyncRun:
             self.result.stats["unchanged"],
             self.result.stats["requests"],
         )
+
+
+#: What :meth:`SyncRun._plan` appends to a reason's detail when it reports the reason again.
+_REPEAT_NOTES = re.compile(r"(?: \((?:unchanged since then|gave up after \d+ attempts)\))+$")
+
+
+def _first_detail(detail: Any) -> str:
+    """A detail as first recorded, without the notes of earlier runs that reported it again."""
+    return _REPEAT_NOTES.sub("", detail) if isinstance(detail, str) else ""
 
 
 def _fingerprints(chunk: pd.DataFrame, spec: PrepareSpec) -> Any:

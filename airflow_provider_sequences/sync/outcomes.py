@@ -39,6 +39,11 @@ DATA_REASONS = frozenset(
     }
 )
 
+#: Reasons a later run retries only when the row's data changed: the data is wrong, or the
+#: service's answer will not change by itself (the contact is in the sequence already, does
+#: not exist, or belongs to someone the key cannot act for).
+RETRY_WHEN_CHANGED = DATA_REASONS | {CONTACT_ALREADY_IN_SEQUENCE, "contactNotFound", "forbidden"}
+
 
 @dataclass
 class SyncResult:

@@ -9,6 +9,7 @@ the embedded default is SQLite, deployments with several workers use PostgreSQL.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -119,6 +120,22 @@ def create_state_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
+def create_tables(engine: sa.Engine, *, attempts: int = 5) -> None:
+    """Create the state tables if they are missing, also when several workers start at once.
+
+    Two processes that both find a table missing both issue ``CREATE TABLE``, and one fails
+    (SQLite: "already exists"; PostgreSQL: a duplicate in its catalog): check again then.
+    """
+    for attempt in range(1, attempts + 1):
+        try:
+            metadata.create_all(engine, checkfirst=True)
+            return
+        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
+            if attempt == attempts:
+                raise
+            time.sleep(0.05 * attempt)
+
+
 class SyncState:
     """Reads and writes the sync state of one scope (service, connection, sequence).
 
@@ -129,7 +146,7 @@ class SyncState:
     def __init__(self, engine: sa.Engine, scope: Scope) -> None:
         self.engine = engine
         self.scope = scope
-        metadata.create_all(engine, checkfirst=True)
+        create_tables(engine)
 
     def _where(self, table: sa.Table) -> sa.ColumnElement[bool]:
         return sa.and_(
@@ -201,10 +218,16 @@ class SyncState:
                 yield row[0], row[1], row[2], row[3]
 
     def to_frame(self) -> pd.DataFrame:
-        """The whole state of this scope as a DataFrame (for people, not for the sync)."""
+        """The whole state of this scope as a DataFrame (for people, not for the sync).
+
+        Timestamps are UTC-aware on every database (SQLite hands them back naive).
+        """
         query = sa.select(state_table).where(self._where(state_table)).order_by(state_table.c.contact_key)
         with self.engine.connect() as connection:
-            return pd.read_sql(query, connection)
+            frame = pd.read_sql(query, connection)
+        for column in ("created_at", "updated_at"):
+            frame[column] = pd.to_datetime(frame[column], utc=True)
+        return frame
 
     # -- writing ------------------------------------------------------------------------------
 

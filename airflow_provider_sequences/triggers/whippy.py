@@ -17,13 +17,17 @@ class WhippyEnrollmentTrigger(BaseTrigger):
 
     Only reads (one cheap request per poll, never a write). Fires when the step holds
     ``expected_total`` contacts, when its count has not moved for ``stable_polls`` polls in a
-    row (contacts Whippy ignored never arrive), or after ``timeout`` seconds; the task then
-    resumes and reads the step back to learn exactly who was enrolled.
+    row after it first moved from ``initial_total`` (contacts Whippy ignored never arrive; a
+    count that never moved means Whippy has not started, not that it is done), or after
+    ``timeout`` seconds; the task then resumes and reads the step back to learn exactly who was
+    enrolled. The event says how long the wait was (``waited``, seconds).
 
     :param whippy_conn_id: the Whippy connection.
     :param sequence_id: the sequence.
     :param step_id: the step the contacts were sent to.
     :param expected_total: the step's count once every accepted contact is in.
+    :param initial_total: the step's count before the contacts were sent (default: the first
+        poll's count).
     :param poll_interval: seconds between polls.
     :param stable_polls: unchanged polls in a row that mean the work is over.
     :param timeout: seconds before giving up.
@@ -39,6 +43,7 @@ class WhippyEnrollmentTrigger(BaseTrigger):
         poll_interval: float = 10.0,
         stable_polls: int = 3,
         timeout: float = 600.0,
+        initial_total: int | None = None,
     ) -> None:
         super().__init__()
         self.whippy_conn_id = whippy_conn_id
@@ -48,6 +53,7 @@ class WhippyEnrollmentTrigger(BaseTrigger):
         self.poll_interval = poll_interval
         self.stable_polls = stable_polls
         self.timeout = timeout
+        self.initial_total = initial_total
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -60,6 +66,7 @@ class WhippyEnrollmentTrigger(BaseTrigger):
                 "poll_interval": self.poll_interval,
                 "stable_polls": self.stable_polls,
                 "timeout": self.timeout,
+                "initial_total": self.initial_total,
             },
         )
 
@@ -69,13 +76,17 @@ class WhippyEnrollmentTrigger(BaseTrigger):
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = WhippyHook(self.whippy_conn_id)
-        deadline = time.monotonic() + self.timeout
+        started = time.monotonic()
+        deadline = started + self.timeout
+        initial = self.initial_total
         last: int | None = None
         unchanged = 0
         while True:
             # The hook is synchronous (requests); a thread keeps the triggerer's loop free.
             total = await asyncio.to_thread(self._count, hook)
-            unchanged = unchanged + 1 if total == last else 0
+            if initial is None:
+                initial = total
+            unchanged = unchanged + 1 if total == last and total != initial else 0
             last = total
             status = None
             if total >= self.expected_total:
@@ -86,7 +97,8 @@ class WhippyEnrollmentTrigger(BaseTrigger):
                 status = "timeout"
             if status:
                 self.log.info("Whippy step %s holds %d contacts: %s", self.step_id, total, status)
-                yield TriggerEvent({"status": status, "total": total})
+                waited = round(time.monotonic() - started, 1)
+                yield TriggerEvent({"status": status, "total": total, "waited": waited})
                 return
             self.log.info("Whippy step %s holds %d of %d contacts", self.step_id, total, self.expected_total)
             await asyncio.sleep(self.poll_interval)
