@@ -11,7 +11,8 @@ import logging
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -133,35 +134,33 @@ class SyncRun:
     def _take_chunk(self, chunk: pd.DataFrame, first_row: int) -> None:
         if chunk.empty:
             return
+        chunk = chunk.reset_index(drop=True)
         fingerprints = _fingerprints(chunk, self.spec)
-        prepared = prepare_chunk(chunk, self.spec, first_row=first_row)
-        contacts = prepared.contacts
-        contacts["fingerprint"] = fingerprints[contacts["row"].to_numpy() - first_row]
-        rejected = pd.DataFrame(
-            {
-                "key": [key for key, _, _ in prepared.rejected],
-                "reason": [reason for _, reason, _ in prepared.rejected],
-                "detail": [detail for _, _, detail in prepared.rejected],
-                "row": prepared.rejected_rows,
-            }
-        )
-        rejected["fingerprint"] = fingerprints[rejected["row"].to_numpy(dtype="int64") - first_row]
+        # Keys first (one column): duplicates and the plan are settled before the per-row
+        # checks, so an unchanged night costs little CPU.
+        keyed = prepare_chunk(chunk, self._key_spec, first_row=first_row)
+        keys = np.empty(len(chunk), dtype=object)
+        keys[keyed.contacts["row"].to_numpy(dtype="int64") - first_row] = keyed.contacts["key"].to_numpy()
+        if keyed.rejected:
+            keys[np.asarray(keyed.rejected_rows, dtype="int64") - first_row] = [
+                k for k, _, _ in keyed.rejected
+            ]
 
-        # First occurrence of a key wins, across chunks, whether it was accepted or not.
-        everyone = pd.concat(
-            [contacts[["key", "row"]].assign(ok=True), rejected[["key", "row"]].assign(ok=False)],
-            ignore_index=True,
-        ).sort_values("row", kind="stable")
+        # First occurrence of a key wins, across chunks, whether it is accepted or not.
         seen = self._seen
-        earlier = np.fromiter((key in seen for key in everyone["key"]), dtype=bool, count=len(everyone))
-        first = ~everyone["key"].duplicated().to_numpy() & ~earlier
+        earlier = np.fromiter((key in seen for key in keys), dtype=bool, count=len(keys))
+        first = ~pd.Series(keys).duplicated().to_numpy() & ~earlier
         self.result.stats["duplicates"] += int((~first).sum())
-        winners = set(everyone.loc[first, "row"].tolist())
-        self._seen.update(everyone.loc[first, "key"].tolist())
-        contacts = contacts[contacts["row"].isin(winners)]
-        rejected = rejected[rejected["row"].isin(winners)]
+        seen.update(keys[first].tolist())
 
-        contacts, rejected = self._plan(contacts, rejected)
+        planned = pd.DataFrame({"key": keys[first], "fingerprint": fingerprints[first]})
+        handle, check = self._plan(planned)
+        wanted = np.flatnonzero(first & np.isin(keys, list(handle | check)))
+        if not len(wanted):
+            return
+        contacts, rejected = self._prepare(chunk.iloc[wanted], wanted, keys, fingerprints, first_row)
+        if check:
+            contacts = self._read_back_first(contacts, check)
         self._reject(rejected)
         if contacts.empty:
             return
@@ -172,37 +171,66 @@ class SyncRun:
         self._buffered += len(contacts)
         self._flush(final=False)
 
+    @cached_property
+    def _key_spec(self) -> PrepareSpec:
+        """The spec reduced to the key column, with nothing required."""
+        spec = self.spec
+        column_map = {c: f for c, f in spec.column_map.items() if c == spec.key_column}
+        return replace(spec, column_map=column_map, rules=replace(spec.rules, required=frozenset()))
+
+    def _prepare(
+        self,
+        rows: pd.DataFrame,
+        positions: np.ndarray[Any, Any],
+        keys: np.ndarray[Any, Any],
+        fingerprints: np.ndarray[Any, Any],
+        first_row: int,
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """The full checks on the rows to handle; (contacts to send, rejections)."""
+        prepared = prepare_chunk(rows.reset_index(drop=True), self.spec, first_row=0)
+        contacts = prepared.contacts
+        local = contacts["row"].to_numpy(dtype="int64")
+        contacts["row"] = positions[local] + first_row
+        contacts["key"] = keys[positions[local]]
+        contacts["fingerprint"] = fingerprints[positions[local]]
+        rejected_local = np.asarray(prepared.rejected_rows, dtype="int64")
+        rejected = pd.DataFrame(
+            {
+                # The key pass named the rows (``row:<n>`` counts from the source's start).
+                "key": keys[positions[rejected_local]] if len(rejected_local) else [],
+                "reason": [reason for _, reason, _ in prepared.rejected],
+                "detail": [detail for _, _, detail in prepared.rejected],
+                "row": positions[rejected_local] + first_row if len(rejected_local) else [],
+                "fingerprint": fingerprints[positions[rejected_local]] if len(rejected_local) else [],
+            }
+        )
+        return contacts, rejected
+
     # -- plan ---------------------------------------------------------------------------------
 
-    def _plan(self, contacts: pd.DataFrame, rejected: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Decide, from the state, what each key needs; returns (to send, to reject now).
+    def _plan(self, planned: pd.DataFrame) -> tuple[set[str], set[str]]:
+        """Decide, from the state, what each key needs: ``(handle, check)``.
 
-        Keys an earlier run enrolled are skipped (``unchanged``); data rejections whose data did
-        not change, and transient failures out of attempts, are reported again without
-        sending; keys acknowledged by an earlier attempt of this same run are already part of
-        its result; keys whose batch may have been applied when a worker died are re-sent
-        only where that is safe, and otherwise read back (and sent only if not found).
+        ``handle``: keys to check and send (or reject) in this run. ``check``: keys whose batch
+        may have been applied when a worker died, where sending again is not safe; they are
+        read back first and sent only if not found. Everything else is settled here: keys an
+        earlier run enrolled are ``unchanged``; data rejections whose data did not change, and
+        transient failures out of attempts, are reported again without sending; keys
+        acknowledged by an earlier attempt of this same run are already part of its result.
         """
-        if self.state is None:
-            return contacts, rejected
-        frame = pd.concat(
-            [contacts.assign(_accepted=True), rejected.assign(_accepted=False)], ignore_index=True
-        )
-        if frame.empty:
-            return contacts, rejected
-        for column in ("reason", "detail"):
-            if column not in frame.columns:
-                frame[column] = None
-        known = self.state.lookup(frame["key"].tolist())
+        everyone = set(planned["key"].tolist())
+        if self.state is None or planned.empty:
+            return everyone, set()
+        known = self.state.lookup(planned["key"].tolist())
         if known.empty:
-            return contacts, rejected
-        merged = frame.merge(
+            return everyone, set()
+        merged = planned.merge(
             known, how="left", left_on="key", right_on="contact_key", suffixes=("", "_state")
         )
         status = merged["status"]
         same_run = merged["last_run_id"] == self.run_id
         resync = self.options.full_resync or not self.options.incremental
-        data_reason = merged["reason_state"].isin(list(RETRY_WHEN_CHANGED))
+        data_reason = merged["reason"].isin(list(RETRY_WHEN_CHANGED))
         attempts = pd.to_numeric(merged["attempts"], errors="coerce").fillna(0)
         decision = np.select(
             [
@@ -225,21 +253,15 @@ class SyncRun:
         self.result.stats["unchanged"] += int((decision == "unchanged").sum())
         self.result.stats["resumed"] += int((decision == "done").sum())
 
-        sending = merged[decision == "sending"]
-        if len(sending):
+        sending = merged.loc[decision == "sending", "key"].tolist()
+        check: set[str] = set()
+        if sending:
             if self.adapter.resend_is_safe:
-                self._resent.update(sending["key"].tolist())
+                self._resent.update(sending)
                 decision = np.where(decision == "sending", "handle", decision)
             else:
-                # The worker died with this batch in flight: read it back once. Keys found were
-                # applied and are added, never sent again; keys not found never reached the
-                # service, so sending them now is what a run without the crash did.
-                resumed = {row["key"]: self.adapter.identity(row) or {} for row in sending.to_dict("records")}
-                found = self.adapter.confirm(resumed, timeout=0).added
-                fingerprints = dict(zip(sending["key"], sending["fingerprint"], strict=True))
-                self._record(BatchOutcome(added=found), fingerprints)
-                decision = np.where((decision == "sending") & ~merged["key"].isin(found), "handle", decision)
-        carried = [row["key"] for row in merged[decision == "pending"].to_dict("records")]
+                check = set(sending)
+        carried = merged.loc[decision == "pending", "key"].tolist()
         self.pending.update({key: {} for key in carried})
         if carried and self.writes_state:
             # Still unconfirmed from an earlier run: recorded under this run too, so that its
@@ -253,22 +275,32 @@ class SyncRun:
                 f"{_first_detail(detail)} (gave up after {int(n)} attempts)"
                 if gave_up
                 else f"{_first_detail(detail)} (unchanged since then)"
-                for detail, n, gave_up in zip(again["detail_state"], again["attempts"], given_up, strict=True)
+                for detail, n, gave_up in zip(again["detail"], again["attempts"], given_up, strict=True)
             ]
             self._reject(
                 pd.DataFrame(
                     {
                         "key": again["key"],
-                        "reason": again["reason_state"],
+                        "reason": again["reason"],
                         "detail": details,
                         "fingerprint": again["fingerprint"],
                     }
                 )
             )
-        handle = merged[decision == "handle"]
-        keys_to_send = set(handle.loc[handle["_accepted"], "key"])
-        keys_to_reject = set(handle.loc[~handle["_accepted"], "key"])
-        return contacts[contacts["key"].isin(keys_to_send)], rejected[rejected["key"].isin(keys_to_reject)]
+        return set(merged.loc[decision == "handle", "key"].tolist()), check
+
+    def _read_back_first(self, contacts: pd.DataFrame, check: set[str]) -> pd.DataFrame:
+        """The worker died with these keys' batch in flight: read it back once. Keys found were
+        applied and are added, never sent again; keys not found never reached the service, so
+        sending them now is what a run without the crash did."""
+        doubtful = contacts[contacts["key"].isin(check)]
+        if doubtful.empty:
+            return contacts
+        identities = {row["key"]: self.adapter.identity(row) or {} for row in doubtful.to_dict("records")}
+        found = self.adapter.confirm(identities, timeout=0).added
+        fingerprints = dict(zip(doubtful["key"], doubtful["fingerprint"], strict=True))
+        self._record(BatchOutcome(added=found), fingerprints)
+        return contacts[~contacts["key"].isin(found)]
 
     # -- push and record ----------------------------------------------------------------------
 
