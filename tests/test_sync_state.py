@@ -556,17 +556,16 @@ def test_full_resync_sends_everything_again_and_records_it(nights: Nights) -> No
 
 def test_unchanged_rows_skip_the_per_row_checks(nights: Nights, monkeypatch: pytest.MonkeyPatch) -> None:
     """The plan runs on keys alone: an unchanged night checks no row's email or phone."""
-    import airflow_provider_sequences.sync.engine as engine_module
+    from airflow_provider_sequences.sync.prepare import prepare_chunk as real
 
     checked: list[int] = []
-    real = engine_module.prepare_chunk
 
     def counting(frame: pd.DataFrame, spec: Any, *, first_row: int) -> Any:
         if "email" in spec.column_map.values():  # the full checks, not the key pass
             checked.append(len(frame))
         return real(frame, spec, first_row=first_row)
 
-    monkeypatch.setattr(engine_module, "prepare_chunk", counting)
+    monkeypatch.setattr("airflow_provider_sequences.sync.engine.prepare_chunk", counting)
     rows = [person(i) for i in range(10)]
     nights.run(rows)
     assert sum(checked) == 10
