@@ -17,12 +17,7 @@ from pathlib import Path
 import pandas as pd
 import sqlalchemy as sa
 
-from airflow_provider_sequences.sync.state import (
-    create_state_engine,
-    default_state_url,
-    metadata,
-    state_table,
-)
+from airflow_provider_sequences.sync.state import create_state_engine, default_state_url, read_state
 
 
 def state_engine(state_conn_id: str | None = None) -> sa.Engine:
@@ -52,14 +47,9 @@ def read_sync_state(
     :param connection_id: the service connection id the syncs used; all when ``None``.
     :param state_conn_id: where the state lives (the operators' ``state_conn_id``).
     """
-    engine = state_engine(state_conn_id)
-    metadata.create_all(engine, checkfirst=True)
-    query = sa.select(state_table)
-    if service is not None:
-        query = query.where(state_table.c.service == service)
-    if sequence_id is not None:
-        query = query.where(state_table.c.sequence_id == str(sequence_id))
-    if connection_id is not None:
-        query = query.where(state_table.c.connection_id == connection_id)
-    with engine.connect() as connection:
-        return pd.read_sql(query.order_by(state_table.c.updated_at), connection)
+    return read_state(
+        state_engine(state_conn_id),
+        service=service,
+        connection_id=connection_id,
+        sequence_id=None if sequence_id is None else str(sequence_id),
+    )

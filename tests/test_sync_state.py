@@ -572,3 +572,24 @@ def test_unchanged_rows_skip_the_per_row_checks(nights: Nights, monkeypatch: pyt
     checked.clear()
     nights.run([*rows, person(10)])
     assert sum(checked) == 1  # only the new row
+
+
+def test_read_sync_state_through_an_airflow_connection(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What the README shows users: the state as a DataFrame, filtered, with UTC timestamps."""
+    from airflow_provider_sequences.state import read_sync_state
+
+    path = tmp_path / "state.db"
+    monkeypatch.setenv(connection_env_var("my_state"), json.dumps({"conn_type": "sqlite", "host": str(path)}))
+    engine = create_state_engine(f"sqlite:///{path}")
+    SyncState(engine, Scope("reply", "reply_default", "1001")).record(
+        [KeyOutcome("a", "added"), KeyOutcome("b", "not_processed", "invalidEmail", "bad")], "run-1"
+    )
+    SyncState(engine, Scope("whippy", "whippy_default", "s-1")).record([KeyOutcome("c", "added")], "run-1")
+    frame = read_sync_state(service="reply", sequence_id=1001, state_conn_id="my_state")
+    assert frame["contact_key"].tolist() == ["a", "b"]
+    assert frame["status"].tolist() == ["added", "not_processed"]
+    assert frame["reason"].fillna("").tolist() == ["", "invalidEmail"]
+    assert str(frame["updated_at"].dt.tz) == "UTC"
+    assert len(read_sync_state(state_conn_id="my_state")) == 3

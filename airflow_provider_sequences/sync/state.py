@@ -136,6 +136,34 @@ def create_tables(engine: sa.Engine, *, attempts: int = 5) -> None:
             time.sleep(0.05 * attempt)
 
 
+def read_state(
+    engine: sa.Engine,
+    *,
+    service: str | None = None,
+    connection_id: str | None = None,
+    sequence_id: str | None = None,
+) -> pd.DataFrame:
+    """Rows of the state table as a DataFrame, optionally of one service, connection or sequence.
+
+    Timestamps are UTC-aware on every database (SQLite hands them back naive).
+    """
+    create_tables(engine)
+    query = sa.select(state_table)
+    for column, value in (
+        (state_table.c.service, service),
+        (state_table.c.connection_id, connection_id),
+        (state_table.c.sequence_id, sequence_id),
+    ):
+        if value is not None:
+            query = query.where(column == str(value))
+    query = query.order_by(state_table.c.sequence_id, state_table.c.contact_key)
+    with engine.connect() as connection:
+        frame = pd.read_sql(query, connection)
+    for name in ("created_at", "updated_at"):
+        frame[name] = pd.to_datetime(frame[name], utc=True)
+    return frame
+
+
 class SyncState:
     """Reads and writes the sync state of one scope (service, connection, sequence).
 
@@ -218,16 +246,13 @@ class SyncState:
                 yield row[0], row[1], row[2], row[3]
 
     def to_frame(self) -> pd.DataFrame:
-        """The whole state of this scope as a DataFrame (for people, not for the sync).
-
-        Timestamps are UTC-aware on every database (SQLite hands them back naive).
-        """
-        query = sa.select(state_table).where(self._where(state_table)).order_by(state_table.c.contact_key)
-        with self.engine.connect() as connection:
-            frame = pd.read_sql(query, connection)
-        for column in ("created_at", "updated_at"):
-            frame[column] = pd.to_datetime(frame[column], utc=True)
-        return frame
+        """The whole state of this scope as a DataFrame (for people, not for the sync)."""
+        return read_state(
+            self.engine,
+            service=self.scope.service,
+            connection_id=self.scope.connection_id,
+            sequence_id=self.scope.sequence_id,
+        )
 
     # -- writing ------------------------------------------------------------------------------
 
