@@ -57,3 +57,16 @@ def test_airflow_cli_lists_the_provider(command: str) -> None:
         classes = {r["connection_type"]: r["class"] for r in rows}
         assert classes["reply"] == "airflow_provider_sequences.hooks.reply.ReplyHook"
         assert classes["whippy"] == "airflow_provider_sequences.hooks.whippy.WhippyHook"
+
+
+def test_the_sync_engine_imports_no_airflow() -> None:
+    """The engine is plain Python and pandas (DESIGN.md), so it can run and be benchmarked alone."""
+    code = (
+        "import sys, airflow_provider_sequences.sync.engine, airflow_provider_sequences.adapters.base\n"
+        "loaded = sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.'))\n"
+        "print(loaded)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert result.stdout.strip() == "[]"

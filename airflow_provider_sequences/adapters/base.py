@@ -5,12 +5,15 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import pandas as pd
 
 from airflow_provider_sequences.exceptions import SequencesApiError
 from airflow_provider_sequences.sync.prepare import FieldRules
+
+if TYPE_CHECKING:  # the engine imports this module and stays free of Airflow at run time
+    from airflow_provider_sequences.hooks.base import SequencesHook
 
 
 @dataclass
@@ -48,10 +51,14 @@ class ServiceAdapter(ABC):
     #: (Reply answers "already in sequence"; Whippy would message people again).
     resend_is_safe: ClassVar[bool] = True
 
+    #: The service's hook; every request goes through it.
+    hook: SequencesHook
+    _rules: FieldRules
+
     @property
-    @abstractmethod
     def rules(self) -> FieldRules:
         """Fields the service accepts and how each is checked (after :meth:`preflight`)."""
+        return self._rules
 
     @abstractmethod
     def preflight(self) -> None:
@@ -72,9 +79,9 @@ class ServiceAdapter(ABC):
         request's settings (stop: every batch would fail the same way)."""
 
     @property
-    @abstractmethod
     def request_counts(self) -> tuple[int, int]:
         """(write requests, read requests) sent so far."""
+        return self.hook.write_requests, self.hook.read_requests
 
     def identity(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
         """What identifies a contact in a later read-back (only services that confirm need it)."""

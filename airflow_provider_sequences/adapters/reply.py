@@ -120,14 +120,6 @@ class ReplyAdapter(ServiceAdapter):
         self._rules = reply_rules(with_contact_ids=with_contact_ids)
         self.sequence_name: str | None = None
 
-    @property
-    def rules(self) -> FieldRules:
-        return self._rules
-
-    @property
-    def request_counts(self) -> tuple[int, int]:
-        return self.hook.write_requests, self.hook.read_requests
-
     def preflight(self) -> None:
         try:
             sequence = self.hook.get_sequence(self.sequence_id)

@@ -116,14 +116,6 @@ class WhippyAdapter(ServiceAdapter):
         #: Seconds already waited elsewhere (a trigger) before :meth:`confirm`, for the details.
         self.waited: float | None = None
 
-    @property
-    def rules(self) -> FieldRules:
-        return self._rules
-
-    @property
-    def request_counts(self) -> tuple[int, int]:
-        return self.hook.write_requests, self.hook.read_requests
-
     def preflight(self) -> None:
         try:
             sequence = self.hook.get_sequence(self.sequence_id)
