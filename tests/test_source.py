@@ -778,3 +778,13 @@ def test_columns_of_different_lengths_are_refused():
     assert source_message(excinfo) == (
         "the columns of records must have the same length; got 'email': 2, 'phone': 1"
     )
+
+
+def test_csv_keeps_na_and_none_as_text(tmp_path: Path) -> None:
+    """Only empty cells are missing: Namibia's country code and a person called None survive."""
+    path = tmp_path / "contacts.csv"
+    path.write_text("name,country,email\nNone,NA,\nAda,GB,ada@example.com\n")
+    (frame,) = list(read_file_chunks(path, chunk_size=10))
+    assert frame["name"].tolist() == ["None", "Ada"]
+    assert frame["country"].tolist() == ["NA", "GB"]
+    assert frame["email"].isna().tolist() == [True, False]

@@ -261,7 +261,9 @@ def _decompressed(handle: IO[bytes], compression: str, location: str) -> IO[byte
 
 def _csv_chunks(handle: IO[bytes], chunk_size: int, location: str) -> Generator[pd.DataFrame, None, None]:
     try:
-        reader = pd.read_csv(handle, chunksize=chunk_size, dtype=str, keep_default_na=True)
+        # Only empty cells are missing: "NA" is Namibia and "None" can be a name; pandas'
+        # default list of null markers would silently drop them.
+        reader = pd.read_csv(handle, chunksize=chunk_size, dtype=str, keep_default_na=False, na_values=[""])
     except pd.errors.EmptyDataError as error:
         raise SourceError(
             f"could not read {location} as CSV: the file is empty, not even a header row"
