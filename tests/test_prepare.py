@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_sequences.sync import outcomes
+from airflow_provider_sequences.sync.phones import _phones_fast as phones_fast
 from airflow_provider_sequences.sync.prepare import (
     EMAIL_FAST_PATTERN,
     EMAIL_SLOW_PATTERN,
@@ -30,7 +31,6 @@ from airflow_provider_sequences.sync.prepare import (
     prepare_chunk,
     validate_column_map,
 )
-from airflow_provider_sequences.sync.prepare import _phones_fast as phones_fast
 
 REPLY = FieldRules(
     known_fields=frozenset(
