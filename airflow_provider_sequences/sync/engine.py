@@ -19,7 +19,12 @@ import numpy as np
 import pandas as pd
 
 from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter
-from airflow_provider_sequences.sync.outcomes import ENROLLMENT_UNCONFIRMED, RETRY_WHEN_CHANGED, SyncResult
+from airflow_provider_sequences.sync.outcomes import (
+    ENROLLMENT_UNCONFIRMED,
+    MISSING_KEY,
+    RETRY_WHEN_CHANGED,
+    SyncResult,
+)
 from airflow_provider_sequences.sync.prepare import PrepareSpec, check_columns, prepare_chunk
 from airflow_provider_sequences.sync.push import Pusher
 from airflow_provider_sequences.sync.state import (
@@ -121,7 +126,9 @@ class SyncRun:
         """
         first_row = 0
         for chunk in chunks:
-            if first_row == 0:
+            # An upstream task that returned no rows hands over a frame without columns: an
+            # empty night, not a source that lacks the mapped columns.
+            if first_row == 0 and not (chunk.empty and len(chunk.columns) == 0):
                 check_columns(list(chunk.columns), self.spec)
             self._take_chunk(chunk, first_row)
             first_row += len(chunk)
@@ -158,7 +165,15 @@ class SyncRun:
         wanted = np.flatnonzero(first & np.isin(keys, list(handle | check)))
         if not len(wanted):
             return
-        contacts, rejected = self._prepare(chunk.iloc[wanted], wanted, keys, fingerprints, first_row)
+        # The key pass names rows without a key by their source position; keep its words.
+        key_details = {
+            row - first_row: detail
+            for (_, reason, detail), row in zip(keyed.rejected, keyed.rejected_rows, strict=True)
+            if reason == MISSING_KEY
+        }
+        contacts, rejected = self._prepare(
+            chunk.iloc[wanted], wanted, keys, fingerprints, first_row, key_details
+        )
         if check:
             contacts = self._read_back_first(contacts, check)
         self._reject(rejected)
@@ -185,6 +200,7 @@ class SyncRun:
         keys: np.ndarray[Any, Any],
         fingerprints: np.ndarray[Any, Any],
         first_row: int,
+        key_details: dict[int, str],
     ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The full checks on the rows to handle; (contacts to send, rejections)."""
         prepared = prepare_chunk(rows.reset_index(drop=True), self.spec, first_row=0)
@@ -194,12 +210,17 @@ class SyncRun:
         contacts["key"] = keys[positions[local]]
         contacts["fingerprint"] = fingerprints[positions[local]]
         rejected_local = np.asarray(prepared.rejected_rows, dtype="int64")
+        chunk_rows = positions[rejected_local].tolist() if len(rejected_local) else []
         rejected = pd.DataFrame(
             {
                 # The key pass named the rows (``row:<n>`` counts from the source's start).
                 "key": keys[positions[rejected_local]] if len(rejected_local) else [],
                 "reason": [reason for _, reason, _ in prepared.rejected],
-                "detail": [detail for _, _, detail in prepared.rejected],
+                # ``rows`` is a subset of the chunk: a detail naming a row must name its source row.
+                "detail": [
+                    key_details.get(row, detail) if reason == MISSING_KEY else detail
+                    for (_, reason, detail), row in zip(prepared.rejected, chunk_rows, strict=True)
+                ],
                 "row": positions[rejected_local] + first_row if len(rejected_local) else [],
                 "fingerprint": fingerprints[positions[rejected_local]] if len(rejected_local) else [],
             }
@@ -399,6 +420,13 @@ class SyncRun:
         if not self.writes_state:
             if self.options.dry_run:
                 self.result.stats["would_send"] = len(self.would_send)
+                for key in self.pending:  # left pending by an earlier run; a dry run reads nothing back
+                    self.result.reject(
+                        key,
+                        ENROLLMENT_UNCONFIRMED,
+                        f"{self.adapter.service} accepted this contact in an earlier run; a real run reads "
+                        "its enrolment back",
+                    )
             return self.result
         assert self.state is not None
         result = SyncResult(stats=self.result.stats)
