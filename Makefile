@@ -19,6 +19,11 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python scripts/demo.py
 
+## bench: run every benchmark scenario against simulators in their own process; writes
+## bench/results/latest.json and latest.png (BENCH_ARGS="--quick" for a smoke run)
+bench: $(STAMP)
+	$(BIN)/python -m bench $(BENCH_ARGS)
+
 ## test: lint, type-check and run the whole test suite
 test: lint
 	$(BIN)/python -m pytest

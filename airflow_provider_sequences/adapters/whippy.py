@@ -234,24 +234,21 @@ class WhippyAdapter(ServiceAdapter):
     def confirm(
         self, pending: Mapping[str, dict[str, Any]], *, timeout: float, poll_interval: float | None = None
     ) -> BatchOutcome:
-        """Read the step back until every pending key is seen or ``timeout`` seconds pass."""
+        """Read the step back until every pending key is seen or ``timeout`` seconds pass.
+
+        Between full read-backs (a request per 500 step contacts) it polls the step's count
+        (one request), and reads the step again only when the count moved.
+        """
         outcome = BatchOutcome()
         waiting = dict(pending)
         deadline = time.monotonic() + timeout
         interval = self.poll_interval if poll_interval is None else poll_interval
+        read_at: int | None = None
         while waiting:
-            external_ids, phones, emails = self.enrolled_identities()
-            for key, identity in list(waiting.items()):
-                external_id = identity.get("external_id")
-                seen = (
-                    str(external_id) in external_ids
-                    if external_id
-                    else identity.get("phone") in phones
-                    or (bool(identity.get("email")) and str(identity.get("email")).lower() in emails)
-                )
-                if seen:
-                    outcome.added[key] = None
-                    del waiting[key]
+            total = self.step_total()
+            if total != read_at:
+                read_at = total
+                self._match(waiting, outcome)
             # The last read is at the deadline, not up to one interval before it.
             left = deadline - time.monotonic()
             if not waiting or left <= 0:
@@ -268,6 +265,21 @@ class WhippyAdapter(ServiceAdapter):
         for key in waiting:
             outcome.failed[key] = (NOT_ENROLLED, self._not_enrolled_detail(key, waited))
         return outcome
+
+    def _match(self, waiting: dict[str, dict[str, Any]], outcome: BatchOutcome) -> None:
+        """One full read-back: move the keys it finds from ``waiting`` to ``outcome.added``."""
+        external_ids, phones, emails = self.enrolled_identities()
+        for key, identity in list(waiting.items()):
+            external_id = identity.get("external_id")
+            seen = (
+                str(external_id) in external_ids
+                if external_id
+                else identity.get("phone") in phones
+                or (bool(identity.get("email")) and str(identity.get("email")).lower() in emails)
+            )
+            if seen:
+                outcome.added[key] = None
+                del waiting[key]
 
     def _not_enrolled_detail(self, key: str, timeout: float) -> str:
         step = f"step {self.step_id} of sequence {self.sequence_id}"

@@ -22,6 +22,7 @@ from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapte
 from airflow_provider_sequences.sync.outcomes import (
     ENROLLMENT_UNCONFIRMED,
     MISSING_KEY,
+    REQUEST_FAILED,
     RETRY_WHEN_CHANGED,
     SyncResult,
 )
@@ -162,7 +163,11 @@ class SyncRun:
 
         planned = pd.DataFrame({"key": keys[first], "fingerprint": fingerprints[first]})
         handle, check = self._plan(planned)
-        wanted = np.flatnonzero(first & np.isin(keys, list(handle | check)))
+        # A set lookup: numpy's isin sorts object arrays, which cost most of a large run.
+        todo = handle | check
+        wanted = np.flatnonzero(
+            first & np.fromiter((key in todo for key in keys), dtype=bool, count=len(keys))
+        )
         if not len(wanted):
             return
         # The key pass names rows without a key by their source position; keep its words.
@@ -252,12 +257,15 @@ class SyncRun:
         same_run = merged["last_run_id"] == self.run_id
         resync = self.options.full_resync or not self.options.incremental
         data_reason = merged["reason"].isin(list(RETRY_WHEN_CHANGED))
+        # Settled by an earlier attempt of this run: enrolled, or refused for good. A transient
+        # failure is not settled: the task's retry is there to try it again.
+        settled = (status == ADDED) | ((status == NOT_PROCESSED) & data_reason)
         attempts = pd.to_numeric(merged["attempts"], errors="coerce").fillna(0)
         decision = np.select(
             [
                 status.isna(),
                 status == SENDING,
-                same_run & status.isin([ADDED, NOT_PROCESSED]),
+                same_run & settled,
                 status == PENDING,
                 pd.Series(resync, index=merged.index),
                 status == ADDED,
@@ -274,6 +282,12 @@ class SyncRun:
         self.result.stats["unchanged"] += int((decision == "unchanged").sum())
         self.result.stats["resumed"] += int((decision == "done").sum())
 
+        # A request that failed after retries may still have been applied (its answer lost):
+        # like a batch a dead worker left in flight, its keys may be enrolled already.
+        failed_send = (decision == "handle") & (
+            (status == NOT_PROCESSED) & (merged["reason"] == REQUEST_FAILED)
+        )
+        decision = np.where(failed_send.to_numpy(), "sending", decision)
         sending = merged.loc[decision == "sending", "key"].tolist()
         check: set[str] = set()
         if sending:

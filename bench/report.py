@@ -1,0 +1,227 @@
+"""The figures as a text table (with targets met or missed, and why) and a PNG chart."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+THROUGHPUT_TARGET = 20_000
+RSS_TARGET_MB = 600
+RSS_RATIO_TARGET = 1.5
+RERUN_TARGET_S = 20
+
+
+def _mark(met: bool) -> str:
+    return "met" if met else "MISSED"
+
+
+def _mmm(entry: dict[str, float], fmt: str = "{:,.2f}") -> str:
+    low, high = fmt.format(entry["min"]), fmt.format(entry["max"])
+    return f"{fmt.format(entry['median'])} [{low}-{high}] n={entry['n']}"
+
+
+def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
+    """(measure, figure, target, verdict with cause) rows."""
+    rows: list[tuple[str, str, str, str]] = []
+    scenarios = results["scenarios"]
+    per = scenarios.get("requests_per_1000")
+    if per:
+        for case, c in per["cases"].items():
+            rows.append(
+                (
+                    f"1. {case}: requests / 1,000 new ({per['rows']:,} rows)",
+                    f"{c['writes_per_1000']:.2f} writes + {c['reads_per_1000']:.2f} reads",
+                    f"<= {c['target']} {c['target_counts']}",
+                    _mark(c["met"]) + (f" ({c['note']})" if c["note"] else ""),
+                )
+            )
+    tp = scenarios.get("throughput")
+    if tp:
+        sizes = sorted(tp["sizes"].values(), key=lambda e: e["rows"])
+        for e in sizes:
+            rate = e["rows_per_s"]["median"]
+            met = rate >= THROUGHPUT_TARGET
+            cause = ""
+            if not met:
+                cause = (
+                    f" ({rate / THROUGHPUT_TARGET:.0%} of target; the sync's own CPU is "
+                    f"{e['cpu_share_of_wall']:.0%} of wall, the rest is waiting on the simulator)"
+                )
+            rows.append(
+                (
+                    f"3. rows/s end to end, {e['rows']:,} rows",
+                    _mmm(e["rows_per_s"], "{:,.0f}"),
+                    f">= {THROUGHPUT_TARGET:,} (at 1M)",
+                    (_mark(met) + cause) if e["rows"] >= 1_000_000 else "(informative)",
+                )
+            )
+        for e in sizes:
+            rss = e["peak_rss_mb"]["median"]
+            rows.append(
+                (
+                    f"4. peak RSS, {e['rows']:,} rows",
+                    _mmm(e["peak_rss_mb"], "{:,.0f}") + " MB",
+                    f"<= {RSS_TARGET_MB} MB (at 1M)",
+                    _mark(rss <= RSS_TARGET_MB) if e["rows"] >= 1_000_000 else "(informative)",
+                )
+            )
+        if len(sizes) >= 2:
+            ratio = sizes[-1]["peak_rss_mb"]["median"] / sizes[0]["peak_rss_mb"]["median"]
+            rows.append(
+                (
+                    f"4. RSS({sizes[-1]['rows']:,}) / RSS({sizes[0]['rows']:,})",
+                    f"{ratio:.2f}",
+                    f"<= {RSS_RATIO_TARGET}",
+                    _mark(ratio <= RSS_RATIO_TARGET),
+                )
+            )
+        rerun = tp.get("rerun")
+        if rerun:
+            u = rerun["unchanged"]
+            wall = u["wall_s"]["median"]
+            met = u["write_requests"] == 0 and wall <= RERUN_TARGET_S
+            rows.append(
+                (
+                    f"5. unchanged re-run, {u['rows']:,} rows",
+                    f"{u['write_requests']} writes, {u['read_requests']} reads, {_mmm(u['wall_s'])} s",
+                    f"0 writes, <= {RERUN_TARGET_S} s (at 1M)",
+                    _mark(met) if u["rows"] >= 1_000_000 else ("(informative) " + _mark(met)),
+                )
+            )
+            c = rerun["one_percent"]
+            rows.append(
+                (
+                    f"5. 1% new/changed ({c['new_rows']:,} new + {c['changed_rows']:,} changed)",
+                    f"{c['write_requests']} writes, {c['wall_s']:.2f} s",
+                    f"~{c['expected_write_requests']} writes (2 per 1,000 new)",
+                    _mark(c["write_requests"] <= c["expected_write_requests"]),
+                )
+            )
+    base = scenarios.get("baseline")
+    if base:
+        for service, b in base["services"].items():
+            met = b["request_ratio"] >= 100 and b["speedup"] >= 20
+            floors = b["floor_under_limits_s"]
+            rows.append(
+                (
+                    f"6. {service} vs hand-written loop ({base['rows']:,} rows)",
+                    f"{b['hand_requests']:,} vs {b['ours_requests']} requests ({b['request_ratio']:,.0f}x); "
+                    f"{b['hand_wall_s']:.1f} s vs {b['ours_wall_s']['median']:.2f} s ({b['speedup']:.1f}x); "
+                    f"under the limits {floors['hand'] / 3600:.1f} h vs {floors['ours']:.0f} s",
+                    ">= 100x fewer requests, >= 20x faster",
+                    _mark(met) + (f" ({b['note']})" if b["note"] else ""),
+                )
+            )
+    fit = scenarios.get("rate_limit_fit")
+    if fit:
+        for service, f in fit["cases"].items():
+            rows.append(
+                (
+                    f"2. {service} under limits (time scale {fit['time_scale']:g})",
+                    f"{f['requests']} requests in {f['span_s']:.2f} s, floor {f['floor_s']:.2f} s "
+                    f"({f['ratio_to_floor']:.3f}x), {f['rate_limited_429']} 429s",
+                    "<= 1.05x floor, 0 429s",
+                    _mark(f["met"]) + (f" ({f['note']})" if f["note"] else ""),
+                )
+            )
+    return rows
+
+
+def table(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    lines = [
+        f"\nMachine: {m['cpus_usable']} usable of {m['cpus']} CPUs ({m['cpu_model']}), "
+        f"{m['memory_mb']:,} MB, "
+        f"Python {m['python']}; {results['mode']} mode; {results['command']}",
+        "",
+    ]
+    rows = verdicts(results)
+    widths = [max(len(r[i]) for r in rows) if rows else 0 for i in range(3)]
+    for measure, figure, target, verdict in rows:
+        lines.append(f"{measure:<{widths[0]}}  {figure:<{widths[1]}}  {target:<{widths[2]}}  {verdict}")
+    profile = results["scenarios"].get("throughput", {}).get("sizes", {})
+    for size, entry in profile.items():
+        if "profile" in entry:
+            lines.append(
+                f"\nWhere the time goes at {int(size):,} rows (cProfile, cumulative s; stages nest):"
+            )
+            for stage, seconds in entry["profile"]["stages_cumulative_s"].items():
+                lines.append(f"  {stage:<30} {seconds:8.2f}")
+            lines.append(f"  {'profiled wall':<30} {entry['profile']['profiled_wall_s']:8.2f}")
+    return "\n".join(lines)
+
+
+def draw_chart(results: dict[str, Any], path: Path) -> Path | None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no chart")
+        return None
+    scenarios = results["scenarios"]
+    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    ax = axes[0][0]
+    per = scenarios.get("requests_per_1000")
+    if per:
+        cases = list(per["cases"])
+        writes = [per["cases"][c]["writes_per_1000"] for c in cases]
+        reads = [per["cases"][c]["reads_per_1000"] for c in cases]
+        ax.bar(cases, writes, label="writes")
+        ax.bar(cases, reads, bottom=writes, label="reads")
+        ax.scatter(
+            cases, [per["cases"][c]["target"] for c in cases], color="red", marker="_", s=600, label="target"
+        )
+        ax.legend()
+    ax.set_title("1. Requests per 1,000 new contacts")
+    tp = scenarios.get("throughput")
+    ax = axes[0][1]
+    if tp:
+        entries = sorted(tp["sizes"].values(), key=lambda e: e["rows"])
+        labels = [f"{e['rows']:,}" for e in entries]
+        med = [e["rows_per_s"]["median"] for e in entries]
+        err = [
+            [m - e["rows_per_s"]["min"] for m, e in zip(med, entries, strict=True)],
+            [e["rows_per_s"]["max"] - m for m, e in zip(med, entries, strict=True)],
+        ]
+        ax.bar(labels, med, yerr=err, capsize=6)
+        ax.axhline(THROUGHPUT_TARGET, color="red", linestyle="--", label="target at 1M")
+        ax.legend()
+        ax = axes[1][0]
+        rss = [e["peak_rss_mb"]["median"] for e in entries]
+        ax.bar(labels, rss)
+        ax.axhline(RSS_TARGET_MB, color="red", linestyle="--", label="target at 1M")
+        ax.set_ylabel("MB")
+        ax.legend()
+    axes[0][1].set_title("3. Rows/s end to end, no limits (Reply, emails)")
+    axes[1][0].set_title("4. Peak RSS of the worker")
+    ax = axes[1][1]
+    base = scenarios.get("baseline")
+    if base:
+        services = list(base["services"])
+        x = range(len(services))
+        ax.bar(
+            [i - 0.2 for i in x],
+            [base["services"][s]["request_ratio"] for s in services],
+            0.4,
+            label="fewer requests (x)",
+        )
+        ax.bar(
+            [i + 0.2 for i in x], [base["services"][s]["speedup"] for s in services], 0.4, label="faster (x)"
+        )
+        ax.set_xticks(list(x), services)
+        ax.set_yscale("log")
+        ax.axhline(100, color="red", linestyle="--", linewidth=0.8)
+        ax.axhline(20, color="orange", linestyle="--", linewidth=0.8)
+        ax.legend()
+    ax.set_title("6. Against a hand-written per-contact loop")
+    m = results["machine"]
+    fig.suptitle(
+        f"airflow-provider-sequences benchmarks: {m['cpus_usable']} CPUs, {m['memory_mb']:,} MB, "
+        f"Python {m['python']}, {results['generated_at']}"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    return path

@@ -1,0 +1,178 @@
+"""One sync through the whole engine, in a fresh process: ``python -m bench.worker SPEC_JSON``.
+
+Reads a SQLite CRM export with ``read_sql_chunks``, then prepare, plan, push (to a simulator
+in another process) and record on a SQLite sync state, exactly as the operators wire it but
+without Airflow's task machinery. Prints one JSON line: wall and CPU seconds of the sync, peak
+RSS of this process, the run's stats, and (with ``"profile": true``) where the time went.
+"""
+
+from __future__ import annotations
+
+import cProfile
+import json
+import os
+import pstats
+import resource
+import sqlite3
+import sys
+import time
+from typing import Any
+
+#: Functions whose cumulative time makes a stage (file name suffix, function name).
+STAGES: dict[str, tuple[str, str]] = {
+    "read (read_sql_chunks)": ("sync/source.py", "_read_sql"),
+    "fingerprint rows": ("sync/engine.py", "_fingerprints"),
+    "prepare (all passes)": ("sync/prepare.py", "prepare_chunk"),
+    "plan (incl. state lookup)": ("sync/engine.py", "_plan"),
+    "state lookup": ("sync/state.py", "lookup"),
+    "push (adapter + HTTP)": ("sync/push.py", "push"),
+    "HTTP wait (hook.request)": ("hooks/base.py", "request"),
+    "record (state writes)": ("sync/state.py", "record"),
+    "confirm (read-back)": ("sync/engine.py", "confirm"),
+    "finish (result from state)": ("sync/engine.py", "finish"),
+}
+
+UNLIMITED = 1_000_000_000
+REPLY_COLUMNS = {
+    "email": "email",
+    "first_name": "firstName",
+    "last_name": "lastName",
+    "company": "company",
+    "job_title": "title",
+    "phone": "phone",
+    "city": "city",
+    "country": "country",
+    "tier": "customFields.Tier",
+}
+WHIPPY_COLUMNS = {
+    "crm_id": "external_id",
+    "phone": "phone",
+    "email": "email",
+    "first_name": "name",
+    "city": "address.city",
+    "country": "address.country",
+}
+
+
+def connection_extra(spec: dict[str, Any]) -> dict[str, Any]:
+    """Client-side limits: effectively none, or the documented ones on a time-scaled clock."""
+    if spec.get("time_scale"):
+        return {"rate_limit_time_scale": spec["time_scale"]}
+    if spec["service"] == "reply":
+        return {"requests_per_minute": UNLIMITED, "requests_per_hour": UNLIMITED}
+    return {"sequence_writes_per_minute": UNLIMITED, "requests_per_second": UNLIMITED}
+
+
+def build_run(spec: dict[str, Any]) -> Any:
+    from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
+    from airflow_provider_sequences.sync.prepare import PrepareSpec
+    from airflow_provider_sequences.sync.state import Scope, SyncState, create_state_engine
+    from airflow_provider_sequences.testing import connection_env_var, connection_json
+
+    conn_id = f"bench_{spec['service']}"
+    os.environ[connection_env_var(conn_id)] = connection_json(
+        spec["service"], spec["url"], spec["api_key"], **connection_extra(spec)
+    )
+    adapter: Any
+    id_column = None
+    if spec["service"] == "reply":
+        from airflow_provider_sequences.adapters.reply import ReplyAdapter
+        from airflow_provider_sequences.hooks.reply import ReplyHook
+
+        with_ids = spec["mode"] == "ids"
+        adapter = ReplyAdapter(ReplyHook(conn_id), int(spec["sequence_id"]), with_contact_ids=with_ids)
+        column_map = REPLY_COLUMNS
+        key_column = "reply_id" if with_ids else "email"
+        id_column = "reply_id" if with_ids else None
+    else:
+        from airflow_provider_sequences.adapters.whippy import WhippyAdapter
+        from airflow_provider_sequences.hooks.whippy import WhippyHook
+
+        adapter = WhippyAdapter(WhippyHook(conn_id), str(spec["sequence_id"]), poll_interval=0.2)
+        column_map = WHIPPY_COLUMNS
+        key_column = "crm_id"
+    adapter.preflight()
+    prepare = PrepareSpec(
+        column_map=column_map,
+        key_column=key_column,
+        rules=adapter.rules,
+        default_region="US",
+        id_column=id_column,
+    )
+    state = SyncState(
+        create_state_engine(f"sqlite:///{spec['state']}"),
+        Scope(adapter.service, conn_id, str(spec["sequence_id"])),
+    )
+    options = SyncOptions(
+        batch_size=int(spec.get("batch_size") or adapter.max_batch_size), enrollment_timeout=60
+    )
+    return SyncRun(adapter, prepare, state, spec["run_id"], options)
+
+
+def sync(spec: dict[str, Any], run: Any) -> dict[str, Any]:
+    from airflow_provider_sequences.sync.source import read_sql_chunks
+
+    connection = sqlite3.connect(spec["export"])
+    chunks = read_sql_chunks(
+        connection, "SELECT * FROM crm_contacts", chunk_size=int(spec.get("chunk_size", 20_000))
+    )
+    run.run(chunks)
+    run.confirm()
+    result = run.finish()
+    connection.close()
+    stats = dict(result.stats)
+    return {
+        "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float))},
+        "added": len(result.added),
+        "not_processed": len(result.not_processed),
+    }
+
+
+def _cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def stage_times(profile: cProfile.Profile, total: float) -> dict[str, Any]:
+    stats = pstats.Stats(profile)
+    table: dict[tuple[str, int, str], tuple[Any, ...]] = stats.stats  # type: ignore[attr-defined]
+    stages: dict[str, float] = {}
+    for name, (suffix, function) in STAGES.items():
+        stages[name] = round(
+            sum(v[3] for (file, _, func), v in table.items() if func == function and file.endswith(suffix)), 3
+        )
+    top = sorted(table.items(), key=lambda item: item[1][2], reverse=True)[:15]
+    return {
+        "profiled_wall_s": round(total, 3),
+        "stages_cumulative_s": stages,
+        "top_own_time": [
+            {"function": f"{os.path.basename(file)}:{line}:{func}", "own_s": round(v[2], 3), "calls": v[1]}
+            for (file, line, func), v in top
+        ],
+    }
+
+
+def main() -> None:
+    spec = json.loads(sys.argv[1])
+    # Set-up (imports, the connection, the adapter's preflight reads) is not the sync's time.
+    run = build_run(spec)
+    cpu_before, started = _cpu(), time.perf_counter()
+    profile = cProfile.Profile() if spec.get("profile") else None
+    if profile is not None:
+        profile.enable()
+    outcome = sync(spec, run)
+    if profile is not None:
+        profile.disable()
+    wall = time.perf_counter() - started
+    outcome.update(
+        wall_s=wall,
+        cpu_s=_cpu() - cpu_before,
+        peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+    )
+    if profile is not None:
+        outcome["profile"] = stage_times(profile, wall)
+    sys.stdout.write("BENCH-RESULT " + json.dumps(outcome) + "\n")
+
+
+if __name__ == "__main__":
+    main()
