@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,6 +15,13 @@ from airflow_provider_sequences.sync.prepare import FieldRules
 
 if TYPE_CHECKING:  # the engine imports this module and stays free of Airflow at run time
     from airflow_provider_sequences.hooks.base import SequencesHook
+
+
+def present(value: Any) -> bool:
+    """Whether a prepared field holds a value (not None, NA or NaN) worth sending."""
+    if value is None or value is pd.NA:
+        return False
+    return not (isinstance(value, float) and math.isnan(value))
 
 
 @dataclass

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
 import pandas as pd
 
-from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter
+from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter, present
 from airflow_provider_sequences.exceptions import SequencesApiError, SyncConfigurationError
 from airflow_provider_sequences.hooks.reply import REPLY_MAX_BULK_IDS, ReplyHook
 from airflow_provider_sequences.sync.outcomes import CONTACT_ALREADY_IN_SEQUENCE, INVALID_INPUT
@@ -48,18 +47,12 @@ def reply_rules(*, with_contact_ids: bool) -> FieldRules:
     )
 
 
-def _present(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return False
-    return not (isinstance(value, float) and math.isnan(value))
-
-
 def contact_item(record: dict[str, Any]) -> dict[str, Any]:
     """One prepared row as an import item: plain fields, and ``customFields.<name>`` as a list."""
     item: dict[str, Any] = {}
     custom: list[dict[str, Any]] = []
     for name, value in record.items():
-        if not _present(value):
+        if not present(value):
             continue
         if name in REPLY_CONTACT_FIELDS:
             item[name] = value

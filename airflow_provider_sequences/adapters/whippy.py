@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -11,7 +10,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter
+from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter, present
 from airflow_provider_sequences.exceptions import (
     OutcomeUnknownError,
     SequencesApiError,
@@ -46,17 +45,11 @@ def whippy_rules(*, email_required: bool) -> FieldRules:
     )
 
 
-def _present(value: Any) -> bool:
-    if value is None or value is pd.NA:
-        return False
-    return not (isinstance(value, float) and math.isnan(value))
-
-
 def to_item(record: Mapping[str, Any]) -> dict[str, Any]:
     """One prepared row as a ``to`` item, with ``address.city`` and the like nested."""
     item: dict[str, Any] = {}
     for name, value in record.items():
-        if not _present(value):
+        if not present(value):
             continue
         if name in WHIPPY_PLAIN_FIELDS:
             item[name] = value
@@ -174,7 +167,7 @@ class WhippyAdapter(ServiceAdapter):
         return {
             name: row[name]
             for name in ("phone", "email", "external_id")
-            if name in row and _present(row[name])
+            if name in row and present(row[name])
         }
 
     def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:

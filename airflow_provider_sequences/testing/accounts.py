@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -32,7 +32,6 @@ class WhippyAccount:
     channel_phone: str
     sequence_id: str
     email_sequence_id: str
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def seed_reply_account(sim: ReplySimulator, api_key: str = REPLY_TEST_KEY) -> ReplyAccount:
