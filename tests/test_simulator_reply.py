@@ -753,3 +753,141 @@ def test_request_log_records_without_the_key(acct: Account, tmp_path: Path) -> N
     assert json.loads(text.splitlines()[-1])["status"] == 401
     assert "test-reply-key" not in text
     assert "test-reply-key" not in repr(acct.sim.requests)
+
+
+# -- the fast paths are never more lenient than the full checks ---------------------------------
+
+
+@pytest.mark.parametrize(
+    "email",
+    [
+        "ann@example.com",
+        "Ann.Lee+tag@Sub.Example.CO.uk",
+        "o'brien@example.com",
+        "a@b.cd",
+        "x" * 64 + "@example.com",
+        "x" * 65 + "@example.com",
+        "a@" + "b" * 63 + ".com",
+        "a@" + "b" * 64 + ".com",
+        "a@" + ".".join(["b" * 60] * 4) + ".com",
+        "a..b@example.com",
+        ".a@example.com",
+        "a.@example.com",
+        "a@example",
+        "a@example.c0m",
+        "a@-example.com",
+        "a@example-.com",
+        "a@ex--ample.com",
+        "a@xn--mnchen-3ya.de",
+        "a@xn--abc.com",
+        "a@example.test",
+        "a@example.TEST",
+        "a@localhost",
+        "a@mail.local",
+        "a@x.onion",
+        "a@x.invalid",
+        "a@1.in-addr.arpa",
+        "a @example.com",
+        "a@example.com ",
+        "Ann <a@example.com>",
+        '"a b"@example.com',
+        "a@[127.0.0.1]",
+        "ä@example.com",
+        "a@exämple.com",
+        "a@@example.com",
+        "@example.com",
+        "a@",
+    ],
+)
+def test_the_fast_email_check_agrees_with_email_validator(email: str) -> None:
+    from email_validator import EmailNotValidError, validate_email
+
+    from airflow_provider_sequences.testing.reply_requests import _surely_valid, email_error
+
+    try:
+        validate_email(email, check_deliverability=False)
+        valid = True
+    except EmailNotValidError:
+        valid = False
+    assert not _surely_valid(email) or valid
+    assert (email_error(email) is None) == valid
+
+
+def test_the_fast_email_check_never_accepts_what_email_validator_refuses() -> None:
+    import random
+
+    from email_validator import validate_email
+
+    from airflow_provider_sequences.testing.reply_requests import _surely_valid
+
+    rng = random.Random(7)
+    local_chars, domain_chars = "aZ9._+-'!~", "aZ9.-"
+    tails = [
+        "com",
+        "COM",
+        "uk",
+        "test",
+        "local",
+        "localhost",
+        "arpa",
+        "onion",
+        "invalid",
+        "c0",
+        "x",
+        "xn--p1ai",
+    ]
+    accepted = 0
+    for _ in range(20_000):
+        local = "".join(rng.choice(local_chars) for _ in range(rng.choice([0, 1, 3, 8, 64, 65])))
+        labels = ["".join(rng.choice(domain_chars) for _ in range(rng.choice([0, 1, 4, 63, 64])))]
+        email = f"{local}@{'.'.join([*labels[: rng.randint(0, 1)], rng.choice(tails)])}"
+        if _surely_valid(email):
+            accepted += 1
+            validate_email(email, check_deliverability=False)  # raises if the fast path was wrong
+    assert accepted > 100  # the generator makes some plain addresses too
+
+
+@pytest.mark.parametrize(
+    "item",
+    [
+        "a@example.com",
+        None,
+        {"email": 5},
+        {"email": "a@example.com", "firstName": True},
+        {"email": "a@example.com", "notes": "n" * 256},
+        {"email": "a@example.com", "customFields": {"name": "x", "value": 1}},
+        {"email": "a@example.com", "customFields": ["x"]},
+        {"email": "a@example.com", "customFields": [{"value": 1}]},
+        {"email": "a@example.com", "customFields": [{"id": True, "value": 1}]},
+        {"email": "a@example.com", "customFields": [{"name": "x", "value": [1]}]},
+        {"email": "a@example.com", "customFields": [{"name": "x", "value": "v" * 256}]},
+    ],
+)
+def test_items_that_are_not_plain_get_every_check(item: Any) -> None:
+    from airflow_provider_sequences.testing.reply_requests import (
+        check_import_schema,
+        length_error,
+        plain_items,
+    )
+
+    good = {"email": "g@example.com", "firstName": "G", "customFields": [{"name": "x", "value": 1.5}]}
+    assert plain_items([good])
+    assert check_import_schema([good], {}) == []
+    assert length_error(good) is None
+    assert not plain_items([good, item])
+    assert check_import_schema([good, item], {}) or length_error(item) is not None
+
+
+def test_bulk_add_without_a_contact_limit_skips_the_active_count(acct: Account) -> None:
+    # A sequence-wide scan per bulk add made big runs quadratic; without a plan limit the
+    # simulator no longer gathers the active contacts, and the answers are the same.
+    other = acct.sim.add_sequence("Other", owner_user_id=acct.user)
+    ids = [acct.contact() for _ in range(3)]
+    assert acct.bulk_add(ids[:2], seq=other).json() == {"added": ids[:2], "notProcessed": {}}
+    assert acct.bulk_add(ids).json() == {"added": ids, "notProcessed": {}}
+    again = acct.bulk_add(ids[:1], removeFromExisting=True).json()
+    assert again["added"] == []
+    assert again["notProcessed"][str(ids[0])]["error"] == "contactAlreadyInSequence"
+    links = acct.sim.sequence_contacts(acct.seq)
+    assert [link["contactId"] for link in links] == ids
+    assert len({link["addedAt"] for link in links}) == 1  # one request, one moment

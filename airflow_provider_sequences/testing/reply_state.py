@@ -286,8 +286,12 @@ class ReplyState:
         added: list[int] = []
         not_processed: dict[str, dict[str, str]] = {}
         links = self.links[sequence.id]
-        active = self._active_contacts()
+        # Only the plan limit needs the contacts active anywhere; gathering them walks every
+        # link of every sequence, so a bulk add without a limit skips it.
+        active = self._active_contacts() if self.contact_limit is not None else set()
         first_step = sequence.step_ids[0] if sequence.step_ids else None
+        start_step = request.start_step_id if request.start_step_id is not None else first_step
+        added_at = _now_iso()  # one request, one moment
         for contact_id in dict.fromkeys(request.contact_ids):  # duplicates: the first one counts
             refusal = self._refusal(contact_id, sequence.id, user_id, active)
             if refusal is not None:
@@ -298,10 +302,7 @@ class ReplyState:
                         if other_id != sequence.id:
                             other_links.pop(contact_id, None)
                 links[contact_id] = Link(
-                    contact_id,
-                    request.start_step_id if request.start_step_id is not None else first_step,
-                    request.ignore_step_delay,
-                    request.start_from,
+                    contact_id, start_step, request.ignore_step_delay, request.start_from, added_at=added_at
                 )
                 key = (sequence.id, contact_id)
                 self.enrolments[key] = self.enrolments.get(key, 0) + 1
@@ -353,30 +354,27 @@ class ReplyState:
     ) -> dict[str, Any]:
         """Upsert contacts by email, in input order; ``errors[i]`` fails item ``i`` up front."""
         results: list[dict[str, Any]] = []
+        counts = dict.fromkeys(("Created", "Updated", "Skipped", "Failed"), 0)
+        skip, overwrite = bool(options.get("skipExisting")), bool(options.get("overwriteExisting"))
         for item, error in zip(items, errors, strict=True):
-            existing = self.contacts.get(self.by_email.get(email_key(str(item.get("email") or "")), -1))
-            if error is None and existing is not None and existing.owner_user_id != user_id:
-                error = "a contact with this email belongs to another user"
+            existing = None
+            if error is None:
+                existing = self.contacts.get(self.by_email.get(email_key(str(item.get("email") or "")), -1))
+                if existing is not None and existing.owner_user_id != user_id:
+                    error = "a contact with this email belongs to another user"
             if error is not None:
-                results.append({"id": None, "status": "Failed", "error": error})
+                status, contact_id = "Failed", None
             elif existing is None:
-                fields = {name: item.get(name) for name in CONTACT_FIELDS}
-                custom = [dict(c) for c in item.get("customFields") or []]
-                results.append(
-                    {
-                        "id": self._create_contact(user_id, fields, custom, False),
-                        "status": "Created",
-                        "error": None,
-                    }
-                )
-            elif options.get("skipExisting"):
-                results.append({"id": existing.id, "status": "Skipped", "error": None})
+                fields = dict(zip(CONTACT_FIELDS, map(item.get, CONTACT_FIELDS), strict=True))
+                custom = [dict(c) for c in item.get("customFields") or ()]
+                status, contact_id = "Created", self._create_contact(user_id, fields, custom, False)
+            elif skip:
+                status, contact_id = "Skipped", existing.id
             else:
-                self._update(existing, item, overwrite=bool(options.get("overwriteExisting")))
-                results.append({"id": existing.id, "status": "Updated", "error": None})
-        counts = {
-            s: sum(r["status"] == s for r in results) for s in ("Created", "Updated", "Skipped", "Failed")
-        }
+                self._update(existing, item, overwrite=overwrite)
+                status, contact_id = "Updated", existing.id
+            counts[status] += 1
+            results.append({"id": contact_id, "status": status, "error": error})
         return {
             "items": results,
             "added": counts["Created"],
