@@ -10,7 +10,9 @@ import json
 import logging
 import re
 import time
+from collections import deque
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any
@@ -112,6 +114,8 @@ class SyncRun:
         self._resent: set[str] = set()
         self._progress = _Progress()
         self._requests_before = adapter.request_counts
+        self._sender: ThreadPoolExecutor | None = None
+        self._in_flight: deque[tuple[Future[BatchOutcome], pd.DataFrame]] = deque()
 
     @property
     def writes_state(self) -> bool:
@@ -126,16 +130,24 @@ class SyncRun:
         :attr:`pending` for :meth:`confirm`, so the wait can happen elsewhere (a trigger).
         """
         first_row = 0
-        for chunk in chunks:
-            # An upstream task that returned no rows hands over a frame without columns: an
-            # empty night, not a source that lacks the mapped columns.
-            if first_row == 0 and not (chunk.empty and len(chunk.columns) == 0):
-                check_columns(list(chunk.columns), self.spec)
-            self._take_chunk(chunk, first_row)
-            first_row += len(chunk)
-            self.result.stats["rows"] = first_row
-            self._log_progress()
-        self._flush(final=True)
+        try:
+            for chunk in chunks:
+                # An upstream task that returned no rows hands over a frame without columns: an
+                # empty night, not a source that lacks the mapped columns.
+                if first_row == 0 and not (chunk.empty and len(chunk.columns) == 0):
+                    check_columns(list(chunk.columns), self.spec)
+                self._take_chunk(chunk, first_row)
+                first_row += len(chunk)
+                self.result.stats["rows"] = first_row
+                self._log_progress()
+            self._flush(final=True)
+            self._drain()
+        except BaseException:
+            # Whatever stopped the run, what the service already answered is recorded.
+            self._drain(quietly=True)
+            raise
+        finally:
+            self._close_sender()
         self._count_requests()
         return self.result
 
@@ -180,6 +192,7 @@ class SyncRun:
             chunk.iloc[wanted], wanted, keys, fingerprints, first_row, key_details
         )
         if check:
+            self._drain()  # the adapter is used by one thread at a time
             contacts = self._read_back_first(contacts, check)
         self._reject(rejected)
         if contacts.empty:
@@ -349,24 +362,67 @@ class SyncRun:
             self._send(batch.reset_index(drop=True))
 
     def _send(self, batch: pd.DataFrame) -> None:
+        """Mark the batch as being sent, hand it to the sending thread, and record the batch
+        before it once the service answered that one.
+
+        One batch is in the service's hands while this thread records the previous one and
+        prepares the next, so the run costs the longer of the two, not their sum. Keys are
+        marked ``sending`` before their request can leave, as a crash-safe run needs.
+        """
         keys = batch["key"].tolist()
-        fingerprints = dict(zip(keys, batch["fingerprint"].tolist(), strict=True))
         if self.state is not None:
             self.state.record([KeyOutcome(key, SENDING) for key in keys], self.run_id)
         resent = frozenset(self._resent.intersection(keys))
-        outcome = self.pusher.push(batch, resent_keys=resent)
-        identities = {}
+        if self._sender is None:
+            self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sequences-push")
+        future = self._sender.submit(self.pusher.push, batch, resent_keys=resent)
+        self._in_flight.append((future, batch))
+        while len(self._in_flight) > 1:
+            self._settle_oldest()
+
+    def _settle_oldest(self) -> None:
+        future, batch = self._in_flight.popleft()
+        try:
+            outcome = future.result()
+        except BaseException:
+            self._drain(quietly=True)
+            raise
+        keys = batch["key"].tolist()
+        fingerprints = dict(zip(keys, batch["fingerprint"].tolist(), strict=True))
         if outcome.pending:
-            identities = {
-                key: self.adapter.identity(row) or {}
-                for key, row in zip(keys, batch.to_dict("records"), strict=True)
-                if key in outcome.pending
-            }
-            for key, identity in identities.items():
-                outcome.pending[key] = identity
+            for key, row in zip(keys, batch.to_dict("records"), strict=True):
+                if key in outcome.pending:
+                    outcome.pending[key] = self.adapter.identity(row) or {}
         self._record(outcome, fingerprints)
         self._progress.batches += 1
         self._log_progress()
+
+    def _drain(self, *, quietly: bool = False) -> None:
+        """Wait for every batch handed to the sending thread and record its outcome.
+
+        ``quietly``: a run that is failing anyway records what the service did answer and
+        drops later errors (their keys stay ``sending``, which a retry handles).
+        """
+        if not quietly:
+            while self._in_flight:
+                self._settle_oldest()
+            return
+        for future, _ in self._in_flight:
+            future.cancel()  # not yet started: never sent, its keys stay ``sending``
+        while self._in_flight:
+            future = self._in_flight[0][0]
+            if future.cancelled() or future.exception() is not None:
+                self._in_flight.popleft()
+                continue
+            try:
+                self._settle_oldest()
+            except Exception:  # the error that stopped the run is raised instead
+                log.debug("Could not record a batch while stopping", exc_info=True)
+
+    def _close_sender(self) -> None:
+        if self._sender is not None:
+            self._sender.shutdown(wait=True)
+            self._sender = None
 
     def _record(self, outcome: BatchOutcome, fingerprints: dict[str, str]) -> None:
         outcomes = [
