@@ -10,7 +10,7 @@ import json
 import logging
 import re
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -115,6 +115,8 @@ class SyncRun:
         self._progress = _Progress()
         self._requests_before = adapter.request_counts
         self._sender: ThreadPoolExecutor | None = None
+        #: Outcomes so far, for progress lines (with a state, keys are not kept in memory).
+        self._counts: Counter[str] = Counter()
         self._in_flight: deque[tuple[Future[BatchOutcome], pd.DataFrame]] = deque()
 
     @property
@@ -437,14 +439,19 @@ class SyncRun:
             KeyOutcome(key, PENDING, fingerprint=fingerprints.get(key), identity=identity)
             for key, identity in outcome.pending.items()
         ]
+        self.pending.update(outcome.pending)
+        self._counts["added"] += len(outcome.added)
+        self._counts["not_processed"] += len(outcome.failed)
         if self.writes_state:
+            # The state holds the outcomes and :meth:`finish` reads them from there: keeping a
+            # second copy of every key here would double the memory of a large run.
             assert self.state is not None
             self.state.record(outcomes, self.run_id)
+            return
         for key in outcome.added:
             self.result.add(key)
         for key, (reason, detail) in outcome.failed.items():
             self.result.reject(key, reason, detail)
-        self.pending.update(outcome.pending)
 
     def _reject(self, rejected: pd.DataFrame) -> None:
         if rejected.empty:
@@ -458,11 +465,13 @@ class SyncRun:
                 strict=True,
             )
         )
+        self._counts["not_processed"] += len(rows)
         if self.writes_state:
             assert self.state is not None
             self.state.record(
                 [KeyOutcome(k, NOT_PROCESSED, r, d, fingerprint=f) for k, r, d, f in rows], self.run_id
             )
+            return
         for key, reason, detail, _ in rows:
             self.result.reject(key, reason, detail)
 
@@ -542,8 +551,8 @@ class SyncRun:
             total,
             rows / elapsed,
             self._progress.batches,
-            len(self.result.added),
-            len(self.result.not_processed),
+            self._counts["added"],
+            self._counts["not_processed"],
             self.result.stats["unchanged"],
             self.result.stats["requests"],
         )
