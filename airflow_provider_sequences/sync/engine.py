@@ -144,6 +144,7 @@ class SyncRun:
                 self._log_progress()
             self._flush(final=True)
             self._drain()
+            self._seen = set()  # a key per row read: free it before the result is built
         except BaseException:
             # Whatever stopped the run, what the service already answered is recorded.
             self._drain(quietly=True)

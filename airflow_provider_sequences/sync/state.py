@@ -281,14 +281,23 @@ class SyncState:
         )
 
     def run_outcomes(self, run_id: str) -> Iterator[tuple[str, str, str | None, str | None]]:
-        """(key, status, reason, detail) of every key whose last run is ``run_id``, by key."""
-        rows = self._fetch(
+        """(key, status, reason, detail) of every key whose last run is ``run_id``, by key.
+
+        Streamed in slices: a run of a million keys is never all in memory twice.
+        """
+        sql = (
             f"SELECT contact_key, status, reason, detail FROM {STATE_TABLE} "  # noqa: S608
-            f"WHERE {self._scope_sql} AND last_run_id = {self._mark} ORDER BY contact_key",
-            [*self._scope_params, run_id],
+            f"WHERE {self._scope_sql} AND last_run_id = {self._mark} ORDER BY contact_key"
         )
-        for row in rows:
-            yield row[0], row[1], row[2], row[3]
+        with self.engine.connect() as connection:
+            cursor = connection.connection.cursor()
+            try:
+                cursor.execute(sql, (*self._scope_params, run_id))
+                while rows := cursor.fetchmany(10_000):
+                    for row in rows:
+                        yield row[0], row[1], row[2], row[3]
+            finally:
+                cursor.close()
 
     def to_frame(self) -> pd.DataFrame:
         """The whole state of this scope as a DataFrame (for people, not for the sync)."""
