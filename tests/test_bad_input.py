@@ -26,6 +26,7 @@ from airflow_provider_sequences.operators.base import SyncFailedError
 from airflow_provider_sequences.operators.reply import ReplyAddContactsToSequenceOperator
 from airflow_provider_sequences.operators.whippy import WhippyAddContactsToSequenceOperator
 from airflow_provider_sequences.sync.source import SourceError
+from airflow_provider_sequences.sync.state import create_state_engine, read_state
 from airflow_provider_sequences.testing import (
     ReplyAccount,
     ReplySimulator,
@@ -116,8 +117,13 @@ class World:
             return connection.execute("SELECT * FROM sequence_sync_state").fetchall()
 
     def state_statuses(self) -> dict[str, str]:
-        with sqlite3.connect(self.state_db) as connection:
-            return dict(connection.execute("SELECT contact_key, status FROM sequence_sync_state").fetchall())
+        """Each key's status as people read the state (keys of a batch in flight: ``sending``)."""
+        engine = create_state_engine(f"sqlite:///{self.state_db}")
+        try:
+            frame = read_state(engine)
+        finally:
+            engine.dispose()
+        return dict(zip(frame["contact_key"], frame["status"], strict=True))
 
 
 @pytest.fixture(scope="module")

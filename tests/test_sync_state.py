@@ -125,6 +125,41 @@ def test_record_upserts_one_row_per_key(state: SyncState) -> None:
     assert b["updated_at"] > after_first["b"]["updated_at"]
 
 
+def test_a_batch_in_flight_is_one_row_shown_as_sending_until_its_outcomes(state: SyncState) -> None:
+    state.record([KeyOutcome("a", ADDED, fingerprint="fa", sent=True)], "run-1")
+    batch = state.mark_sending(["a", "b"], "run-2")
+    assert state.in_flight() == {batch: ["a", "b"]}
+    # People reading the state see the batch's keys as being sent, the send counted.
+    rows = rows_of(state.to_frame())
+    assert {key: (row["status"], row["attempts"], row["last_run_id"]) for key, row in rows.items()} == {
+        "a": (SENDING, 2, "run-2"),
+        "b": (SENDING, 1, "run-2"),
+    }
+    # The outcomes and the end of the flight are one transaction.
+    state.record(
+        [
+            KeyOutcome("a", ADDED, sent=True),
+            KeyOutcome("b", NOT_PROCESSED, "requestFailed", "500", sent=True),
+        ],
+        "run-2",
+        batch_id=batch,
+    )
+    assert state.in_flight() == {}
+    rows = rows_of(state.to_frame())
+    assert {key: (row["status"], row["attempts"]) for key, row in rows.items()} == {
+        "a": (ADDED, 2),
+        "b": (NOT_PROCESSED, 1),
+    }
+
+
+def test_settling_batches_left_in_flight_keeps_the_keys_a_run_did_not_see(state: SyncState) -> None:
+    first = state.mark_sending(["a", "b"], "run-1")
+    second = state.mark_sending(["c"], "run-1")
+    state.settle_in_flight([first, second], "run-2", unresolved=["b"])
+    assert list(state.in_flight().values()) == [["b"]]
+    assert rows_of(state.to_frame())["b"]["status"] == SENDING
+
+
 def test_lookup_returns_known_keys_of_its_scope_only(engine: sa.Engine, state: SyncState) -> None:
     state.record([KeyOutcome("a", SENDING)], "run-1")
     state.record(

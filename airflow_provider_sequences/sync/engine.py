@@ -115,9 +115,11 @@ class SyncRun:
         self._progress = _Progress()
         self._requests_before = adapter.request_counts
         self._sender: ThreadPoolExecutor | None = None
+        self._left_in_flight: dict[str, list[str]] = {}
+        self._left_in_flight_keys: set[str] = set()
         #: Outcomes so far, for progress lines (with a state, keys are not kept in memory).
         self._counts: Counter[str] = Counter()
-        self._in_flight: deque[tuple[Future[BatchOutcome], pd.DataFrame]] = deque()
+        self._in_flight: deque[tuple[Future[BatchOutcome], pd.DataFrame, str | None]] = deque()
 
     @property
     def writes_state(self) -> bool:
@@ -132,6 +134,9 @@ class SyncRun:
         :attr:`pending` for :meth:`confirm`, so the wait can happen elsewhere (a trigger).
         """
         first_row = 0
+        # Batches an earlier attempt left in flight, read before this run marks any of its own.
+        self._left_in_flight = self.state.in_flight() if self.state is not None else {}
+        self._left_in_flight_keys = {key for keys in self._left_in_flight.values() for key in keys}
         try:
             for chunk in chunks:
                 # An upstream task that returned no rows hands over a frame without columns: an
@@ -144,6 +149,15 @@ class SyncRun:
                 self._log_progress()
             self._flush(final=True)
             self._drain()
+            if self.writes_state and self._left_in_flight:
+                # Their keys were planned like any other this run: enrolled, refused, sent again
+                # or read back. Keys absent from tonight's rows stay in flight for a later run.
+                assert self.state is not None
+                self.state.settle_in_flight(
+                    self._left_in_flight,
+                    self.run_id,
+                    unresolved=sorted(self._left_in_flight_keys - self._seen),
+                )
             self._seen = set()  # a key per row read: free it before the result is built
         except BaseException:
             # Whatever stopped the run, what the service already answered is recorded.
@@ -263,8 +277,9 @@ class SyncRun:
         everyone = set(planned["key"].tolist())
         if self.state is None or planned.empty:
             return everyone, set()
+        flying = self._left_in_flight_keys
         known = self.state.lookup(planned["key"].tolist())
-        if known.empty:
+        if known.empty and flying.isdisjoint(everyone):
             return everyone, set()
         merged = planned.merge(
             known, how="left", left_on="key", right_on="contact_key", suffixes=("", "_state")
@@ -277,10 +292,11 @@ class SyncRun:
         # failure is not settled: the task's retry is there to try it again.
         settled = (status == ADDED) | ((status == NOT_PROCESSED) & data_reason)
         attempts = pd.to_numeric(merged["attempts"], errors="coerce").fillna(0)
+        in_flight = np.fromiter((key in flying for key in merged["key"]), dtype=bool, count=len(merged))
         decision = np.select(
             [
+                in_flight | (status == SENDING).to_numpy(),
                 status.isna(),
-                status == SENDING,
                 same_run & settled,
                 status == PENDING,
                 pd.Series(resync, index=merged.index),
@@ -288,7 +304,7 @@ class SyncRun:
                 data_reason & (merged["fingerprint_state"] == merged["fingerprint"]),
                 ~data_reason & (attempts >= self.options.max_attempts),
             ],
-            ["handle", "sending", "done", "pending", "handle", "unchanged", "again", "given_up"],
+            ["sending", "handle", "done", "pending", "handle", "unchanged", "again", "given_up"],
             default="handle",
         )
         if resync:
@@ -373,18 +389,17 @@ class SyncRun:
         marked ``sending`` before their request can leave, as a crash-safe run needs.
         """
         keys = batch["key"].tolist()
-        if self.state is not None:
-            self.state.record([KeyOutcome(key, SENDING) for key in keys], self.run_id)
+        batch_id = self.state.mark_sending(keys, self.run_id) if self.state is not None else None
         resent = frozenset(self._resent.intersection(keys))
         if self._sender is None:
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sequences-push")
         future = self._sender.submit(self.pusher.push, batch, resent_keys=resent)
-        self._in_flight.append((future, batch))
+        self._in_flight.append((future, batch, batch_id))
         while len(self._in_flight) > 1:
             self._settle_oldest()
 
     def _settle_oldest(self) -> None:
-        future, batch = self._in_flight.popleft()
+        future, batch, batch_id = self._in_flight.popleft()
         try:
             outcome = future.result()
         except BaseException:
@@ -396,7 +411,7 @@ class SyncRun:
             for key, row in zip(keys, batch.to_dict("records"), strict=True):
                 if key in outcome.pending:
                     outcome.pending[key] = self.adapter.identity(row) or {}
-        self._record(outcome, fingerprints)
+        self._record(outcome, fingerprints, batch_id=batch_id, sent=True)
         self._progress.batches += 1
         self._log_progress()
 
@@ -410,7 +425,7 @@ class SyncRun:
             while self._in_flight:
                 self._settle_oldest()
             return
-        for future, _ in self._in_flight:
+        for future, _, _ in self._in_flight:
             future.cancel()  # not yet started: never sent, its keys stay ``sending``
         while self._in_flight:
             future = self._in_flight[0][0]
@@ -427,17 +442,27 @@ class SyncRun:
             self._sender.shutdown(wait=True)
             self._sender = None
 
-    def _record(self, outcome: BatchOutcome, fingerprints: dict[str, str]) -> None:
+    def _record(
+        self,
+        outcome: BatchOutcome,
+        fingerprints: dict[str, str],
+        *,
+        batch_id: str | None = None,
+        sent: bool = False,
+    ) -> None:
+        """Record a batch's outcomes (``sent``: they answer a send, which counts as an attempt)."""
         outcomes = [
-            KeyOutcome(key, ADDED, fingerprint=fingerprints.get(key), service_contact_id=contact_id)
+            KeyOutcome(
+                key, ADDED, fingerprint=fingerprints.get(key), service_contact_id=contact_id, sent=sent
+            )
             for key, contact_id in outcome.added.items()
         ]
         outcomes += [
-            KeyOutcome(key, NOT_PROCESSED, reason, detail, fingerprint=fingerprints.get(key))
+            KeyOutcome(key, NOT_PROCESSED, reason, detail, fingerprint=fingerprints.get(key), sent=sent)
             for key, (reason, detail) in outcome.failed.items()
         ]
         outcomes += [
-            KeyOutcome(key, PENDING, fingerprint=fingerprints.get(key), identity=identity)
+            KeyOutcome(key, PENDING, fingerprint=fingerprints.get(key), identity=identity, sent=sent)
             for key, identity in outcome.pending.items()
         ]
         self.pending.update(outcome.pending)
@@ -447,7 +472,7 @@ class SyncRun:
             # The state holds the outcomes and :meth:`finish` reads them from there: keeping a
             # second copy of every key here would double the memory of a large run.
             assert self.state is not None
-            self.state.record(outcomes, self.run_id)
+            self.state.record(outcomes, self.run_id, batch_id=batch_id)
             return
         for key in outcome.added:
             self.result.add(key)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -22,14 +23,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 
 STATE_TABLE = "sequence_sync_state"
 RUNS_TABLE = "sequence_sync_runs"
+IN_FLIGHT_TABLE = "sequence_sync_in_flight"
 
 #: Statuses of a key in the state table.
 ADDED = "added"
 NOT_PROCESSED = "not_processed"
 #: Sent and accepted, not yet confirmed (Whippy works in the background).
 PENDING = "pending"
-#: Written just before a batch is sent: if the worker dies now, a retry knows the batch
-#: may already have been applied.
+#: A key of a batch that was being sent: if the worker died then, a retry knows the batch
+#: may already have been applied. Stored per batch (see :meth:`SyncState.mark_sending`) and
+#: shown as this status by :func:`read_state`.
 SENDING = "sending"
 
 # IN lists are cut to this size: SQLite allows 32,766 bound parameters per statement.
@@ -71,6 +74,20 @@ runs_table = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+#: Batches being sent: one row per batch, written before its request leaves and deleted with
+#: the batch's outcomes. Marking a batch costs one row instead of one write per key.
+in_flight_table = sa.Table(
+    IN_FLIGHT_TABLE,
+    metadata,
+    sa.Column("service", sa.String(32), primary_key=True),
+    sa.Column("connection_id", sa.String(250), primary_key=True),
+    sa.Column("sequence_id", sa.String(100), primary_key=True),
+    sa.Column("batch_id", sa.String(32), primary_key=True),
+    sa.Column("run_id", sa.String(250), nullable=False),
+    sa.Column("contact_keys", sa.Text, nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
 
 #: What :meth:`SyncState.lookup` answers per key.
 _LOOKUP_COLUMNS = (
@@ -108,6 +125,8 @@ class KeyOutcome:
     fingerprint: str | None = None
     service_contact_id: str | None = None
     identity: dict[str, Any] | None = None
+    #: Whether this outcome is the answer to a send of the key (its attempts grow by one).
+    sent: bool = False
 
 
 @dataclass(frozen=True)
@@ -182,11 +201,51 @@ def read_state(
         if value is not None:
             query = query.where(column == str(value))
     query = query.order_by(state_table.c.sequence_id, state_table.c.contact_key)
+    flying = sa.select(in_flight_table)
+    for column, value in (
+        (in_flight_table.c.service, service),
+        (in_flight_table.c.connection_id, connection_id),
+        (in_flight_table.c.sequence_id, sequence_id),
+    ):
+        if value is not None:
+            flying = flying.where(column == str(value))
     with engine.connect() as connection:
         frame = pd.read_sql(query, connection)
+        batches = connection.execute(flying).all()
     for name in ("created_at", "updated_at"):
-        frame[name] = pd.to_datetime(frame[name], utc=True)
+        frame[name] = pd.to_datetime(frame[name], utc=True).dt.as_unit("us")
+    if batches:
+        frame = _with_in_flight(frame, batches)
     return frame
+
+
+def _with_in_flight(frame: pd.DataFrame, batches: Sequence[Any]) -> pd.DataFrame:
+    """The state as people read it: keys of batches in flight show as ``sending``, with the
+    send counted in their attempts."""
+    scope = ["service", "connection_id", "sequence_id", "contact_key"]
+    flying = pd.DataFrame(
+        [
+            (b.service, b.connection_id, b.sequence_id, key, b.run_id, b.created_at)
+            for b in batches
+            for key in json.loads(b.contact_keys)
+        ],
+        columns=[*scope, "run_id", "sent_at"],
+    ).drop_duplicates(scope, keep="last")
+    flying["sent_at"] = pd.to_datetime(flying["sent_at"], utc=True).dt.as_unit("us")
+    merged = frame.merge(flying, on=scope, how="outer", indicator=True)
+    sending = merged["_merge"] != "left_only"
+    new = merged["_merge"] == "right_only"
+    merged.loc[sending, "status"] = SENDING
+    attempts = pd.to_numeric(merged["attempts"], errors="coerce").fillna(0).astype("int64")
+    merged["attempts"] = attempts + sending.astype("int64")
+    for name in ("first_run_id", "last_run_id"):
+        merged.loc[new, name] = merged.loc[new, "run_id"]
+    merged.loc[sending, "last_run_id"] = merged.loc[sending, "run_id"]
+    for name in ("created_at", "updated_at"):
+        merged.loc[new, name] = merged.loc[new, "sent_at"]
+    merged.loc[sending, "updated_at"] = merged.loc[sending, "sent_at"]
+    merged = merged.drop(columns=["run_id", "sent_at", "_merge"])
+    return merged.sort_values(["sequence_id", "contact_key"], ignore_index=True)
 
 
 class SyncState:
@@ -310,8 +369,12 @@ class SyncState:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def record(self, outcomes: Iterable[KeyOutcome], run_id: str) -> int:
-        """Upsert outcomes in one transaction; a key's attempts grow by one per send."""
+    def record(self, outcomes: Iterable[KeyOutcome], run_id: str, *, batch_id: str | None = None) -> int:
+        """Upsert outcomes in one transaction; a key's attempts grow by one per send.
+
+        :param batch_id: the batch these outcomes answer (see :meth:`mark_sending`): it stops
+            being in flight in the same transaction.
+        """
         now: Any = _now()
         if self._now_processor is not None:
             # Once per call, not once per row and column: it is the same moment for all.
@@ -328,7 +391,7 @@ class SyncState:
                 o.fingerprint,
                 o.service_contact_id,
                 json.dumps(o.identity, sort_keys=True) if o.identity else None,
-                1 if o.status == SENDING else 0,
+                1 if o.sent or o.status == SENDING else 0,
                 run_id,
                 run_id,
                 now,
@@ -336,9 +399,17 @@ class SyncState:
             )
             for o in outcomes
         ]
-        if not rows:
+        if not rows and batch_id is None:
             return 0
         with self.engine.begin() as connection:
+            if batch_id is not None:
+                connection.execute(
+                    sa.delete(in_flight_table).where(
+                        self._where(in_flight_table), in_flight_table.c.batch_id == batch_id
+                    )
+                )
+            if not rows:
+                return 0
             if self._raw_upsert is not None:
                 # SQLite: the driver's executemany on the statement compiled once. SQLAlchemy's
                 # per-row parameter handling cost more than SQLite's own work (about 4x).
@@ -346,6 +417,47 @@ class SyncState:
             else:
                 connection.execute(self._upsert(), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
         return len(rows)
+
+    def mark_sending(self, keys: Sequence[str], run_id: str) -> str:
+        """Record that a batch of keys is about to be sent; returns the batch's id."""
+        row = self._in_flight_row(keys, run_id)
+        with self.engine.begin() as connection:
+            connection.execute(sa.insert(in_flight_table), row)
+        return str(row["batch_id"])
+
+    def _in_flight_row(self, keys: Sequence[str], run_id: str) -> dict[str, Any]:
+        return {
+            "service": self.scope.service,
+            "connection_id": self.scope.connection_id,
+            "sequence_id": self.scope.sequence_id,
+            "batch_id": uuid.uuid4().hex,
+            "run_id": run_id,
+            "contact_keys": json.dumps(list(keys)),
+            "created_at": _now(),
+        }
+
+    def in_flight(self) -> dict[str, list[str]]:
+        """Batches left in flight (by a worker that died, or a run a refusal stopped): id -> keys."""
+        query = sa.select(in_flight_table.c.batch_id, in_flight_table.c.contact_keys).where(
+            self._where(in_flight_table)
+        )
+        with self.engine.connect() as connection:
+            return {batch_id: json.loads(keys) for batch_id, keys in connection.execute(query)}
+
+    def settle_in_flight(self, batch_ids: Iterable[str], run_id: str, unresolved: Sequence[str] = ()) -> None:
+        """Forget batches left in flight once a run dealt with their keys; ``unresolved`` keys
+        (absent from that run) stay in flight, in one batch."""
+        ids = list(batch_ids)
+        if not ids:
+            return
+        with self.engine.begin() as connection:
+            connection.execute(
+                sa.delete(in_flight_table).where(
+                    self._where(in_flight_table), in_flight_table.c.batch_id.in_(ids)
+                )
+            )
+            if unresolved:
+                connection.execute(sa.insert(in_flight_table), self._in_flight_row(unresolved, run_id))
 
     def _upsert(self) -> Any:
         dialect = self.engine.dialect.name
