@@ -466,6 +466,87 @@ def test_list_filters_by_status_and_step_ids_and_paginates(sim: WhippySimulator,
     assert set(item["contact"]) == {"id", "name", "email", "phone", "external_id"}
 
 
+def test_list_views_follow_new_step_contacts_and_status_changes(sim: WhippySimulator, api: Api) -> None:
+    """The list's indexes (per step, per filter) give the answers a plain filter gives, as jobs
+    add step contacts and statuses change between pages."""
+    sequence_id = sim.add_sequence("Welcome", steps=["sms", "sms"])
+    first, second = (step["id"] for step in sim.sequence(sequence_id)["steps"])
+    path = f"/v1/sequences/{sequence_id}/contacts"
+    filters: list[dict[str, Any]] = [
+        {},
+        {"step_ids": first},
+        {"step_ids": f"{first},{second}"},
+        {"status": "active"},
+        {"status": "complete", "step_ids": first},
+        {"status": "active", "step_ids": f"{second},{first}"},
+    ]
+
+    def check() -> None:
+        everything = sim.step_contacts(sequence_id)
+        for params in filters:
+            steps = set(params.get("step_ids", "").split(",")) - {""}
+            wanted = [
+                item["id"]
+                for item in everything
+                if (not steps or item["step_id"] in steps) and params.get("status") in (None, item["status"])
+            ]
+            got: list[str] = []
+            for offset in range(0, len(wanted) + 3, 3):
+                body = api.get(path, limit=3, offset=offset, **params).json()
+                assert body["total"] == len(wanted), params
+                got += [item["id"] for item in body["data"]]
+            assert got == wanted, params
+
+    for round_ in range(3):
+        # Views exist (built by the reads) when the next jobs add to them and change statuses.
+        check()
+        phones = [f"+1555555{round_}{n:03d}" for n in range(7)]
+        assert api.enrol(sequence_id, [{"phone": p} for p in phones[:4]]).status_code == 202
+        assert api.enrol(sequence_id, [{"phone": p} for p in phones[4:]], step_id=second).status_code == 202
+        sim.wait_idle()
+        check()
+        done = sim.contact_by(phone=phones[1])
+        assert done is not None
+        sim.set_step_contact_status(sequence_id, done["id"], "complete")
+        check()
+    # An active contact sent again is reprocessed: its step contact changes, no new one.
+    assert api.enrol(sequence_id, [{"phone": "+15555550000"}]).status_code == 202
+    sim.wait_idle()
+    check()
+
+
+def test_a_page_of_a_large_step_costs_what_a_page_of_a_small_one_costs(
+    sim: WhippySimulator, api: Api
+) -> None:
+    """Paging is O(page), not O(step contacts): the bench reads steps of a million contacts."""
+    steps: dict[str, tuple[str, str]] = {}
+    for title, size in (("Small", 1000), ("Big", 100_000)):
+        sequence_id = sim.add_sequence(title, steps=["sms", "sms"])
+        first, second = (step["id"] for step in sim.sequence(sequence_id)["steps"])
+        steps[title] = (sequence_id, first)
+        for start in range(0, size, 4000):
+            to = [{"phone": f"+1{len(title)}{n:08d}"} for n in range(start, min(start + 4000, size))]
+            step = first if start % 8000 == 0 else second
+            assert api.enrol(sequence_id, to, step_id=step).status_code == 202
+    sim.wait_idle(timeout=120)
+
+    def timed(title: str, **params: Any) -> float:
+        sequence_id, first = steps[title]
+        params = {key: first if value == "first" else value for key, value in params.items()}
+        best = float("inf")
+        for _ in range(5):
+            started = time.perf_counter()
+            answer = api.get(f"/v1/sequences/{sequence_id}/contacts", limit=500, **params)
+            best = min(best, time.perf_counter() - started)
+            assert answer.status_code == 200
+            assert len(answer.json()["data"]) == 500
+        return best
+
+    for params in ({"step_ids": "first", "offset": 0}, {"offset": 500}, {"status": "active", "offset": 0}):
+        small, big = timed("Small", **params), timed("Big", **params | {"offset": 40_000})
+        assert big < small * 2 + 0.005, (params, small, big)
+
+
 @pytest.mark.parametrize("params", [{"limit": 501}, {"limit": 0}, {"limit": "ten"}, {"offset": -1}], ids=str)
 def test_bad_pagination_is_422(sim: WhippySimulator, api: Api, params: dict[str, Any]) -> None:
     sequence_id = sim.add_sequence("Welcome")

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -16,7 +16,7 @@ from airflow_provider_sequences.exceptions import (
     SequencesApiError,
     SyncConfigurationError,
 )
-from airflow_provider_sequences.hooks.whippy import WHIPPY_MAX_CONTACTS_PER_CALL, WhippyHook
+from airflow_provider_sequences.hooks.whippy import WHIPPY_MAX_CONTACTS_PER_CALL, WHIPPY_MAX_PAGE, WhippyHook
 from airflow_provider_sequences.sync.outcomes import NOT_ENROLLED
 from airflow_provider_sequences.sync.prepare import FieldRules
 
@@ -60,6 +60,78 @@ def to_item(record: Mapping[str, Any]) -> dict[str, Any]:
     return item
 
 
+@dataclass
+class _Identities:
+    """External ids, phones and (lowercase) emails of step contacts read in the target step."""
+
+    external_ids: set[str] = field(default_factory=set)
+    phones: set[str] = field(default_factory=set)
+    emails: set[str] = field(default_factory=set)
+
+    def add(self, item: Mapping[str, Any]) -> None:
+        contact = item.get("contact") or {}
+        if contact.get("external_id"):
+            self.external_ids.add(str(contact["external_id"]))
+        if contact.get("phone"):
+            self.phones.add(str(contact["phone"]))
+        if contact.get("email"):
+            self.emails.add(str(contact["email"]).lower())
+
+
+class _Waiting:
+    """Pending keys not seen yet, indexed by what identifies them in a read-back.
+
+    A key with an external id is matched by it alone; a key without one by its phone or email
+    (the rules of the read-back before it was indexed). Each step contact read costs O(1).
+    """
+
+    def __init__(self, pending: Mapping[str, dict[str, Any]]) -> None:
+        self.keys = dict(pending)
+        self._by_external_id: dict[str, list[str]] = {}
+        self._by_phone: dict[str, list[str]] = {}
+        self._by_email: dict[str, list[str]] = {}
+        for key, identity in self.keys.items():
+            external_id = identity.get("external_id")
+            if external_id:
+                self._by_external_id.setdefault(str(external_id), []).append(key)
+                continue
+            if identity.get("phone"):
+                self._by_phone.setdefault(str(identity["phone"]), []).append(key)
+            if identity.get("email"):
+                self._by_email.setdefault(str(identity["email"]).lower(), []).append(key)
+
+    def __bool__(self) -> bool:
+        return bool(self.keys)
+
+    def __len__(self) -> int:
+        return len(self.keys)
+
+    def see(self, external_ids: Iterable[str], phones: Iterable[str], emails: Iterable[str]) -> list[str]:
+        """Keys these identities match, taken out of the waiting ones."""
+        found: list[str] = []
+        for index, values in (
+            (self._by_external_id, external_ids),
+            (self._by_phone, phones),
+            (self._by_email, emails),
+        ):
+            if not index:
+                continue
+            for value in values:
+                for key in index.pop(value, ()):
+                    if self.keys.pop(key, None) is not None:
+                        found.append(key)
+        return found
+
+    def see_item(self, item: Mapping[str, Any]) -> list[str]:
+        contact = item.get("contact") or {}
+        email = contact.get("email")
+        return self.see(
+            [str(contact["external_id"])] if contact.get("external_id") else [],
+            [str(contact["phone"])] if contact.get("phone") else [],
+            [str(email).lower()] if email else [],
+        )
+
+
 @dataclass(frozen=True)
 class WhippyEnrolment:
     """How contacts are added (the create-sequence-contacts call's options)."""
@@ -79,10 +151,19 @@ class WhippyAdapter(ServiceAdapter):
     what the step's channel needs or that are active in another step, so an accepted contact
     is only *pending* until :meth:`confirm` sees it in the step.
 
+    Reading back: the step's count is read before the run's first write; :meth:`confirm` then
+    reads only the step contacts past what it already read (the *tail*: contacts this run
+    created are appended there in practice). The API does not document the list's order, so
+    the tail is an optimisation only: before a key is declared not enrolled, or a lost batch is
+    sent again, one full read of the step proves it absent.
+
     :param hook: the Whippy hook.
     :param sequence_id: the sequence to enrol into.
     :param enrolment: the call's options.
     :param poll_interval: seconds between read-backs while waiting for the enrolment.
+    :param stable_polls: polls in a row without the step's count moving after which Whippy's
+        background work counts as over even though some accepted contacts never arrived (it
+        ignored them); used to decide when a batch whose answer was lost may be sent again.
     """
 
     service = "whippy"
@@ -96,6 +177,7 @@ class WhippyAdapter(ServiceAdapter):
         *,
         enrolment: WhippyEnrolment | None = None,
         poll_interval: float = 2.0,
+        stable_polls: int = 3,
     ) -> None:
         self.hook = hook
         self.sequence_id = str(sequence_id)
@@ -104,10 +186,25 @@ class WhippyAdapter(ServiceAdapter):
         self.step_channel: str | None = None
         self.sequence_title: str | None = None
         self._rules = whippy_rules(email_required=False)
-        self._uncertain: set[str] = set()
         self.poll_interval = poll_interval
+        self.stable_polls = max(int(stable_polls), 1)
         #: Seconds already waited elsewhere (a trigger) before :meth:`confirm`, for the details.
         self.waited: float | None = None
+        #: Keys whose write's answer was lost (maybe applied, maybe not) and not sent again since.
+        self._uncertain: set[str] = set()
+        #: Their ``to`` items (this process only), for one re-send once the step proves them absent.
+        self._lost: dict[str, dict[str, Any]] = {}
+        self._lost_at: float | None = None  # time.monotonic() of the last write whose answer was lost
+        self._accepted_at: float | None = None  # ... and of the last write Whippy answered
+        self._pushed: set[str] = set()  # keys this adapter wrote (their step contacts are in the tail)
+        self._writes = 0
+        #: The step's count before this adapter's first write, and the offset read up to since.
+        self._baseline: int | None = None
+        self._cursor: int | None = None
+        #: Step contacts read in the tail (current ones), for later :meth:`confirm` calls.
+        self._seen = _Identities()
+        #: (count, offset) of the pages read from offset 0 on while the count stayed the same.
+        self._span: tuple[int, int] | None = None
 
     def preflight(self) -> None:
         try:
@@ -173,30 +270,41 @@ class WhippyAdapter(ServiceAdapter):
     def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
         fields = [c for c in batch.columns if c in WHIPPY_PLAIN_FIELDS or c.split(".", 1)[0] in NESTED]
         records = batch[fields].to_dict("records")
+        outcome = BatchOutcome()
+        keys = batch["key"].tolist()
+        items = [to_item(record) for record in records]
+        self._writes += 1
+        self._pushed.update(keys)
+        try:
+            self._create(items)
+        except OutcomeUnknownError:
+            # Maybe applied: never re-send blindly (a contact re-sent to its step is messaged
+            # again); the read-back will tell, and :meth:`confirm` may send them once more.
+            self._uncertain.update(keys)
+            self._lost.update(zip(keys, items, strict=True))
+            self._lost_at = time.monotonic()
+        else:
+            self._accepted_at = time.monotonic()
+        for key, record in zip(keys, records, strict=True):
+            outcome.pending[key] = self.identity(record)
+        return outcome
+
+    def _create(self, items: list[dict[str, Any]]) -> None:
         custom_data = None
         if self.enrolment.custom_object_id:
             custom_data = {
                 "custom_object_id": self.enrolment.custom_object_id,
                 "resource": self.enrolment.custom_data_resource,
             }
-        outcome = BatchOutcome()
-        try:
-            self.hook.create_sequence_contacts(
-                self.sequence_id,
-                [to_item(record) for record in records],
-                from_=self.enrolment.from_channel,
-                step_id=self.step_id,
-                schedule_at=self.enrolment.schedule_at,
-                custom_data=custom_data,
-                voice_options=self.enrolment.voice_options,
-            )
-        except OutcomeUnknownError:
-            # Maybe applied: never re-send blindly (a contact re-sent to its step is messaged
-            # again); the read-back will tell.
-            self._uncertain.update(batch["key"].tolist())
-        for key, record in zip(batch["key"].tolist(), records, strict=True):
-            outcome.pending[key] = self.identity(record)
-        return outcome
+        self.hook.create_sequence_contacts(
+            self.sequence_id,
+            items,
+            from_=self.enrolment.from_channel,
+            step_id=self.step_id,
+            schedule_at=self.enrolment.schedule_at,
+            custom_data=custom_data,
+            voice_options=self.enrolment.voice_options,
+        )
 
     def enrolled_identities(self) -> tuple[set[str], set[str], set[str]]:
         """External ids, phones and emails of every contact in the target step now.
@@ -220,28 +328,60 @@ class WhippyAdapter(ServiceAdapter):
         return external_ids, phones, emails
 
     def step_total(self) -> int:
-        """How many contacts the target step holds (one cheap read)."""
+        """How many contacts the target step holds (one cheap read).
+
+        Before the first write, it is also where this run's step contacts start.
+        """
         page = self.hook.list_sequence_contacts(self.sequence_id, limit=1, step_ids=[str(self.step_id)])
-        return int(page.get("total", 0))
+        total = int(page.get("total", 0))
+        if self._baseline is None and self._writes == 0:
+            self._baseline = self._cursor = total
+        return total
 
     def confirm(
         self, pending: Mapping[str, dict[str, Any]], *, timeout: float, poll_interval: float | None = None
     ) -> BatchOutcome:
         """Read the step back until every pending key is seen or ``timeout`` seconds pass.
 
-        Between full read-backs (a request per 500 step contacts) it polls the step's count
-        (one request), and reads the step again only when the count moved.
+        Each poll reads the step past the offset already read: one request when nothing moved,
+        and the poll's page is the first of the new contacts when something did. Keys not seen
+        are declared ``notEnrolled`` only after the whole step was read while its count stood
+        still (see :meth:`_proven`). Batches whose answer was lost are sent again once, in this
+        call, when :meth:`_resend_due` says Whippy is done and such a read proves them absent.
         """
         outcome = BatchOutcome()
-        waiting = dict(pending)
+        waiting = _Waiting(pending)
+        self._take(waiting.see(self._seen.external_ids, self._seen.phones, self._seen.emails), outcome)
         deadline = time.monotonic() + timeout
-        interval = self.poll_interval if poll_interval is None else poll_interval
-        read_at: int | None = None
+        base_interval = self.poll_interval if poll_interval is None else poll_interval
+        interval = base_interval
+        # Keys an earlier attempt or run sent may be anywhere in the step: read it all first.
+        # So may this run's, when the step's count before its first write is not known.
+        full_first = self._baseline is None or any(key not in self._pushed for key in waiting.keys)
+        last: int | None = None
+        unchanged = 0
+        moved_at = time.monotonic()
+        working = False  # whether Whippy applied any of this run's writes yet
         while waiting:
-            total = self.step_total()
-            if total != read_at:
-                read_at = total
-                self._match(waiting, outcome)
+            polled_at = time.monotonic()  # when the count was read (the read may take long)
+            try:
+                total = self._read(0 if full_first else self._cursor or 0, waiting, outcome)
+            except SequencesApiError as exc:
+                if not exc.is_retryable or time.monotonic() >= deadline:
+                    raise
+                # A read that failed after the hook's retries is one poll lost, not the run.
+                self.hook.log.warning("Reading the step back failed; trying again later: %s", exc)
+            else:
+                full_first = False
+                if total != last:
+                    unchanged, moved_at = 0, polled_at
+                else:
+                    unchanged += 1
+                last = total
+                working = working or any(key in self._pushed for key in outcome.added)
+                due = waiting and working and self._resend_due(waiting, unchanged, moved_at)
+                if due and self._prove(waiting, outcome) and self._resend(waiting):
+                    unchanged, interval = 0, base_interval
             # The last read is at the deadline, not up to one interval before it.
             left = deadline - time.monotonic()
             if not waiting or left <= 0:
@@ -254,25 +394,137 @@ class WhippyAdapter(ServiceAdapter):
             )
             time.sleep(min(interval, left))
             interval = min(interval * 2, 30.0)
+        if waiting and not self._proven():
+            # The tail is no proof of absence: the list's order is not documented.
+            self._read(0, waiting, outcome)
         waited = timeout if self.waited is None else self.waited
-        for key in waiting:
+        for key in waiting.keys:
             outcome.failed[key] = (NOT_ENROLLED, self._not_enrolled_detail(key, waited))
         return outcome
 
-    def _match(self, waiting: dict[str, dict[str, Any]], outcome: BatchOutcome) -> None:
-        """One full read-back: move the keys it finds from ``waiting`` to ``outcome.added``."""
-        external_ids, phones, emails = self.enrolled_identities()
-        for key, identity in list(waiting.items()):
-            external_id = identity.get("external_id")
-            seen = (
-                str(external_id) in external_ids
-                if external_id
-                else identity.get("phone") in phones
-                or (bool(identity.get("email")) and str(identity.get("email")).lower() in emails)
+    def _read(self, start: int, waiting: _Waiting, outcome: BatchOutcome) -> int:
+        """Read the step's contacts from offset ``start`` to its end, moving the keys found from
+        ``waiting`` to ``outcome.added``; returns the step's count on the last page.
+
+        Only step contacts that are pending or active count: a contact that went through the
+        step before keeps its finished step contact there, and Whippy may ignore it now.
+        Contacts past the tail's cursor are remembered for later calls.
+        """
+        offset = start
+        while True:
+            page = self.hook.list_sequence_contacts(
+                self.sequence_id, limit=WHIPPY_MAX_PAGE, offset=offset, step_ids=[str(self.step_id)]
             )
-            if seen:
-                outcome.added[key] = None
-                del waiting[key]
+            items = page.get("data") or []
+            total = int(page.get("total", 0))
+            tail = self._cursor if self._cursor is not None else total
+            for at, item in enumerate(items, start=offset):
+                if str(item.get("status") or "").lower() not in CURRENT_STATUSES:
+                    continue
+                if at >= tail:
+                    self._seen.add(item)
+                self._take(waiting.see_item(item), outcome)
+            # Pages read from offset 0 on, one after the other, while the count stays the same.
+            if offset == 0:
+                self._span = (total, len(items))
+            elif self._span == (total, offset):
+                self._span = (total, offset + len(items))
+            else:
+                self._span = None
+            offset += len(items)
+            if self._cursor is not None and self._cursor < offset <= total:
+                self._cursor = offset  # page by page: a read that fails half-way keeps what it read
+            if not items or offset >= total:
+                break
+        if self._cursor is None:
+            # The first read: what follows is the tail (the start of this run's contacts only
+            # when nothing was written yet).
+            self._cursor = total
+            if self._writes == 0:
+                self._baseline = total
+        elif total < self._cursor:
+            self._cursor = total  # the step shrank: the final full read is the proof, not the tail
+        return total
+
+    def _proven(self) -> bool:
+        """Whether the last pages read cover the whole step, from offset 0 on, with its count the
+        same on every page since: then a contact not seen is not in the step (whatever order the
+        list has, nothing was added or removed while it was read)."""
+        return self._span is not None and self._span[1] >= self._span[0]
+
+    def _prove(self, waiting: _Waiting, outcome: BatchOutcome) -> bool:
+        """Make :meth:`_proven` true with a full read if needed; False when the count moved or the
+        read failed (the next poll tries again)."""
+        if not self._proven():
+            try:
+                self._read(0, waiting, outcome)
+            except SequencesApiError as exc:
+                if not exc.is_retryable:
+                    raise
+                self.hook.log.warning("Reading the whole step failed; trying again later: %s", exc)
+                return False
+        return self._proven()
+
+    @staticmethod
+    def _take(keys: list[str], outcome: BatchOutcome) -> None:
+        for key in keys:
+            outcome.added[key] = None
+
+    def _resend_due(self, waiting: _Waiting, unchanged: int, moved_at: float) -> bool:
+        """Whether Whippy is done with what it accepted, so that a lost batch still absent was
+        never applied and may be sent again.
+
+        The answer to a write can be lost before Whippy saw it (a reset: nothing happened) or
+        after (the 202 was lost: the contacts arrive later). Sending the second kind again
+        would message its contacts twice, so a batch is sent again only when all of these hold:
+
+        - its contacts are still waiting and it was not sent again already (once per run);
+        - Whippy applied some of this run's writes (a step that shows none of them may mean its
+          queue has not started: the caller checks) and the step's count stood still for a poll;
+        - every contact of a write Whippy answered is in the step, or the count stood still
+          for ``stable_polls`` polls (some were ignored and will never arrive);
+        - since the lost write, twice the time Whippy took to show the last answered write
+          has passed (from that write to the poll where the count last moved);
+        - then a full read, with the count unchanged, does not find them (the caller).
+
+        What remains is Whippy applying one request far later than the ones around it; the
+        task's retry, which re-sends ``notEnrolled`` keys, carries the same risk later.
+        """
+        if not self._lost or unchanged < 1 or self._accepted_at is None or self._lost_at is None:
+            return False
+        if not any(key in self._lost for key in waiting.keys):
+            return False
+        certain_missing = any(key not in self._uncertain for key in waiting.keys)
+        if certain_missing and unchanged < self.stable_polls:
+            return False
+        lag = max(moved_at - self._accepted_at, 0.0)
+        return time.monotonic() - self._lost_at >= 2 * lag
+
+    def _resend(self, waiting: _Waiting) -> bool:
+        """Send the lost batches' contacts still waiting once more (up to 4,000 a call).
+        Returns whether any call was answered."""
+        keys = [key for key in waiting.keys if key in self._lost]
+        items = {key: self._lost.pop(key) for key in keys}
+        self._lost.clear()  # once per run: what is not sent now is left to the task's retry
+        answered = False
+        for first in range(0, len(keys), self.max_batch_size):
+            chunk = keys[first : first + self.max_batch_size]
+            self.hook.log.info(
+                "Whippy never showed %d contacts whose write's answer was lost, and its work is "
+                "over: sending them again, once",
+                len(chunk),
+            )
+            try:
+                self._create([items[key] for key in chunk])
+            except SequencesApiError as exc:
+                # Lost again, or refused: the keys stay uncertain and end notEnrolled; the task's
+                # retry handles them as it did before (read back, send what is absent).
+                self.hook.log.warning("Sending %d lost contacts again failed: %s", len(chunk), exc)
+                continue
+            answered = True
+            self._accepted_at = time.monotonic()
+            self._uncertain.difference_update(chunk)
+        return answered
 
     def _not_enrolled_detail(self, key: str, timeout: float) -> str:
         step = f"step {self.step_id} of sequence {self.sequence_id}"

@@ -193,14 +193,12 @@ class WhippySimulator(WhippyState, Simulator):
         params = request.query_params
         limit, offset = self._page(params)
         status = params.get("status")
-        step_ids = {s.strip() for value in params.getlist("step_ids") for s in value.split(",") if s.strip()}
+        step_ids = frozenset(
+            s.strip() for value in params.getlist("step_ids") for s in value.split(",") if s.strip()
+        )
         with self.lock:
             sequence = self._sequence_or_404(_org(request), sequence_id)
-            records = [
-                r
-                for r in self.sequence_step_contacts(sequence.id)
-                if (status is None or r.status == status) and (not step_ids or r.step_id in step_ids)
-            ]
+            records = self.filtered_step_contacts(sequence.id, step_ids, status)
             return self._step_contact_page(records, limit, offset)
 
     def _contact_sequences(

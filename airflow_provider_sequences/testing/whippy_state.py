@@ -181,6 +181,11 @@ class WhippyState:
         self._step_contacts: dict[str, list[StepContact]] = {}  # sequence id -> in creation order
         self._by_pair: dict[tuple[str, str], list[StepContact]] = {}  # (sequence, contact)
         self._by_contact: dict[str, list[StepContact]] = {}  # contact id -> in creation order
+        # (sequence, step) -> in creation order: paging one step's contacts is O(page).
+        self._by_step: dict[tuple[str, str], list[StepContact]] = {}
+        # Other filters of the list endpoint, kept up to date as step contacts are created, and
+        # dropped (rebuilt on the next read) when a status they filter on changes.
+        self._views: dict[tuple[str, frozenset[str], str | None], list[StepContact]] = {}
         self._enrolments: dict[tuple[str, str], int] = {}
         self._upload_tags: list[dict[str, Any]] = []
         self._ignored: list[dict[str, Any]] = []
@@ -271,6 +276,7 @@ class WhippyState:
                 raise KeyError(f"contact {contact_id} was never in sequence {sequence_id}")
             records[-1].status = status
             records[-1].updated_at = iso(utc_now())
+            self._status_changed(sequence_id)
 
     # -- inspecting ---------------------------------------------------------------------------
 
@@ -363,6 +369,31 @@ class WhippyState:
 
     def sequence_step_contacts(self, sequence_id: str) -> list[StepContact]:
         return list(self._step_contacts.get(sequence_id, []))
+
+    def filtered_step_contacts(
+        self, sequence_id: str, step_ids: frozenset[str], status: str | None
+    ) -> list[StepContact]:
+        """The sequence's step contacts in creation order, only those in ``step_ids`` (all when
+        empty) with ``status`` (any when ``None``). The caller holds the lock and must not change
+        the list: it is an index, so that a page costs O(page) rather than O(step contacts)."""
+        if status is None and len(step_ids) == 1:
+            return self._by_step.get((sequence_id, next(iter(step_ids))), [])
+        if status is None and not step_ids:
+            return self._step_contacts.get(sequence_id, [])
+        view = self._views.get((sequence_id, step_ids, status))
+        if view is None:
+            view = [
+                r
+                for r in self._step_contacts.get(sequence_id, [])
+                if (status is None or r.status == status) and (not step_ids or r.step_id in step_ids)
+            ]
+            self._views[(sequence_id, step_ids, status)] = view
+        return view
+
+    def _status_changed(self, sequence_id: str) -> None:
+        """Drop the views filtering this sequence's step contacts by status (caller holds the lock)."""
+        for key in [k for k in self._views if k[0] == sequence_id and k[2] is not None]:
+            del self._views[key]
 
     def contact_step_contacts(self, contact_id: str) -> list[StepContact]:
         return list(self._by_contact.get(contact_id, []))
@@ -499,6 +530,8 @@ class WhippyState:
             new_id(), sequence.id, step.id, contact.id, status, iso(scheduled), iso(now), iso(now)
         )
         # Reprocessing puts the same step contact back to the start of its step.
+        if same_step is not None and same_step.status != status:
+            self._status_changed(sequence.id)
         record.status, record.scheduled_at, record.updated_at = status, iso(scheduled), iso(now)
         record.from_, record.voice_options = job.from_, job.voice_options
         if job.custom_data is not None and job.custom_data["resource"] == "step_contact":
@@ -508,6 +541,14 @@ class WhippyState:
             records.append(record)
             self._step_contacts[sequence.id].append(record)
             self._by_contact.setdefault(contact.id, []).append(record)
+            self._by_step.setdefault((sequence.id, step.id), []).append(record)
+            for (view_sequence, step_ids, view_status), view in self._views.items():
+                if (
+                    view_sequence == sequence.id
+                    and (view_status is None or view_status == record.status)
+                    and (not step_ids or record.step_id in step_ids)
+                ):
+                    view.append(record)
         self._enrolments[pair] = self._enrolments.get(pair, 0) + 1
 
 
