@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import re
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Iterable
@@ -119,7 +120,9 @@ class SyncRun:
         self._left_in_flight_keys: set[str] = set()
         #: Outcomes so far, for progress lines (with a state, keys are not kept in memory).
         self._counts: Counter[str] = Counter()
-        self._in_flight: deque[tuple[Future[BatchOutcome], pd.DataFrame, str | None]] = deque()
+        self._in_flight: deque[Future[None]] = deque()
+        # Outcomes are recorded by the sending thread and by this one (rejections).
+        self._lock = threading.Lock()
 
     @property
     def writes_state(self) -> bool:
@@ -381,30 +384,26 @@ class SyncRun:
             self._send(batch.reset_index(drop=True))
 
     def _send(self, batch: pd.DataFrame) -> None:
-        """Mark the batch as being sent, hand it to the sending thread, and record the batch
-        before it once the service answered that one.
+        """Mark the batch as being sent and hand it to the sending thread, which sends it and
+        records its outcome; wait for the batch before it.
 
-        One batch is in the service's hands while this thread records the previous one and
-        prepares the next, so the run costs the longer of the two, not their sum. Keys are
-        marked ``sending`` before their request can leave, as a crash-safe run needs.
+        One batch is in the service's hands while this thread prepares the next, so the run
+        costs the longer of the two, not their sum. Keys are marked ``sending`` before their
+        request can leave, and an answered batch is recorded at once, in the sending thread,
+        so a crash finds at most the batch whose answer it interrupted in flight.
         """
         keys = batch["key"].tolist()
         batch_id = self.state.mark_sending(keys, self.run_id) if self.state is not None else None
         resent = frozenset(self._resent.intersection(keys))
         if self._sender is None:
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sequences-push")
-        future = self._sender.submit(self.pusher.push, batch, resent_keys=resent)
-        self._in_flight.append((future, batch, batch_id))
+        self._in_flight.append(self._sender.submit(self._push_and_record, batch, batch_id, resent))
         while len(self._in_flight) > 1:
             self._settle_oldest()
 
-    def _settle_oldest(self) -> None:
-        future, batch, batch_id = self._in_flight.popleft()
-        try:
-            outcome = future.result()
-        except BaseException:
-            self._drain(quietly=True)
-            raise
+    def _push_and_record(self, batch: pd.DataFrame, batch_id: str | None, resent: frozenset[str]) -> None:
+        """In the sending thread: one batch, sent and recorded."""
+        outcome = self.pusher.push(batch, resent_keys=resent)
         keys = batch["key"].tolist()
         fingerprints = dict(zip(keys, batch["fingerprint"].tolist(), strict=True))
         if outcome.pending:
@@ -412,30 +411,34 @@ class SyncRun:
                 if key in outcome.pending:
                     outcome.pending[key] = self.adapter.identity(row) or {}
         self._record(outcome, fingerprints, batch_id=batch_id, sent=True)
+
+    def _settle_oldest(self) -> None:
+        future = self._in_flight.popleft()
+        try:
+            future.result()
+        except BaseException:
+            self._drain(quietly=True)
+            raise
         self._progress.batches += 1
         self._log_progress()
 
     def _drain(self, *, quietly: bool = False) -> None:
-        """Wait for every batch handed to the sending thread and record its outcome.
+        """Wait for every batch handed to the sending thread.
 
-        ``quietly``: a run that is failing anyway records what the service did answer and
-        drops later errors (their keys stay ``sending``, which a retry handles).
+        ``quietly``: a run that is failing anyway lets the batch being sent finish (it is
+        recorded), does not send the others, and drops later errors: keys not recorded stay
+        ``sending``, which a retry handles.
         """
         if not quietly:
             while self._in_flight:
                 self._settle_oldest()
             return
-        for future, _, _ in self._in_flight:
-            future.cancel()  # not yet started: never sent, its keys stay ``sending``
-        while self._in_flight:
-            future = self._in_flight[0][0]
-            if future.cancelled() or future.exception() is not None:
-                self._in_flight.popleft()
-                continue
-            try:
-                self._settle_oldest()
-            except Exception:  # the error that stopped the run is raised instead
-                log.debug("Could not record a batch while stopping", exc_info=True)
+        for future in self._in_flight:
+            future.cancel()  # not started yet: never sent
+        for future in self._in_flight:
+            if not future.cancelled() and future.exception() is not None:
+                log.debug("A batch failed while the run stopped", exc_info=future.exception())
+        self._in_flight.clear()
 
     def _close_sender(self) -> None:
         if self._sender is not None:
@@ -465,19 +468,21 @@ class SyncRun:
             KeyOutcome(key, PENDING, fingerprint=fingerprints.get(key), identity=identity, sent=sent)
             for key, identity in outcome.pending.items()
         ]
-        self.pending.update(outcome.pending)
-        self._counts["added"] += len(outcome.added)
-        self._counts["not_processed"] += len(outcome.failed)
         if self.writes_state:
             # The state holds the outcomes and :meth:`finish` reads them from there: keeping a
             # second copy of every key here would double the memory of a large run.
             assert self.state is not None
             self.state.record(outcomes, self.run_id, batch_id=batch_id)
-            return
-        for key in outcome.added:
-            self.result.add(key)
-        for key, (reason, detail) in outcome.failed.items():
-            self.result.reject(key, reason, detail)
+        with self._lock:
+            self.pending.update(outcome.pending)
+            self._counts["added"] += len(outcome.added)
+            self._counts["not_processed"] += len(outcome.failed)
+            if self.writes_state:
+                return
+            for key in outcome.added:
+                self.result.add(key)
+            for key, (reason, detail) in outcome.failed.items():
+                self.result.reject(key, reason, detail)
 
     def _reject(self, rejected: pd.DataFrame) -> None:
         if rejected.empty:
@@ -491,15 +496,17 @@ class SyncRun:
                 strict=True,
             )
         )
-        self._counts["not_processed"] += len(rows)
         if self.writes_state:
             assert self.state is not None
             self.state.record(
                 [KeyOutcome(k, NOT_PROCESSED, r, d, fingerprint=f) for k, r, d, f in rows], self.run_id
             )
-            return
-        for key, reason, detail, _ in rows:
-            self.result.reject(key, reason, detail)
+        with self._lock:
+            self._counts["not_processed"] += len(rows)
+            if self.writes_state:
+                return
+            for key, reason, detail, _ in rows:
+                self.result.reject(key, reason, detail)
 
     # -- confirm ------------------------------------------------------------------------------
 

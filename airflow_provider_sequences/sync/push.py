@@ -35,6 +35,7 @@ class Pusher:
     splits: int = 0
     last_failure: str = ""
     _stopped: bool = field(default=False, repr=False)
+    _refused: SyncAbortedError | None = field(default=None, repr=False)
 
     @property
     def stopped(self) -> bool:
@@ -43,6 +44,9 @@ class Pusher:
 
     def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
         """Send one batch and say what became of every key in it."""
+        if self._refused is not None:
+            # A batch already queued behind the refused one is not sent: it would be refused too.
+            raise self._refused
         if self._stopped:
             return _all_failed(
                 batch,
@@ -79,9 +83,10 @@ class Pusher:
                 log.warning("A batch of %d failed after retries: %s", len(batch), exc)
                 outcome.merge(_all_failed(batch, REQUEST_FAILED, f"the request failed after retries: {exc}"))
                 return
-            raise SyncAbortedError(
+            self._refused = SyncAbortedError(
                 f"{exc.service} refused the request, so no batch can succeed: {exc}"
-            ) from exc
+            )
+            raise self._refused from exc
 
 
 def _all_failed(batch: pd.DataFrame, reason: str, detail: str) -> BatchOutcome:
