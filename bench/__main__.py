@@ -7,13 +7,14 @@ import json
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from bench.harness import ROOT, machine
 from bench.report import draw_chart, table
-from bench.scenarios import baseline, rate_limit_fit, requests_per_thousand, throughput, workdir
+from bench.scenarios import CASES, baseline, rate_limit_fit, requests_per_thousand, throughput, workdir
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -21,7 +22,21 @@ RESULTS = ROOT / "bench" / "results"
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
     parser.add_argument("--quick", action="store_true", help="small sizes, one repeat: a smoke run")
-    parser.add_argument("--sizes", type=int, nargs="+", help="throughput sizes (default 100000 1000000)")
+    parser.add_argument(
+        "--sizes",
+        type=int,
+        nargs="+",
+        help="throughput sizes of every case (default 100000 1000000); --ids-sizes and "
+        "--whippy-sizes override it for those cases",
+    )
+    parser.add_argument("--ids-sizes", type=int, nargs="*", help="throughput sizes, Reply with contact ids")
+    parser.add_argument("--whippy-sizes", type=int, nargs="*", help="throughput sizes, Whippy")
+    parser.add_argument(
+        "--cases",
+        nargs="+",
+        choices=list(CASES),
+        help="throughput cases to run (default all; an empty --ids-sizes or --whippy-sizes also skips one)",
+    )
     parser.add_argument("--repeats", type=int, help="timed repeats per measurement (default 3)")
     parser.add_argument("--request-rows", type=int, help="rows for requests per 1,000 (default 10000)")
     parser.add_argument("--baseline-rows", type=int, help="rows for the hand-written loop (default 10000)")
@@ -40,6 +55,14 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     quick = args.quick
     sizes = args.sizes or ([2_000, 5_000] if quick else [100_000, 1_000_000])
+    # Quick mode runs the other cases at one size: each size costs a worker process or two.
+    others = [max(sizes)] if quick and not args.sizes else sizes
+    case_sizes = {
+        "reply_emails": sizes,
+        "reply_ids": others if args.ids_sizes is None else args.ids_sizes,
+        "whippy": others if args.whippy_sizes is None else args.whippy_sizes,
+    }
+    case_sizes = {case: n for case, n in case_sizes.items() if case in (args.cases or CASES)}
     repeats = args.repeats or (1 if quick else 3)
     request_rows = args.request_rows or (2_000 if quick else 10_000)
     baseline_rows = args.baseline_rows or (300 if quick else 10_000)
@@ -55,20 +78,33 @@ def main(argv: list[str] | None = None) -> int:
         "scenarios": {},
     }
     scenarios = results["scenarios"]
+    durations: dict[str, float] = results.setdefault("duration_by_scenario_s", {})
+
+    def run(key: str, title: str, scenario: Callable[[], dict[str, Any]]) -> None:
+        print(f"== {title}", flush=True)
+        begun = time.perf_counter()
+        scenarios[key] = scenario()
+        durations[key] = round(time.perf_counter() - begun, 1)
+        print(f"   ({durations[key]:.0f} s)", flush=True)
+
     try:
         # In the brief's priority order: 1, 3 + 4 + 5, 6, then 2.
         if "requests" in wanted:
-            print("== 1. requests per 1,000 new contacts", flush=True)
-            scenarios["requests_per_1000"] = requests_per_thousand(request_rows, work)
+            run(
+                "requests_per_1000",
+                "1. requests per 1,000 new contacts",
+                lambda: requests_per_thousand(request_rows, work),
+            )
         if "throughput" in wanted:
-            print("== 3-5. throughput, memory, nightly re-run", flush=True)
-            scenarios["throughput"] = throughput(sizes, repeats, work, profile=not args.no_profile)
+            run(
+                "throughput",
+                "3-5. throughput, memory, nightly re-run",
+                lambda: throughput(case_sizes, repeats, work, profile=not args.no_profile),
+            )
         if "baseline" in wanted:
-            print("== 6. hand-written baseline", flush=True)
-            scenarios["baseline"] = baseline(baseline_rows, repeats, work)
+            run("baseline", "6. hand-written baseline", lambda: baseline(baseline_rows, repeats, work))
         if "ratelimits" in wanted:
-            print("== 2. fit to the rate limits", flush=True)
-            scenarios["rate_limit_fit"] = rate_limit_fit(quick, work)
+            run("rate_limit_fit", "2. fit to the rate limits", lambda: rate_limit_fit(quick, work))
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["duration_s"] = round(time.perf_counter() - started, 1)

@@ -105,12 +105,14 @@ def export(rows: int, *, seed: int = 7, bad_share: float = 0.02, night_two: bool
     return path
 
 
-def night_two_frame(rows: int, seed: int, bad_share: float) -> pd.DataFrame:
-    frame = crm_frame(rows, seed=seed, bad_share=bad_share)
+def night_two_frame(rows: int, seed: int, bad_share: float, first_id: int = 1) -> pd.DataFrame:
+    """Night one's rows (``crm_frame(rows, seed, bad_share, first_id)``), 0.5% of them with a
+    new company, and 0.5% new rows appended after them."""
+    frame = crm_frame(rows, seed=seed, bad_share=bad_share, first_id=first_id)
     share = max(rows // 200, 1)
     changed = frame.index[::200][:share]
     frame.loc[changed, "company"] = "Changed Corp"
-    new = crm_frame(share, seed=seed + 1, bad_share=0.0, first_id=rows + 10_000_000)
+    new = crm_frame(share, seed=seed + 1, bad_share=0.0, first_id=first_id + rows + 10_000_000)
     return pd.concat([frame, new], ignore_index=True)
 
 

@@ -6,7 +6,8 @@ being measured. On start it prints the accounts; then it answers commands:
 - ``{"cmd": "stats"}``: requests seen since the last reset, per service, by kind and status;
 - ``{"cmd": "reset"}``: forget the request log;
 - ``{"cmd": "new_sequences"}``: a fresh Reply and Whippy sequence (a clean slate per scenario);
-- ``{"cmd": "seed_reply_contacts", "emails": [...]}``: create Reply contacts, answer their ids;
+- ``{"cmd": "seed_reply_contacts", "emails": [...]}``: create Reply contacts (or find those
+  that exist), answer their ids;
 - ``{"cmd": "quit"}``.
 """
 
@@ -98,7 +99,15 @@ def main(argv: list[str] | None = None) -> None:
                     }
                 )
             elif name == "seed_reply_contacts":
-                ids = [reply.add_contact(e, owner_user_id=r_account.user_id) for e in command["emails"]]
+                # Idempotent: a contact that exists already (seeded before) answers its id.
+                ids = []
+                for email in command["emails"]:
+                    found = reply.contact_by_email(email)
+                    ids.append(
+                        found["id"]
+                        if found is not None
+                        else reply.add_contact(email, owner_user_id=r_account.user_id)
+                    )
                 answer({"ids": ids})
             elif name == "quit":
                 answer({"ok": True})

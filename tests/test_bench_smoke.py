@@ -13,7 +13,17 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_bench_quick_mode_runs_and_writes_its_json(tmp_path):
     output = tmp_path / "bench.json"
     done = subprocess.run(
-        [sys.executable, "-m", "bench", "--quick", "--only", "requests", "--output", str(output)],
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "requests",
+            "throughput",
+            "--output",
+            str(output),
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -24,3 +34,9 @@ def test_bench_quick_mode_runs_and_writes_its_json(tmp_path):
     figures = json.loads(output.read_text())
     assert "machine" in figures
     assert "requests_per_1000" in figures["scenarios"]
+    # The layout the report and the README read: every case, its sizes and its re-run.
+    cases = figures["scenarios"]["throughput"]["cases"]
+    assert set(cases) == {"reply_emails", "reply_ids", "whippy"}
+    for case in cases.values():
+        assert case["sizes"]
+        assert {"unchanged", "one_percent"} <= set(case["rerun"])
