@@ -178,7 +178,8 @@ def table(results: dict[str, Any]) -> str:
             if "profile" not in entry:
                 continue
             lines.append(
-                f"\nWhere the time goes, {case} at {int(size):,} rows (cProfile, cumulative s; stages nest):"
+                f"\nWhere the time goes, {case} at {int(size):,} rows (cProfile of the main and sending "
+                "threads, cumulative s; stages nest, and the threads overlap):"
             )
             for stage, seconds in entry["profile"]["stages_cumulative_s"].items():
                 lines.append(f"  {stage:<30} {seconds:8.2f}")

@@ -720,3 +720,26 @@ def test_the_same_input_gives_the_same_output_however_it_is_chunked(records, spl
     assert head.rejected_rows + tail.rejected_rows == whole.rejected_rows
     joined = pd.concat([head.contacts, tail.contacts], ignore_index=True)
     assert joined.astype(object).to_dict("list") == whole.contacts.astype(object).to_dict("list")
+
+
+def test_reply_import_items_leave_out_every_kind_of_missing_value() -> None:
+    """Prepared rows become Reply import items: a missing value (None, NA, NaN) is left out
+    rather than sent as null, and custom fields become Reply's name/value list."""
+    from airflow_provider_sequences.adapters.reply import contact_items
+
+    batch = pd.DataFrame(
+        {
+            "key": ["a@x.io", "b@x.io", "c@x.io"],
+            "email": pd.array(["a@x.io", "b@x.io", "c@x.io"], dtype="string[pyarrow]"),
+            "firstName": pd.array(["Ann", None, "Cé"], dtype="string[pyarrow]"),
+            "company": [None, "Acme", float("nan")],
+            "customFields.Tier": pd.array([pd.NA, "gold", "silver"], dtype="string[pyarrow]"),
+            "row": [0, 1, 2],
+        }
+    )
+    assert contact_items(batch) == [
+        {"email": "a@x.io", "firstName": "Ann"},
+        {"email": "b@x.io", "company": "Acme", "customFields": [{"name": "Tier", "value": "gold"}]},
+        {"email": "c@x.io", "firstName": "Cé", "customFields": [{"name": "Tier", "value": "silver"}]},
+    ]
+    assert contact_items(batch.iloc[:0]) == []

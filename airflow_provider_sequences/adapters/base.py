@@ -24,6 +24,13 @@ def present(value: Any) -> bool:
     return not (isinstance(value, float) and math.isnan(value))
 
 
+def column_values(column: pd.Series[Any]) -> list[Any]:
+    """A column as plain Python values, ``None`` where missing (NA, NaN), converted at once
+    rather than cell by cell as ``DataFrame.to_dict("records")`` does."""
+    values: list[Any] = column.astype(object).where(column.notna(), None).tolist()
+    return values
+
+
 @dataclass
 class BatchOutcome:
     """What the service said about one batch, by key.

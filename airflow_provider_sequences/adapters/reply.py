@@ -8,7 +8,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter, present
+from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter, column_values
 from airflow_provider_sequences.exceptions import SequencesApiError, SyncConfigurationError
 from airflow_provider_sequences.hooks.reply import REPLY_MAX_BULK_IDS, ReplyHook
 from airflow_provider_sequences.sync.outcomes import CONTACT_ALREADY_IN_SEQUENCE, INVALID_INPUT
@@ -47,20 +47,28 @@ def reply_rules(*, with_contact_ids: bool) -> FieldRules:
     )
 
 
-def contact_item(record: dict[str, Any]) -> dict[str, Any]:
-    """One prepared row as an import item: plain fields, and ``customFields.<name>`` as a list."""
-    item: dict[str, Any] = {}
-    custom: list[dict[str, Any]] = []
-    for name, value in record.items():
-        if not present(value):
-            continue
-        if name in REPLY_CONTACT_FIELDS:
-            item[name] = value
-        elif name.startswith(CUSTOM_FIELDS + "."):
-            custom.append({"name": name[len(CUSTOM_FIELDS) + 1 :], "value": value})
-    if custom:
-        item["customFields"] = custom
-    return item
+def contact_items(batch: pd.DataFrame) -> list[dict[str, Any]]:
+    """Prepared rows as import items: plain fields, and ``customFields.<name>`` as a list;
+    missing values are left out. Built column by column: this runs for every contact."""
+    plain = [c for c in batch.columns if c in REPLY_CONTACT_FIELDS]
+    custom = [c for c in batch.columns if c.startswith(CUSTOM_FIELDS + ".")]
+    names = [c[len(CUSTOM_FIELDS) + 1 :] for c in custom]
+    plain_rows = zip(*(column_values(batch[c]) for c in plain), strict=True) if plain else None
+    custom_rows = zip(*(column_values(batch[c]) for c in custom), strict=True) if custom else None
+    items: list[dict[str, Any]] = []
+    for _ in range(len(batch)):
+        values = next(plain_rows) if plain_rows is not None else ()
+        item = {name: value for name, value in zip(plain, values, strict=True) if value is not None}
+        if custom_rows is not None:
+            fields = [
+                {"name": name, "value": value}
+                for name, value in zip(names, next(custom_rows), strict=True)
+                if value is not None
+            ]
+            if fields:
+                item["customFields"] = fields
+        items.append(item)
+    return items
 
 
 def _error_slug(error: Any) -> tuple[str, str]:
@@ -192,8 +200,7 @@ class ReplyAdapter(ServiceAdapter):
         return outcome
 
     def _import(self, batch: pd.DataFrame, outcome: BatchOutcome) -> list[int | None]:
-        fields = [c for c in batch.columns if c in REPLY_CONTACT_FIELDS or c.startswith(CUSTOM_FIELDS + ".")]
-        items = [contact_item(record) for record in batch[fields].to_dict("records")]
+        items = contact_items(batch)
         answer = self.hook.import_contacts(items, overwrite_existing=self.enrolment.overwrite_existing)
         results = answer.get("items") or []
         ids: list[int | None] = []
