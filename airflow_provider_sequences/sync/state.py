@@ -40,12 +40,20 @@ _LOOKUP_SLICE = 5_000
 
 metadata = sa.MetaData()
 
+
+def _scope_columns() -> list[sa.Column[Any]]:
+    """Whose state a row is: the first part of every table's primary key."""
+    return [
+        sa.Column("service", sa.String(32), primary_key=True),
+        sa.Column("connection_id", sa.String(250), primary_key=True),
+        sa.Column("sequence_id", sa.String(100), primary_key=True),
+    ]
+
+
 state_table = sa.Table(
     STATE_TABLE,
     metadata,
-    sa.Column("service", sa.String(32), primary_key=True),
-    sa.Column("connection_id", sa.String(250), primary_key=True),
-    sa.Column("sequence_id", sa.String(100), primary_key=True),
+    *_scope_columns(),
     sa.Column("contact_key", sa.String(512), primary_key=True),
     sa.Column("status", sa.String(20), nullable=False),
     sa.Column("reason", sa.String(64)),
@@ -64,9 +72,7 @@ sa.Index("ix_sequence_sync_state_run", state_table.c.sequence_id, state_table.c.
 runs_table = sa.Table(
     RUNS_TABLE,
     metadata,
-    sa.Column("service", sa.String(32), primary_key=True),
-    sa.Column("connection_id", sa.String(250), primary_key=True),
-    sa.Column("sequence_id", sa.String(100), primary_key=True),
+    *_scope_columns(),
     sa.Column("run_id", sa.String(250), primary_key=True),
     sa.Column("stats", sa.Text, nullable=False),
     sa.Column("finished", sa.Boolean, nullable=False, default=False),
@@ -79,9 +85,7 @@ runs_table = sa.Table(
 in_flight_table = sa.Table(
     IN_FLIGHT_TABLE,
     metadata,
-    sa.Column("service", sa.String(32), primary_key=True),
-    sa.Column("connection_id", sa.String(250), primary_key=True),
-    sa.Column("sequence_id", sa.String(100), primary_key=True),
+    *_scope_columns(),
     sa.Column("batch_id", sa.String(32), primary_key=True),
     sa.Column("run_id", sa.String(250), nullable=False),
     sa.Column("contact_keys", sa.Text, nullable=False),
