@@ -196,23 +196,17 @@ def read_state(
     Timestamps are UTC-aware on every database (SQLite hands them back naive).
     """
     create_tables(engine)
-    query = sa.select(state_table)
-    for column, value in (
-        (state_table.c.service, service),
-        (state_table.c.connection_id, connection_id),
-        (state_table.c.sequence_id, sequence_id),
-    ):
-        if value is not None:
-            query = query.where(column == str(value))
-    query = query.order_by(state_table.c.sequence_id, state_table.c.contact_key)
-    flying = sa.select(in_flight_table)
-    for column, value in (
-        (in_flight_table.c.service, service),
-        (in_flight_table.c.connection_id, connection_id),
-        (in_flight_table.c.sequence_id, sequence_id),
-    ):
-        if value is not None:
-            flying = flying.where(column == str(value))
+    scope = {"service": service, "connection_id": connection_id, "sequence_id": sequence_id}
+
+    def rows_of(table: sa.Table) -> sa.Select[Any]:
+        query = sa.select(table)
+        for name, value in scope.items():
+            if value is not None:
+                query = query.where(table.c[name] == str(value))
+        return query
+
+    query = rows_of(state_table).order_by(state_table.c.sequence_id, state_table.c.contact_key)
+    flying = rows_of(in_flight_table)
     with engine.connect() as connection:
         frame = pd.read_sql(query, connection)
         batches = connection.execute(flying).all()
