@@ -306,27 +306,6 @@ class WhippyAdapter(ServiceAdapter):
             voice_options=self.enrolment.voice_options,
         )
 
-    def enrolled_identities(self) -> tuple[set[str], set[str], set[str]]:
-        """External ids, phones and emails of every contact in the target step now.
-
-        Only step contacts that are pending or active count: a contact that went through the
-        step before keeps its finished step contact there, and Whippy may ignore it now.
-        """
-        external_ids: set[str] = set()
-        phones: set[str] = set()
-        emails: set[str] = set()
-        for item in self.hook.iter_sequence_contacts(self.sequence_id, step_ids=[str(self.step_id)]):
-            if str(item.get("status") or "").lower() not in CURRENT_STATUSES:
-                continue
-            contact = item.get("contact") or {}
-            if contact.get("external_id"):
-                external_ids.add(str(contact["external_id"]))
-            if contact.get("phone"):
-                phones.add(str(contact["phone"]))
-            if contact.get("email"):
-                emails.add(str(contact["email"]).lower())
-        return external_ids, phones, emails
-
     def step_total(self) -> int:
         """How many contacts the target step holds (one cheap read).
 
