@@ -813,3 +813,41 @@ def test_second_run_of_the_same_export_sends_nothing(whippy: Whippy) -> None:
     # A re-sent contact would be reprocessed by Whippy (enrolled again): every count is still 1.
     assert in_step(whippy.sim, whippy.sequence_id, whippy.steps()[0]) == dict.fromkeys(keys[:6], 1)
     assert Counter(whippy.sim.enrolments.values()) == Counter({1: 6})
+
+
+def test_rows_sharing_a_phone_or_email_are_refused_before_whippy_merges_them(whippy: Whippy) -> None:
+    # Whippy matches an incoming contact by phone, email or external id: these rows would be
+    # merged into the contact of an earlier row, and that person enrolled (messaged) again.
+    export = rows(
+        (1, "+1 415-555-0001", "ada@example.com", "Ada"),
+        (2, "+1 415-555-0002", "grace@example.com", "Grace"),
+        (3, "+1 (415) 555 0001", "ada.second@example.com", "Ada again, another CRM record"),
+        (4, "+1 415-555-0004", "GRACE@example.com", "Grace, mistyped key"),
+        (5, "+1 415-555-0005", "alan@example.com", "Alan"),
+    )
+    # Two rows a chunk: the earlier row is in an earlier chunk for 3, in the same one for 4.
+    first = whippy.run("_1", upstream_rows=export, chunk_size=2)
+
+    assert first.state == "success"
+    check_accounting(first.result, ["1", "2", "3", "4", "5"])
+    assert sorted(first.result["added"]) == ["1", "2", "5"]
+    merged = (
+        ", which comes first: Whippy matches contacts by phone, email or external id, so it would merge "
+        "the two rows into one contact and may message that person twice; give each row its own value, "
+        "or drop the duplicate row"
+    )
+    assert first.result["not_processed"] == {
+        "3": {"reason": "sharedContact", "detail": "its phone +14155550001 is also on source row 0" + merged},
+        "4": {
+            "reason": "sharedContact",
+            "detail": "its email grace@example.com is also on source row 1" + merged,
+        },
+    }
+    assert [p.items for p in first.posts] == [3]  # the refused rows never reached Whippy
+    assert in_step(whippy.sim, whippy.sequence_id, whippy.steps()[0]) == {"1": 1, "2": 1, "5": 1}
+    assert Counter(whippy.sim.enrolments.values()) == Counter({1: 3})
+
+    # The next night, unchanged: nothing is sent, and the refusals are reported again.
+    second = whippy.run("_2", upstream_rows=export, chunk_size=2)
+    assert second.posts == []
+    assert reasons(second.result) == {"3": "sharedContact", "4": "sharedContact"}

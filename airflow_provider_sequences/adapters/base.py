@@ -65,6 +65,9 @@ class ServiceAdapter(ABC):
     #: Whether sending a batch again is harmless when an earlier send may have been applied
     #: (Reply answers "already in sequence"; Whippy would message people again).
     resend_is_safe: ClassVar[bool] = True
+    #: Contact fields the service matches an incoming contact to an existing one by: rows of
+    #: one run sharing a value would become one contact, so the run sends the first only.
+    match_fields: ClassVar[tuple[str, ...]] = ()
 
     #: The service's hook; every request goes through it.
     hook: SequencesHook

@@ -169,6 +169,7 @@ class WhippyAdapter(ServiceAdapter):
     service = "whippy"
     max_batch_size: ClassVar[int] = WHIPPY_MAX_CONTACTS_PER_CALL
     resend_is_safe: ClassVar[bool] = False
+    match_fields: ClassVar[tuple[str, ...]] = ("phone", "email", "external_id")
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 
 from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter
+from airflow_provider_sequences.sync.identities import SharedIdentities
 from airflow_provider_sequences.sync.outcomes import (
     ENROLLMENT_UNCONFIRMED,
     MISSING_KEY,
@@ -123,6 +124,9 @@ class SyncRun:
         self._in_flight: deque[Future[None]] = deque()
         # Outcomes are recorded by the sending thread and by this one (rejections).
         self._lock = threading.Lock()
+        #: Phones, emails and ids the run has used (services that merge contacts sharing them).
+        fields = adapter.match_fields
+        self._identities = SharedIdentities(fields, service=adapter.rules.service) if fields else None
 
     @property
     def writes_state(self) -> bool:
@@ -211,6 +215,10 @@ class SyncRun:
         contacts, rejected = self._prepare(
             chunk.iloc[wanted], wanted, keys, fingerprints, first_row, key_details
         )
+        if self._identities is not None and not contacts.empty:
+            contacts, shared = self._identities.claim(contacts)
+            if len(shared):
+                rejected = pd.concat([rejected, shared], ignore_index=True) if len(rejected) else shared
         if check:
             self._drain()  # the adapter is used by one thread at a time
             contacts = self._read_back_first(contacts, check)

@@ -22,6 +22,8 @@ ENROLLMENT_UNCONFIRMED = "enrollmentUnconfirmed"
 REQUEST_FAILED = "requestFailed"
 INVALID_INPUT = "invalidInput"
 CONTACT_ALREADY_IN_SEQUENCE = "contactAlreadyInSequence"
+#: Another row of the run has the same phone, email or external id: the service would merge them.
+SHARED_CONTACT = "sharedContact"
 
 #: Reasons about the row's data: sending the same data again will fail again.
 DATA_REASONS = frozenset(
@@ -36,6 +38,7 @@ DATA_REASONS = frozenset(
         INVALID_FIELD,
         MISSING_FIELD,
         INVALID_INPUT,
+        SHARED_CONTACT,
     }
 )
 
