@@ -833,7 +833,7 @@ def test_rows_sharing_a_phone_or_email_are_refused_before_whippy_merges_them(whi
     assert sorted(first.result["added"]) == ["1", "2", "5"]
     merged = (
         ", which comes first: Whippy matches contacts by phone, email or external id, so it would merge "
-        "the two rows into one contact and may message that person twice; give each row its own value, "
+        "the two into one contact and may message that person twice; give each row its own value, "
         "or drop the duplicate row"
     )
     assert first.result["not_processed"] == {
@@ -851,3 +851,30 @@ def test_rows_sharing_a_phone_or_email_are_refused_before_whippy_merges_them(whi
     second = whippy.run("_2", upstream_rows=export, chunk_size=2)
     assert second.posts == []
     assert reasons(second.result) == {"3": "sharedContact", "4": "sharedContact"}
+
+
+def test_a_new_row_with_a_phone_an_earlier_night_sent_is_refused(whippy: Whippy) -> None:
+    night_1 = rows((1, "+1 415-555-0001", "ada@example.com", "Ada"))
+    assert whippy.run("_1", upstream_rows=night_1).result["added"] == ["1"]
+
+    # Row 1 is unchanged, so this night does not even read its phone: the state remembers it.
+    night_2 = [
+        *night_1,
+        *rows(
+            (2, "+1 415-555-0001", "ada.work@example.com", "Ada, new CRM record"),
+            (3, "+1 415-555-0003", "Ada@Example.com", "Ada, third record"),
+            (4, "+1 415-555-0004", "alan@example.com", "Alan"),
+        ),
+    ]
+    second = whippy.run("_2", upstream_rows=night_2)
+    check_accounting(second.result, ["1", "2", "3", "4"])
+    assert second.result["added"] == ["4"]
+    details = {
+        key: outcome["detail"].split(":")[0] for key, outcome in second.result["not_processed"].items()
+    }
+    assert details == {
+        "2": "its phone +14155550001 was sent to Whippy earlier, with key '1'",
+        "3": "its email ada@example.com was sent to Whippy earlier, with key '1'",
+    }
+    assert [p.items for p in second.posts] == [1]
+    assert Counter(whippy.sim.enrolments.values()) == Counter({1: 2})

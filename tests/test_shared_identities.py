@@ -1,9 +1,11 @@
-"""SharedIdentities: whatever the chunking, the first row with a value keeps it."""
+"""SharedIdentities: whatever the chunking, and across runs sharing a store, the first key
+with a phone, email or external id keeps it and every later key sharing one is refused."""
 
 from __future__ import annotations
 
 import itertools
 import re
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import pandas as pd
@@ -15,52 +17,111 @@ from airflow_provider_sequences.sync.identities import SharedIdentities
 FIELDS = ("phone", "email", "external_id")
 # A few values each, so that rows share them often; None and "" are "no value".
 VALUES = {name: st.sampled_from([None, "", *(f"{name}-{v}" for v in "abcd")]) for name in FIELDS}
-
+ROW = st.fixed_dictionaries({"key": st.sampled_from([f"k{i}" for i in range(12)]), **VALUES})
+RUN = st.lists(ROW, min_size=1, max_size=30, unique_by=lambda row: row["key"])
+CUTS = st.lists(st.integers(min_value=1, max_value=30), max_size=4)
 DETAIL = re.compile(
-    r"its (?P<label>phone|email|external id) (?P<value>\S+) is also on source row (?P<row>\d+), which comes "
-    r"first: Whippy matches contacts by phone, email or external id, so it would merge .*"
+    r"its (?P<label>phone|email|external id) (?P<value>\S+) "
+    r"(is also on source row (?P<row>\d+), which comes first"
+    r"|was sent to Whippy earlier, with key '(?P<holder>\w+)')"
+    r": Whippy matches contacts by phone, email or external id, so it would merge the two into one "
+    r"contact and may message that person twice; give each row its own value, or drop the duplicate row"
 )
 
 
-def reference(rows: list[dict[str, Any]]) -> dict[str, tuple[str, int]]:
-    """Row by row: refused key -> (first shared field, the earlier row holding its value)."""
-    holders: dict[str, dict[str, int]] = {name: {} for name in FIELDS}
-    refused: dict[str, tuple[str, int]] = {}
-    for row in rows:
-        for name in FIELDS:
-            value = row[name]
-            if value and value in holders[name] and row["key"] not in refused:
-                refused[row["key"]] = (name, holders[name][value])
-        for name in FIELDS:
-            if row[name]:
-                holders[name].setdefault(row[name], row["row"])
-    return refused
+class MemoryStore:
+    """The claims table, in a dict: (field, value hash) -> key; a claimed value keeps its key."""
+
+    def __init__(self) -> None:
+        self.claims: dict[tuple[str, int], str] = {}
+
+    def iter_claims(self) -> Iterator[list[tuple[str, int, str]]]:
+        yield [(field, value_hash, key) for (field, value_hash), key in self.claims.items()]
+
+    def save_claims(self, claims: Sequence[tuple[str, int, str]]) -> None:
+        for field, value_hash, key in claims:
+            self.claims.setdefault((field, value_hash), key)
+
+    def claim_holders(self, field: str, value_hashes: Sequence[int]) -> dict[int, str]:
+        return {h: self.claims[(field, h)] for h in value_hashes if (field, h) in self.claims}
+
+
+def reference(runs: list[list[dict[str, Any]]]) -> list[dict[str, tuple[str, Any]]]:
+    """Row by row, run after run: refused key -> (first shared field, earlier row or holder key)."""
+    saved: dict[tuple[str, str], str] = {}
+    outcomes = []
+    for rows in runs:
+        claims: dict[tuple[str, str], tuple[str, Any]] = {k: (key, None) for k, key in saved.items()}
+        refused: dict[str, tuple[str, Any]] = {}
+        for row in rows:
+            for name in FIELDS:
+                holder = claims.get((name, row[name])) if row[name] else None
+                if holder and holder[0] != row["key"] and row["key"] not in refused:
+                    refused[row["key"]] = (name, holder[0] if holder[1] is None else holder[1])
+            for name in FIELDS:
+                if row[name]:
+                    claims.setdefault((name, row[name]), (row["key"], row["row"]))
+        for (name, value), (key, row) in claims.items():
+            if row is not None and key not in refused:
+                saved.setdefault((name, value), key)
+        outcomes.append(refused)
+    return outcomes
+
+
+def run_chunked(
+    identities: SharedIdentities, rows: list[dict[str, Any]], cuts: list[int]
+) -> tuple[list[str], dict[str, tuple[str, Any]]]:
+    kept: list[str] = []
+    refused: dict[str, tuple[str, Any]] = {}
+    bounds = sorted({0, len(rows), *(c for c in cuts if c < len(rows))})
+    for start, end in itertools.pairwise(bounds):
+        ok, gone = identities.claim(pd.DataFrame(rows[start:end]).assign(fingerprint="f"))
+        kept += ok["key"].tolist()
+        for key, reason, detail, row in gone[["key", "reason", "detail", "row"]].itertuples(index=False):
+            match = DETAIL.fullmatch(detail)
+            assert reason == "sharedContact"
+            assert match, detail
+            assert rows[row]["key"] == key
+            name = match["label"].replace(" ", "_")
+            assert match["value"] == rows[row][name]
+            refused[key] = (name, match["holder"] or int(match["row"]))
+    return kept, refused
 
 
 @settings(max_examples=200, deadline=None)
-@given(
-    values=st.lists(st.fixed_dictionaries(VALUES), min_size=1, max_size=40),
-    cuts=st.lists(st.integers(min_value=1, max_value=40), max_size=5),
-)
-def test_chunked_claims_match_a_row_by_row_reading(values: list[dict[str, Any]], cuts: list[int]) -> None:
-    rows = [{"key": f"k{i}", "row": i, "fingerprint": f"f{i}", **v} for i, v in enumerate(values)]
-    identities = SharedIdentities(FIELDS, service="Whippy")
-    kept: list[str] = []
-    refused: dict[str, tuple[str, int]] = {}
-    bounds = sorted({0, len(rows), *(c for c in cuts if c < len(rows))})
-    for start, end in itertools.pairwise(bounds):
-        chunk = pd.DataFrame(rows[start:end])
-        ok, gone = identities.claim(chunk)
-        kept += ok["key"].tolist()
-        for key, reason, detail, row in gone[["key", "reason", "detail", "row"]].itertuples(index=False):
-            assert reason == "sharedContact"
-            assert row == int(key[1:])
-            match = DETAIL.fullmatch(detail)
-            assert match, detail
-            name = match["label"].replace(" ", "_")
-            refused[key] = (name, int(match["row"]))
-            assert match["value"] == rows[row][name]
-
-    expected = reference(rows)
+@given(rows=RUN, cuts=CUTS)
+def test_chunked_claims_match_a_row_by_row_reading(rows: list[dict[str, Any]], cuts: list[int]) -> None:
+    rows = [{**row, "row": i} for i, row in enumerate(rows)]
+    kept, refused = run_chunked(SharedIdentities(FIELDS, service="Whippy"), rows, cuts)
+    (expected,) = reference([rows])
     assert refused == expected
     assert kept == [row["key"] for row in rows if row["key"] not in expected]
+
+
+@settings(max_examples=200, deadline=None)
+@given(runs=st.lists(st.tuples(RUN, CUTS), min_size=2, max_size=3))
+def test_values_sent_by_an_earlier_run_stay_with_their_key(
+    runs: list[tuple[list[dict[str, Any]], list[int]]],
+) -> None:
+    store = MemoryStore()
+    numbered = [[{**row, "row": i} for i, row in enumerate(rows)] for rows, _ in runs]
+    expected = reference(numbered)
+    for rows, (_, cuts), wanted in zip(numbered, runs, expected, strict=True):
+        kept, refused = run_chunked(SharedIdentities(FIELDS, service="Whippy", store=store), rows, cuts)
+        assert refused == wanted
+        assert kept == [row["key"] for row in rows if row["key"] not in wanted]
+
+
+def test_a_dry_run_reads_the_store_but_saves_nothing() -> None:
+    store = MemoryStore()
+    first = pd.DataFrame({"key": ["a"], "row": [0], "phone": ["+1"], "fingerprint": ["f"]})
+    SharedIdentities(["phone"], service="Whippy", store=store).claim(first)
+    dry = SharedIdentities(["phone"], service="Whippy", store=store, save=False)
+    second = pd.DataFrame(
+        {"key": ["b", "c"], "row": [0, 1], "phone": ["+1", "+2"], "fingerprint": ["f", "f"]}
+    )
+    kept, refused = dry.claim(second)
+    assert kept["key"].tolist() == ["c"]
+    assert refused["key"].tolist() == ["b"]
+    assert "with key 'a'" in refused["detail"][0]
+    assert list(store.claims.values()) == ["a"]

@@ -287,6 +287,28 @@ def test_save_and_load_run(engine: sa.Engine, state: SyncState) -> None:
     assert SyncState(engine, Scope("reply", "reply_default", "1002")).load_run("night-1") is None
 
 
+def test_claims_keep_their_first_key_per_scope_and_round_trip_any_64_bit_hash(
+    engine: sa.Engine, state: SyncState
+) -> None:
+    # Hashes are unsigned 64-bit values stored as signed BIGINT: both ends of the range.
+    hashes = [-(2**63), -1, 0, 2**63 - 1, *range(1, 6_000)]
+    state.save_claims([("phone", h, f"k{i}") for i, h in enumerate(hashes)])
+    state.save_claims([("phone", -1, "late"), ("email", -1, "e")])  # -1 is claimed: keeps "k1"
+    other = SyncState(engine, Scope("whippy", "whippy_default", "other"))
+    other.save_claims([("phone", 0, "elsewhere")])
+
+    loaded = [claim for part in state.iter_claims(size=1_000) for claim in part]
+    assert len(loaded) == len(hashes) + 1
+    assert sorted(loaded) == sorted(
+        [*(("phone", h, f"k{i}") for i, h in enumerate(hashes)), ("email", -1, "e")]
+    )
+    # More values than one statement may bind, a value never claimed, and the other scope's.
+    holders = state.claim_holders("phone", [*hashes, 123_456_789])
+    assert holders == {h: f"k{i}" for i, h in enumerate(hashes)}
+    assert state.claim_holders("email", [-1, 0]) == {-1: "e"}
+    assert other.claim_holders("phone", [0, -1]) == {0: "elsewhere"}
+
+
 def test_lookup_of_more_keys_than_one_statement_may_bind(state: SyncState) -> None:
     # The IN list is cut in slices of 5,000 keys: look up several slices' worth.
     count = 12_000

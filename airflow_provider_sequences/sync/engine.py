@@ -124,9 +124,7 @@ class SyncRun:
         self._in_flight: deque[Future[None]] = deque()
         # Outcomes are recorded by the sending thread and by this one (rejections).
         self._lock = threading.Lock()
-        #: Phones, emails and ids the run has used (services that merge contacts sharing them).
-        fields = adapter.match_fields
-        self._identities = SharedIdentities(fields, service=adapter.rules.service) if fields else None
+        self._identities = self._shared_identities()
 
     @property
     def writes_state(self) -> bool:
@@ -231,6 +229,24 @@ class SyncRun:
         self._buffer.append(contacts)
         self._buffered += len(contacts)
         self._flush(final=False)
+
+    def _shared_identities(self) -> SharedIdentities | None:
+        """Phones, emails and ids used so far, for services that merge contacts sharing one."""
+        # Keys are unique in a run: an external id that is the key needs no claim.
+        fields = [
+            name
+            for name in self.adapter.match_fields
+            if not (name == "external_id" and self.spec.column_map.get(self.spec.key_column) == name)
+        ]
+        if not fields:
+            return None
+        return SharedIdentities(
+            fields,
+            service=self.adapter.rules.service,
+            matched_by=self.adapter.match_fields,
+            store=self.state,
+            save=self.writes_state,
+        )
 
     @cached_property
     def _key_spec(self) -> PrepareSpec:

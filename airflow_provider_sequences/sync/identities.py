@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
 
 import numpy as np
 import pandas as pd
@@ -11,112 +11,208 @@ import pandas as pd
 from airflow_provider_sequences.sync.outcomes import SHARED_CONTACT
 
 _LABELS = {"phone": "phone", "email": "email", "external_id": "external id"}
+_Array = np.ndarray[Any, Any]
+
+
+class ClaimStore(Protocol):
+    """Where claims outlive the run (the sync state)."""
+
+    def iter_claims(self) -> Iterator[list[tuple[str, int, str]]]: ...
+
+    def save_claims(self, claims: Sequence[tuple[str, int, str]]) -> None: ...
+
+    def claim_holders(self, field: str, value_hashes: Sequence[int]) -> dict[int, str]: ...
+
+
+def hashes_of(values: _Array) -> _Array:
+    """64-bit hashes of strings, the same in every process (pandas' fixed hash key)."""
+    hashed: _Array = pd.util.hash_array(np.asarray(values, dtype=object), categorize=False)
+    return hashed
 
 
 class _Claimed:
-    """Hashes of the values claimed so far, sorted, and the source row that claimed each."""
+    """Hashes of the values of one field claimed so far, sorted; with each, the source row that
+    claimed it in this run (-1: an earlier run) and a hash of the key that claimed it."""
 
     def __init__(self) -> None:
-        self.hashes: np.ndarray[Any, np.dtype[np.uint64]] = np.empty(0, dtype=np.uint64)
-        self.rows: np.ndarray[Any, np.dtype[np.int64]] = np.empty(0, dtype=np.int64)
+        self.hashes: _Array = np.empty(0, dtype=np.uint64)
+        self.rows: _Array = np.empty(0, dtype=np.int64)
+        self.holders: _Array = np.empty(0, dtype=np.uint64)
 
-    def lookup(self, hashes: np.ndarray[Any, Any]) -> np.ndarray[Any, np.dtype[np.int64]]:
-        """The row that claimed each hash, or -1."""
+    def lookup(self, hashes: _Array) -> tuple[_Array, _Array, _Array]:
+        """For each hash: whether it is claimed, the claiming row and the claiming key's hash."""
         if not len(self.hashes):
-            return np.full(len(hashes), -1, dtype=np.int64)
+            none = np.zeros(len(hashes), dtype=bool)
+            return none, np.full(len(hashes), -1), np.zeros(len(hashes), dtype=np.uint64)
         at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
-        return np.where(self.hashes[at] == hashes, self.rows[at], -1)
+        return self.hashes[at] == hashes, self.rows[at], self.holders[at]
 
-    def add(self, hashes: np.ndarray[Any, Any], rows: np.ndarray[Any, Any]) -> None:
+    def add(self, hashes: _Array, rows: _Array, holders: _Array) -> None:
         # One sorted insert per chunk: O(claimed) copying, no re-sort of what is there.
         order = np.argsort(hashes, kind="stable")
         at = np.searchsorted(self.hashes, hashes[order])
         self.hashes = np.insert(self.hashes, at, hashes[order])
         self.rows = np.insert(self.rows, at, rows[order])
+        self.holders = np.insert(self.holders, at, holders[order])
 
 
 class SharedIdentities:
-    """Which source row of this run first used each phone, email or external id.
+    """Which key first used each phone, email or external id, in this run or an earlier one.
 
     Whippy matches an incoming contact to an existing one by phone, email or external id, so
     two rows with different keys but one phone become one contact: the second row enrols the
     first row's person again, and a person already in the step is processed (messaged) again.
     So the first row with a value keeps it, and every later row sharing any of its values is
-    refused (``sharedContact``) before anything is sent, naming the earlier row and the value.
+    refused (``sharedContact``) before anything is sent, naming the value and the earlier row
+    (or, for a value an earlier run sent, the key it was sent with).
 
-    Values are kept as 64-bit hashes with the row that used them, 16 bytes a value in sorted
-    arrays, so a run of a million rows with a phone and an email holds about 32 MB.
+    Values are kept as 64-bit hashes, 24 bytes a value with the row and key that used them, so
+    a run of a million rows with a phone and an email holds about 48 MB. With a ``store``, the
+    values sent are saved before their batch can leave, and loaded at the first chunk that has
+    something to send (an unchanged night reads none).
 
     :param fields: the contact fields the service matches contacts by.
     :param service: the service's name, for the details.
+    :param matched_by: every field the service matches by, for the details (default ``fields``;
+        a field that cannot be shared, such as an external id that is the key, needs no check).
+    :param store: where claims outlive the run (the sync state), or ``None``.
+    :param save: whether to save this run's claims to ``store`` (not in a dry run).
     """
 
-    def __init__(self, fields: Sequence[str], *, service: str) -> None:
+    def __init__(
+        self,
+        fields: Sequence[str],
+        *,
+        service: str,
+        matched_by: Sequence[str] = (),
+        store: ClaimStore | None = None,
+        save: bool = True,
+    ) -> None:
         self.fields = tuple(fields)
-        labels = [_LABELS.get(name, name) for name in self.fields]
-        listed = f"{', '.join(labels[:-1])} or {labels[-1]}" if len(labels) > 1 else "".join(labels)
-        self._matches = f"{service} matches contacts by {listed}"
+        self.service = service
+        self.store = store
+        self.save = save and store is not None
         self._claimed = {name: _Claimed() for name in self.fields}
+        self._loaded = store is None
+        labels = [_LABELS.get(name, name) for name in matched_by or self.fields]
+        listed = f"{', '.join(labels[:-1])} or {labels[-1]}" if len(labels) > 1 else "".join(labels)
+        self._merge = (
+            f"{service} matches contacts by {listed}, so it would merge the two into one contact and "
+            "may message that person twice; give each row its own value, or drop the duplicate row"
+        )
+
+    def _load(self) -> None:
+        assert self.store is not None
+        parts: dict[str, list[tuple[_Array, _Array]]] = {name: [] for name in self.fields}
+        for claims in self.store.iter_claims():
+            frame = pd.DataFrame(claims, columns=["field", "value_hash", "key"])
+            for name, group in frame.groupby("field", sort=False):
+                if name in parts:
+                    values = group["value_hash"].to_numpy(dtype=np.int64).view(np.uint64)
+                    parts[str(name)].append((values, hashes_of(group["key"].to_numpy())))
+        for name, found in parts.items():
+            if found:
+                hashes = np.concatenate([h for h, _ in found])
+                holders = np.concatenate([k for _, k in found])
+                self._claimed[name].add(hashes, np.full(len(hashes), -1, dtype=np.int64), holders)
+        self._loaded = True
 
     def claim(self, contacts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Split prepared ``contacts`` (in source order) into ``(kept, refused)``.
 
-        Every value of every row passed in is claimed, refused rows' too: a row that shares an
-        email with a refused row likely describes the same person, and the earlier row named
-        in the detail has that value in the export either way. ``refused`` has the columns of
-        a rejection: ``key``, ``reason``, ``detail``, ``row`` and ``fingerprint``.
+        Every value of every row passed in is claimed for the rest of the run, refused rows'
+        too: a row sharing an email with a refused row likely describes the same person, and
+        the earlier row named in the detail has that value either way. Only kept rows' values
+        are saved: they are the ones sent. ``refused`` has the columns of a rejection: ``key``,
+        ``reason``, ``detail``, ``row`` and ``fingerprint``.
         """
         count = len(contacts)
-        other_row = np.full(count, -1, dtype=np.int64)
+        if not count:
+            return contacts, _empty_refused()
+        if not self._loaded:
+            self._load()
+        rows = contacts["row"].to_numpy(dtype=np.int64)
+        key_hashes = hashes_of(contacts["key"].to_numpy())
+        other_row = np.full(count, -2, dtype=np.int64)  # -2: not shared; -1: an earlier run's
         other_field = np.full(count, "", dtype=object)
         other_value = np.full(count, "", dtype=object)
-        rows = contacts["row"].to_numpy(dtype=np.int64)
+        other_hash = np.zeros(count, dtype=np.uint64)
+        new_claims: list[tuple[str, _Array, _Array]] = []
         for name in self.fields:
-            if name not in contacts.columns or not count:
+            if name not in contacts.columns:
                 continue
             column = contacts[name].to_numpy(dtype=object)
             given = np.flatnonzero(pd.notna(column) & (column != ""))
             if not len(given):
                 continue
-            values = column[given]
-            hashes = pd.util.hash_array(values, categorize=False)
-            earlier = self._claimed[name].lookup(hashes)
-            # Within the chunk, the first row with a value holds it.
+            values, hashes, mine = column[given], hashes_of(column[given]), key_hashes[given]
+            claimed, claimed_row, holder = self._claimed[name].lookup(hashes)
+            # A claimed value belongs to the key that claimed it (a key's own value from an
+            # earlier attempt stays its own); an unclaimed one to its first row in the chunk.
             codes, uniques = pd.factorize(hashes)
             first = np.empty(len(uniques), dtype=np.int64)
             first[codes[::-1]] = np.arange(len(codes))[::-1]
-            holder = first[codes]
-            in_chunk = np.where(holder != np.arange(len(codes)), rows[given][holder], -1)
-            shared = np.where(earlier >= 0, earlier, in_chunk)
-            new = (shared >= 0) & (other_row[given] < 0)
-            at = given[new]
-            other_row[at] = shared[new]
-            other_field[at] = _LABELS.get(name, name)
-            other_value[at] = values[new]
-            unclaimed = (earlier < 0) & (holder == np.arange(len(codes)))
-            self._claimed[name].add(hashes[unclaimed], rows[given][unclaimed])
-        refused = other_row >= 0
+            holds = first[codes] == np.arange(len(codes))
+            shared = np.where(claimed, holder != mine, ~holds)
+            fresh = shared & (other_row[given] == -2)
+            at = given[fresh]
+            other_row[at] = np.where(claimed, claimed_row, rows[given][first[codes]])[fresh]
+            other_field[at] = name
+            other_value[at] = values[fresh]
+            other_hash[at] = hashes[fresh]
+            unclaimed = holds & ~claimed
+            self._claimed[name].add(hashes[unclaimed], rows[given][unclaimed], mine[unclaimed])
+            new_claims.append((name, given[unclaimed], hashes[unclaimed]))
+        refused = other_row > -2
+        if self.save:
+            self._save(contacts, refused, new_claims)
         if not refused.any():
             return contacts, _empty_refused()
         gone = contacts[refused]
-        details = [
-            f"its {label} {value} is also on source row {row}, which comes first: {self._matches}, "
-            "so it would merge the two rows into one contact and may message that person twice; "
-            "give each row its own value, or drop the duplicate row"
-            for label, value, row in zip(
-                other_field[refused], other_value[refused], other_row[refused], strict=True
-            )
-        ]
         refused_frame = pd.DataFrame(
             {
                 "key": gone["key"].to_numpy(),
                 "reason": SHARED_CONTACT,
-                "detail": details,
+                "detail": self._details(
+                    other_field[refused], other_value[refused], other_row[refused], other_hash[refused]
+                ),
                 "row": gone["row"].to_numpy(),
                 "fingerprint": gone["fingerprint"].to_numpy(),
             }
         )
         return contacts[~refused].reset_index(drop=True), refused_frame
+
+    def _save(
+        self, contacts: pd.DataFrame, refused: _Array, new_claims: list[tuple[str, _Array, _Array]]
+    ) -> None:
+        assert self.store is not None
+        keys = contacts["key"].to_numpy()
+        claims: list[tuple[str, int, str]] = []
+        for name, positions, hashes in new_claims:
+            sent = ~refused[positions]
+            signed = hashes[sent].view(np.int64).tolist()
+            claims += zip([name] * len(signed), signed, keys[positions[sent]].tolist(), strict=True)
+        self.store.save_claims(claims)
+
+    def _details(self, fields: _Array, values: _Array, rows: _Array, hashes: _Array) -> list[str]:
+        holders: dict[tuple[str, int], str] = {}
+        if self.store is not None and (rows == -1).any():
+            for name in set(fields[rows == -1].tolist()):
+                wanted = hashes[(rows == -1) & (fields == name)].view(np.int64).tolist()
+                found = self.store.claim_holders(name, wanted)
+                holders.update(((name, h), key) for h, key in found.items())
+        details = []
+        signed = hashes.view(np.int64).tolist()
+        for name, value, row, value_hash in zip(fields, values, rows, signed, strict=True):
+            label = _LABELS.get(name, name)
+            if row >= 0:
+                where = f"is also on source row {row}, which comes first"
+            else:
+                holder = holders.get((name, value_hash))
+                named = f"key {holder!r}" if holder is not None else "another key"
+                where = f"was sent to {self.service} earlier, with {named}"
+            details.append(f"its {label} {value} {where}: {self._merge}")
+        return details
 
 
 def _empty_refused() -> pd.DataFrame:

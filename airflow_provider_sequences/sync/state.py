@@ -24,6 +24,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 STATE_TABLE = "sequence_sync_state"
 RUNS_TABLE = "sequence_sync_runs"
 IN_FLIGHT_TABLE = "sequence_sync_in_flight"
+CLAIMS_TABLE = "sequence_sync_claims"
 
 #: Statuses of a key in the state table.
 ADDED = "added"
@@ -92,6 +93,17 @@ in_flight_table = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+#: Phones, emails and external ids sent to a service that merges contacts sharing one (Whippy),
+#: as a 64-bit hash of the value with the key that sent it first: a later run refuses another
+#: key with the same value (see :class:`~airflow_provider_sequences.sync.identities.SharedIdentities`).
+claims_table = sa.Table(
+    CLAIMS_TABLE,
+    metadata,
+    *_scope_columns(),
+    sa.Column("field", sa.String(32), primary_key=True),
+    sa.Column("value_hash", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("contact_key", sa.String(512), nullable=False),
+)
 
 #: What :meth:`SyncState.lookup` answers per key.
 _LOOKUP_COLUMNS = (
@@ -530,3 +542,51 @@ class SyncState:
         )
         with self.engine.begin() as connection:
             connection.execute(statement, values)
+
+    # -- claims (services that merge contacts sharing a phone, email or external id) ----------
+
+    def iter_claims(self, size: int = 50_000) -> Iterator[list[tuple[str, int, str]]]:
+        """Every claim of this scope, ``size`` at a time: ``(field, value_hash, contact_key)``."""
+        sql = f"SELECT field, value_hash, contact_key FROM {CLAIMS_TABLE} WHERE {self._scope_sql}"  # noqa: S608
+        with self.engine.connect() as connection:
+            cursor = connection.connection.cursor()
+            try:
+                cursor.execute(sql, tuple(self._scope_params))
+                while rows := cursor.fetchmany(size):
+                    yield [tuple(row) for row in rows]  # type: ignore[misc]
+            finally:
+                cursor.close()
+
+    def save_claims(self, claims: Sequence[tuple[str, int, str]]) -> None:
+        """Add ``(field, value_hash, contact_key)`` claims; a value claimed already keeps its key."""
+        if not claims:
+            return
+        scope = tuple(self._scope_params)
+        rows = [(*scope, field, value_hash, key) for field, value_hash, key in claims]
+        with self.engine.begin() as connection:
+            if self.engine.dialect.name == "sqlite":
+                connection.exec_driver_sql(
+                    f"INSERT OR IGNORE INTO {CLAIMS_TABLE} "  # noqa: S608
+                    "(service, connection_id, sequence_id, field, value_hash, contact_key) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
+                    rows,
+                )
+            else:
+                names = ("service", "connection_id", "sequence_id", "field", "value_hash", "contact_key")
+                connection.execute(
+                    postgresql.insert(claims_table).on_conflict_do_nothing(),
+                    [dict(zip(names, row, strict=True)) for row in rows],
+                )
+
+    def claim_holders(self, field: str, value_hashes: Sequence[int]) -> dict[int, str]:
+        """The key holding each of these claimed values of ``field``."""
+        found: dict[int, str] = {}
+        for start in range(0, len(value_hashes), _LOOKUP_SLICE):
+            part = [int(h) for h in value_hashes[start : start + _LOOKUP_SLICE]]
+            rows = self._fetch(
+                f"SELECT value_hash, contact_key FROM {CLAIMS_TABLE} WHERE {self._scope_sql} "  # noqa: S608
+                f"AND field = {self._mark} AND value_hash IN ({', '.join([self._mark] * len(part))})",
+                [*self._scope_params, field, *part],
+            )
+            found.update((int(h), str(key)) for h, key in rows)
+        return found
