@@ -245,7 +245,6 @@ class SyncRun:
             service=self.adapter.rules.service,
             matched_by=self.adapter.match_fields,
             store=self.state,
-            save=self.writes_state,
         )
 
     @cached_property
@@ -434,6 +433,10 @@ class SyncRun:
             for key, row in zip(keys, batch.to_dict("records"), strict=True):
                 if key in outcome.pending:
                     outcome.pending[key] = self.adapter.identity(row) or {}
+        if self._identities is not None and self.writes_state:
+            assert self.state is not None
+            # Before the outcome: a crash in between leaves the batch in flight, and its claims.
+            self.state.save_claims(self._identities.claims_of(batch))
         self._record(outcome, fingerprints, batch_id=batch_id, sent=True)
 
     def _settle_oldest(self) -> None:

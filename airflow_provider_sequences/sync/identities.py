@@ -68,15 +68,16 @@ class SharedIdentities:
 
     Values are kept as 64-bit hashes, 24 bytes a value with the row and key that used them, so
     a run of a million rows with a phone and an email holds about 48 MB. With a ``store``, the
-    values sent are saved before their batch can leave, and loaded at the first chunk that has
-    something to send (an unchanged night reads none).
+    claims of earlier runs are loaded at the first chunk that has something to send (an
+    unchanged night reads none); the caller saves each batch's :meth:`claims_of` once its
+    request was answered (a batch whose answer a crash interrupted is still in flight, so the
+    retry prepares its rows, and claims their values, again).
 
     :param fields: the contact fields the service matches contacts by.
     :param service: the service's name, for the details.
     :param matched_by: every field the service matches by, for the details (default ``fields``;
         a field that cannot be shared, such as an external id that is the key, needs no check).
-    :param store: where claims outlive the run (the sync state), or ``None``.
-    :param save: whether to save this run's claims to ``store`` (not in a dry run).
+    :param store: where claims of earlier runs are read from (the sync state), or ``None``.
     """
 
     def __init__(
@@ -86,12 +87,10 @@ class SharedIdentities:
         service: str,
         matched_by: Sequence[str] = (),
         store: ClaimStore | None = None,
-        save: bool = True,
     ) -> None:
         self.fields = tuple(fields)
         self.service = service
         self.store = store
-        self.save = save and store is not None
         self._claimed = {name: _Claimed() for name in self.fields}
         self._loaded = store is None
         labels = [_LABELS.get(name, name) for name in matched_by or self.fields]
@@ -122,9 +121,8 @@ class SharedIdentities:
 
         Every value of every row passed in is claimed for the rest of the run, refused rows'
         too: a row sharing an email with a refused row likely describes the same person, and
-        the earlier row named in the detail has that value either way. Only kept rows' values
-        are saved: they are the ones sent. ``refused`` has the columns of a rejection: ``key``,
-        ``reason``, ``detail``, ``row`` and ``fingerprint``.
+        the earlier row named in the detail has that value either way. ``refused`` has the
+        columns of a rejection: ``key``, ``reason``, ``detail``, ``row`` and ``fingerprint``.
         """
         count = len(contacts)
         if not count:
@@ -137,7 +135,6 @@ class SharedIdentities:
         other_field = np.full(count, "", dtype=object)
         other_value = np.full(count, "", dtype=object)
         other_hash = np.zeros(count, dtype=np.uint64)
-        new_claims: list[tuple[str, _Array, _Array]] = []
         for name in self.fields:
             if name not in contacts.columns:
                 continue
@@ -162,10 +159,7 @@ class SharedIdentities:
             other_hash[at] = hashes[fresh]
             unclaimed = holds & ~claimed
             self._claimed[name].add(hashes[unclaimed], rows[given][unclaimed], mine[unclaimed])
-            new_claims.append((name, given[unclaimed], hashes[unclaimed]))
         refused = other_row > -2
-        if self.save:
-            self._save(contacts, refused, new_claims)
         if not refused.any():
             return contacts, _empty_refused()
         gone = contacts[refused]
@@ -182,17 +176,21 @@ class SharedIdentities:
         )
         return contacts[~refused].reset_index(drop=True), refused_frame
 
-    def _save(
-        self, contacts: pd.DataFrame, refused: _Array, new_claims: list[tuple[str, _Array, _Array]]
-    ) -> None:
-        assert self.store is not None
-        keys = contacts["key"].to_numpy()
+    def claims_of(self, batch: pd.DataFrame) -> list[tuple[str, int, str]]:
+        """``(field, value_hash, key)`` of every value of a batch about to be recorded as sent,
+        sorted by hash (the store's index takes them in order); a value already claimed by
+        the same key is claimed again, which the store ignores."""
+        keys = batch["key"].to_numpy(dtype=object)
         claims: list[tuple[str, int, str]] = []
-        for name, positions, hashes in new_claims:
-            sent = ~refused[positions]
-            signed = hashes[sent].view(np.int64).tolist()
-            claims += zip([name] * len(signed), signed, keys[positions[sent]].tolist(), strict=True)
-        self.store.save_claims(claims)
+        for name in self.fields:
+            if name not in batch.columns:
+                continue
+            column = batch[name].to_numpy(dtype=object)
+            given = np.flatnonzero(pd.notna(column) & (column != ""))
+            signed = hashes_of(column[given]).view(np.int64).tolist()
+            claims += zip([name] * len(signed), signed, keys[given].tolist(), strict=True)
+        claims.sort(key=lambda claim: claim[1])
+        return claims
 
     def _details(self, fields: _Array, values: _Array, rows: _Array, hashes: _Array) -> list[str]:
         holders: dict[tuple[str, int], str] = {}
