@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from typing import Any
 
 import pandas as pd
@@ -13,6 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_sequences.sync.identities import SharedIdentities
+from airflow_provider_sequences.sync.state import Claims
 
 FIELDS = ("phone", "email", "external_id")
 # A few values each, so that rows share them often; None and "" are "no value".
@@ -30,20 +31,17 @@ DETAIL = re.compile(
 
 
 class MemoryStore:
-    """The claims table, in a dict: (field, value hash) -> key; a claimed value keeps its key."""
+    """The claims table, as a list: every batch's claims, oldest first."""
 
     def __init__(self) -> None:
-        self.claims: dict[tuple[str, int], str] = {}
+        self.saved: list[Claims] = []
 
-    def iter_claims(self) -> Iterator[list[tuple[str, int, str]]]:
-        yield [(field, value_hash, key) for (field, value_hash), key in self.claims.items()]
+    def save_claims(self, claims: Claims | None) -> None:
+        if claims is not None:
+            self.saved.append(claims)
 
-    def save_claims(self, claims: Sequence[tuple[str, int, str]]) -> None:
-        for field, value_hash, key in claims:
-            self.claims.setdefault((field, value_hash), key)
-
-    def claim_holders(self, field: str, value_hashes: Sequence[int]) -> dict[int, str]:
-        return {h: self.claims[(field, h)] for h in value_hashes if (field, h) in self.claims}
+    def iter_claims(self) -> Iterator[Claims]:
+        yield from self.saved
 
 
 def reference(runs: list[list[dict[str, Any]]]) -> list[dict[str, tuple[str, Any]]]:

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import pandas as pd
 import pytest
 import sqlalchemy as sa
@@ -28,6 +29,7 @@ from airflow_provider_sequences.sync.state import (
     NOT_PROCESSED,
     PENDING,
     SENDING,
+    Claims,
     KeyOutcome,
     Scope,
     SyncState,
@@ -287,26 +289,21 @@ def test_save_and_load_run(engine: sa.Engine, state: SyncState) -> None:
     assert SyncState(engine, Scope("reply", "reply_default", "1002")).load_run("night-1") is None
 
 
-def test_claims_keep_their_first_key_per_scope_and_round_trip_any_64_bit_hash(
+def test_claims_round_trip_per_scope_in_the_order_they_were_saved(
     engine: sa.Engine, state: SyncState
 ) -> None:
-    # Hashes are unsigned 64-bit values stored as signed BIGINT: both ends of the range.
-    hashes = [-(2**63), -1, 0, 2**63 - 1, *range(1, 6_000)]
-    state.save_claims([("phone", h, f"k{i}") for i, h in enumerate(hashes)])
-    state.save_claims([("phone", -1, "late"), ("email", -1, "e")])  # -1 is claimed: keeps "k1"
+    # Hashes are any 64-bit value: both ends of the range survive either database.
+    table = np.array([[2**64 - 1, 0], [1, 2**63]], dtype="<u8")
+    first = Claims(("phone", "email"), ["k1", "k2"], table.tobytes())
+    second = Claims(("phone",), [f"k{i}" for i in range(5_000)], np.arange(5_000, dtype="<u8").tobytes())
+    state.save_claims(first)
+    state.save_claims(None)  # a batch whose values were all sent before
+    state.save_claims(second)
     other = SyncState(engine, Scope("whippy", "whippy_default", "other"))
-    other.save_claims([("phone", 0, "elsewhere")])
+    other.save_claims(Claims(("email",), ["elsewhere"], np.ones(1, dtype="<u8").tobytes()))
 
-    loaded = [claim for part in state.iter_claims(size=1_000) for claim in part]
-    assert len(loaded) == len(hashes) + 1
-    assert sorted(loaded) == sorted(
-        [*(("phone", h, f"k{i}") for i, h in enumerate(hashes)), ("email", -1, "e")]
-    )
-    # More values than one statement may bind, a value never claimed, and the other scope's.
-    holders = state.claim_holders("phone", [*hashes, 123_456_789])
-    assert holders == {h: f"k{i}" for i, h in enumerate(hashes)}
-    assert state.claim_holders("email", [-1, 0]) == {-1: "e"}
-    assert other.claim_holders("phone", [0, -1]) == {0: "elsewhere"}
+    assert list(state.iter_claims()) == [first, second]
+    assert list(other.iter_claims()) == [Claims(("email",), ["elsewhere"], np.ones(1, dtype="<u8").tobytes())]
 
 
 def test_lookup_of_more_keys_than_one_statement_may_bind(state: SyncState) -> None:

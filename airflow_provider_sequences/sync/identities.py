@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 
 from airflow_provider_sequences.sync.outcomes import SHARED_CONTACT
+from airflow_provider_sequences.sync.state import Claims
 
 _LABELS = {"phone": "phone", "email": "email", "external_id": "external id"}
 _Array = np.ndarray[Any, Any]
@@ -17,11 +18,11 @@ _Array = np.ndarray[Any, Any]
 class ClaimStore(Protocol):
     """Where claims outlive the run (the sync state)."""
 
-    def iter_claims(self) -> Iterator[list[tuple[str, int, str]]]: ...
+    def iter_claims(self) -> Iterator[Claims]: ...
 
-    def save_claims(self, claims: Sequence[tuple[str, int, str]]) -> None: ...
 
-    def claim_holders(self, field: str, value_hashes: Sequence[int]) -> dict[int, str]: ...
+#: Column of a batch: which of its values the run claimed first (bit i: ``fields[i]``).
+NEW_CLAIMS = "_new_claims"
 
 
 def hashes_of(values: _Array) -> _Array:
@@ -104,15 +105,18 @@ class SharedIdentities:
         assert self.store is not None
         parts: dict[str, list[tuple[_Array, _Array]]] = {name: [] for name in self.fields}
         for claims in self.store.iter_claims():
-            frame = pd.DataFrame(claims, columns=["field", "value_hash", "key"])
-            for name, group in frame.groupby("field", sort=False):
+            table = _unpack(claims)
+            holders = hashes_of(np.asarray(claims.keys, dtype=object))
+            for column, name in enumerate(claims.fields):
                 if name in parts:
-                    values = group["value_hash"].to_numpy(dtype=np.int64).view(np.uint64)
-                    parts[str(name)].append((values, hashes_of(group["key"].to_numpy())))
+                    given = table[:, column] != 0
+                    parts[name].append((table[given, column], holders[given]))
         for name, found in parts.items():
             if found:
                 hashes = np.concatenate([h for h, _ in found])
-                holders = np.concatenate([k for _, k in found])
+                # The oldest claim of a value wins (two runs at once may both have sent it).
+                hashes, first = np.unique(hashes, return_index=True)
+                holders = np.concatenate([k for _, k in found])[first]
                 self._claimed[name].add(hashes, np.full(len(hashes), -1, dtype=np.int64), holders)
         self._loaded = True
 
@@ -135,7 +139,8 @@ class SharedIdentities:
         other_field = np.full(count, "", dtype=object)
         other_value = np.full(count, "", dtype=object)
         other_hash = np.zeros(count, dtype=np.uint64)
-        for name in self.fields:
+        new_claims = np.zeros(count, dtype=np.uint8)
+        for bit, name in enumerate(self.fields):
             if name not in contacts.columns:
                 continue
             column = contacts[name].to_numpy(dtype=object)
@@ -159,7 +164,9 @@ class SharedIdentities:
             other_hash[at] = hashes[fresh]
             unclaimed = holds & ~claimed
             self._claimed[name].add(hashes[unclaimed], rows[given][unclaimed], mine[unclaimed])
+            new_claims[given[unclaimed]] |= np.uint8(1 << bit)
         refused = other_row > -2
+        contacts = contacts.assign(**{NEW_CLAIMS: new_claims})
         if not refused.any():
             return contacts, _empty_refused()
         gone = contacts[refused]
@@ -176,32 +183,35 @@ class SharedIdentities:
         )
         return contacts[~refused].reset_index(drop=True), refused_frame
 
-    def claims_of(self, batch: pd.DataFrame) -> list[tuple[str, int, str]]:
-        """``(field, value_hash, key)`` of every value of a batch about to be recorded as sent,
-        sorted by hash (the store's index takes them in order); a value already claimed by
-        the same key is claimed again, which the store ignores."""
-        keys = batch["key"].to_numpy(dtype=object)
-        claims: list[tuple[str, int, str]] = []
-        for name in self.fields:
-            if name not in batch.columns:
-                continue
-            column = batch[name].to_numpy(dtype=object)
-            given = np.flatnonzero(pd.notna(column) & (column != ""))
-            signed = hashes_of(column[given]).view(np.int64).tolist()
-            claims += zip([name] * len(signed), signed, keys[given].tolist(), strict=True)
-        claims.sort(key=lambda claim: claim[1])
-        return claims
+    def claims_of(self, batch: pd.DataFrame) -> Claims | None:
+        """The values of a batch (rows :meth:`claim` kept) that this run claimed first, to
+        store once the batch was sent; ``None`` when there are none (values sent before)."""
+        new = batch[NEW_CLAIMS].to_numpy(dtype=np.uint8) if NEW_CLAIMS in batch.columns else None
+        if new is None or not new.any():
+            return None
+        rows = np.flatnonzero(new)
+        table = np.zeros((len(rows), len(self.fields)), dtype="<u8")
+        for bit, name in enumerate(self.fields):
+            mine = rows[(new[rows] & (1 << bit)) != 0]
+            if len(mine):
+                table[np.searchsorted(rows, mine), bit] = hashes_of(batch[name].to_numpy(dtype=object)[mine])
+        return Claims(self.fields, batch["key"].to_numpy(dtype=object)[rows].tolist(), table.tobytes())
 
     def _details(self, fields: _Array, values: _Array, rows: _Array, hashes: _Array) -> list[str]:
         holders: dict[tuple[str, int], str] = {}
-        if self.store is not None and (rows == -1).any():
-            for name in set(fields[rows == -1].tolist()):
-                wanted = hashes[(rows == -1) & (fields == name)].view(np.int64).tolist()
-                found = self.store.claim_holders(name, wanted)
-                holders.update(((name, h), key) for h, key in found.items())
+        earlier = rows == -1
+        if self.store is not None and earlier.any():
+            # Rare (a new row sharing a value with a key sent before): read the claims again
+            # rather than keep every key in memory.
+            wanted = {name: hashes[earlier & (fields == name)] for name in set(fields[earlier].tolist())}
+            for claims in self.store.iter_claims():
+                table = _unpack(claims)
+                for column, name in enumerate(claims.fields):
+                    if name in wanted:
+                        for at in np.flatnonzero(np.isin(table[:, column], wanted[name])):
+                            holders.setdefault((name, int(table[at, column])), claims.keys[at])
         details = []
-        signed = hashes.view(np.int64).tolist()
-        for name, value, row, value_hash in zip(fields, values, rows, signed, strict=True):
+        for name, value, row, value_hash in zip(fields, values, rows, hashes.tolist(), strict=True):
             label = _LABELS.get(name, name)
             if row >= 0:
                 where = f"is also on source row {row}, which comes first"
@@ -211,6 +221,11 @@ class SharedIdentities:
                 where = f"was sent to {self.service} earlier, with {named}"
             details.append(f"its {label} {value} {where}: {self._merge}")
         return details
+
+
+def _unpack(claims: Claims) -> _Array:
+    """A batch's hashes as a (keys x fields) uint64 table."""
+    return np.frombuffer(claims.hashes, dtype="<u8").reshape(len(claims.keys), len(claims.fields))
 
 
 def _empty_refused() -> pd.DataFrame:

@@ -93,16 +93,19 @@ in_flight_table = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
-#: Phones, emails and external ids sent to a service that merges contacts sharing one (Whippy),
-#: as a 64-bit hash of the value with the key that sent it first: a later run refuses another
-#: key with the same value (see :class:`~airflow_provider_sequences.sync.identities.SharedIdentities`).
+#: Phones, emails and external ids sent to a service that merges contacts sharing one (Whippy):
+#: one row per batch sent, its keys and a 64-bit hash of each of their values (0: no value),
+#: packed, so that a later run refuses another key with the same value (see
+#: :class:`~airflow_provider_sequences.sync.identities.SharedIdentities`).
 claims_table = sa.Table(
     CLAIMS_TABLE,
     metadata,
     *_scope_columns(),
-    sa.Column("field", sa.String(32), primary_key=True),
-    sa.Column("value_hash", sa.BigInteger, primary_key=True, autoincrement=False),
-    sa.Column("contact_key", sa.String(512), nullable=False),
+    sa.Column("claim_id", sa.String(32), primary_key=True),
+    sa.Column("fields", sa.String(200), nullable=False),  # comma-separated, the hashes' columns
+    sa.Column("contact_keys", sa.Text, nullable=False),  # JSON list
+    sa.Column("value_hashes", sa.LargeBinary, nullable=False),  # little-endian uint64, key-major
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 #: What :meth:`SyncState.lookup` answers per key.
@@ -128,6 +131,16 @@ def _frame(rows: list[tuple[Any, ...]], columns: Sequence[str]) -> pd.DataFrame:
 
 #: The state table's columns in the order :meth:`SyncState.record` builds its rows.
 _COLUMNS = tuple(column.name for column in state_table.columns)
+
+
+@dataclass(frozen=True)
+class Claims:
+    """One batch's claimed values: for each key, a 64-bit hash of each field's value (0: none),
+    as little-endian uint64s, key by key."""
+
+    fields: tuple[str, ...]
+    keys: list[str]
+    hashes: bytes
 
 
 @dataclass(frozen=True)
@@ -545,48 +558,30 @@ class SyncState:
 
     # -- claims (services that merge contacts sharing a phone, email or external id) ----------
 
-    def iter_claims(self, size: int = 50_000) -> Iterator[list[tuple[str, int, str]]]:
-        """Every claim of this scope, ``size`` at a time: ``(field, value_hash, contact_key)``."""
-        sql = f"SELECT field, value_hash, contact_key FROM {CLAIMS_TABLE} WHERE {self._scope_sql}"  # noqa: S608
-        with self.engine.connect() as connection:
-            cursor = connection.connection.cursor()
-            try:
-                cursor.execute(sql, tuple(self._scope_params))
-                while rows := cursor.fetchmany(size):
-                    yield [tuple(row) for row in rows]  # type: ignore[misc]
-            finally:
-                cursor.close()
-
-    def save_claims(self, claims: Sequence[tuple[str, int, str]]) -> None:
-        """Add ``(field, value_hash, contact_key)`` claims; a value claimed already keeps its key."""
-        if not claims:
+    def save_claims(self, claims: Claims | None) -> None:
+        """Store one batch's claims (see :class:`Claims`); ``None`` stores nothing."""
+        if claims is None:
             return
-        scope = tuple(self._scope_params)
-        rows = [(*scope, field, value_hash, key) for field, value_hash, key in claims]
+        row = {
+            "service": self.scope.service,
+            "connection_id": self.scope.connection_id,
+            "sequence_id": self.scope.sequence_id,
+            "claim_id": uuid.uuid4().hex,
+            "fields": ",".join(claims.fields),
+            "contact_keys": json.dumps(claims.keys),
+            "value_hashes": claims.hashes,
+            "created_at": _now(),
+        }
         with self.engine.begin() as connection:
-            if self.engine.dialect.name == "sqlite":
-                connection.exec_driver_sql(
-                    f"INSERT OR IGNORE INTO {CLAIMS_TABLE} "  # noqa: S608
-                    "(service, connection_id, sequence_id, field, value_hash, contact_key) "
-                    "VALUES (?, ?, ?, ?, ?, ?)",
-                    rows,
-                )
-            else:
-                names = ("service", "connection_id", "sequence_id", "field", "value_hash", "contact_key")
-                connection.execute(
-                    postgresql.insert(claims_table).on_conflict_do_nothing(),
-                    [dict(zip(names, row, strict=True)) for row in rows],
-                )
+            connection.execute(sa.insert(claims_table), row)
 
-    def claim_holders(self, field: str, value_hashes: Sequence[int]) -> dict[int, str]:
-        """The key holding each of these claimed values of ``field``."""
-        found: dict[int, str] = {}
-        for start in range(0, len(value_hashes), _LOOKUP_SLICE):
-            part = [int(h) for h in value_hashes[start : start + _LOOKUP_SLICE]]
-            rows = self._fetch(
-                f"SELECT value_hash, contact_key FROM {CLAIMS_TABLE} WHERE {self._scope_sql} "  # noqa: S608
-                f"AND field = {self._mark} AND value_hash IN ({', '.join([self._mark] * len(part))})",
-                [*self._scope_params, field, *part],
-            )
-            found.update((int(h), str(key)) for h, key in rows)
-        return found
+    def iter_claims(self) -> Iterator[Claims]:
+        """Every batch's claims in this scope, oldest first."""
+        query = (
+            sa.select(claims_table.c.fields, claims_table.c.contact_keys, claims_table.c.value_hashes)
+            .where(self._where(claims_table))
+            .order_by(claims_table.c.created_at, claims_table.c.claim_id)
+        )
+        with self.engine.connect() as connection:
+            for fields, keys, hashes in connection.execution_options(yield_per=50).execute(query):
+                yield Claims(tuple(fields.split(",")), json.loads(keys), bytes(hashes))
