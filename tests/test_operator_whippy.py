@@ -635,6 +635,32 @@ def test_without_waiting_the_next_run_confirms_without_resending(whippy: Whippy)
     assert fourth.posts == []
 
 
+def test_pending_contacts_stored_by_an_earlier_version_are_still_confirmed(whippy: Whippy) -> None:
+    """Earlier versions stored each pending contact's identity as a {phone, email, external_id}
+    dict: after an upgrade, the next run still reads those contacts back by the same rules."""
+    export = good_rows(3)
+    first = whippy.run("_1", upstream_rows=export, wait_for_enrollment=False)
+    assert first.result["added"] == []
+    old = {
+        # Matched by its external id alone.
+        "1": {"external_id": "1", "phone": "+14155550001", "email": "c1@example.com"},
+        # No external id: matched by its phone.
+        "2": {"phone": "+14155550002", "email": "c2@example.com"},
+        # No external id, a phone no contact has: matched by its email, in any case.
+        "3": {"phone": "+14155559999", "email": "C3@Example.com"},
+    }
+    with sqlite3.connect(whippy.state_path) as connection:
+        connection.executemany(
+            "UPDATE sequence_sync_state SET identity = ? WHERE contact_key = ?",
+            [(json.dumps(identity), key) for key, identity in old.items()],
+        )
+
+    second = whippy.run("_2", upstream_rows=export)
+    assert second.state == "success"
+    assert sorted(second.result["added"]) == ["1", "2", "3"]
+    assert second.posts == []
+
+
 def test_a_lost_response_is_not_retried_blindly_and_the_read_back_finds_the_contacts(whippy: Whippy) -> None:
     # preflight read, step count, then the POST is applied and its answer lost.
     whippy.sim.faults.force(None, None, "lost_response")

@@ -6,7 +6,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
 
 import pandas as pd
 
@@ -31,6 +31,12 @@ def column_values(column: pd.Series[Any]) -> list[Any]:
     return values
 
 
+#: What identifies a pending contact in a read-back, in the adapter's own form (see
+#: :meth:`ServiceAdapter.identity`): JSON-able, since the state stores it, and small, since a
+#: run may hold a million. Empty (``{}``) stands for one not known yet, read from the state.
+Identity: TypeAlias = Any
+
+
 @dataclass
 class BatchOutcome:
     """What the service said about one batch, by key.
@@ -42,7 +48,7 @@ class BatchOutcome:
 
     added: dict[str, str | None] = field(default_factory=dict)
     failed: dict[str, tuple[str, str]] = field(default_factory=dict)
-    pending: dict[str, dict[str, Any]] = field(default_factory=dict)
+    pending: dict[str, Identity] = field(default_factory=dict)
 
     def merge(self, other: BatchOutcome) -> None:
         self.added.update(other.added)
@@ -87,8 +93,10 @@ class ServiceAdapter(ABC):
     def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
         """Send one batch; ``resent_keys`` may already have been applied by an earlier attempt."""
 
-    def confirm(self, pending: Mapping[str, dict[str, Any]], *, timeout: float) -> BatchOutcome:
-        """Read back what ``pending`` keys became; services that answer at once have nothing to do."""
+    def confirm(self, pending: dict[str, Identity], *, timeout: float) -> BatchOutcome:
+        """Read back what ``pending`` keys became; services that answer at once have nothing to do.
+
+        The adapter may reuse ``pending`` for its outcome (a million keys are not copied)."""
         return BatchOutcome(added={key: None for key in pending})
 
     @abstractmethod
@@ -101,6 +109,9 @@ class ServiceAdapter(ABC):
         """(write requests, read requests) sent so far."""
         return self.hook.write_requests, self.hook.read_requests
 
-    def identity(self, row: Mapping[str, Any]) -> dict[str, Any] | None:
-        """What identifies a contact in a later read-back (only services that confirm need it)."""
+    def identity(self, row: Mapping[str, Any]) -> Identity | None:
+        """What identifies a contact in a later read-back (only services that confirm need it).
+
+        ``row`` is a prepared contact, with its ``key``. :meth:`confirm` gets it back as given,
+        or as JSON loaded from the state (a tuple comes back a list)."""
         return None

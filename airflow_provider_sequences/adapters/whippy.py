@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
+from itertools import islice
 from typing import Any, ClassVar
 
+import numpy as np
+import numpy.typing as npt
 import pandas as pd
 
 from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter, present
@@ -27,6 +30,11 @@ NESTED = ("address", "birth_date", "properties")
 CURRENT_STATUSES = frozenset({"pending", "active"})
 ADDRESS_PARTS = ("address_line_one", "address_line_two", "city", "state", "country", "post_code")
 BIRTH_DATE_PARTS = ("day", "month", "year")
+
+
+def _key_hashes(keys: list[str]) -> npt.NDArray[np.uint64]:
+    hashes: npt.NDArray[np.uint64] = pd.util.hash_array(np.asarray(keys, dtype=object), categorize=False)
+    return hashes
 
 
 def whippy_rules(*, email_required: bool) -> FieldRules:
@@ -60,6 +68,29 @@ def to_item(record: Mapping[str, Any]) -> dict[str, Any]:
     return item
 
 
+#: What identifies a pending contact in a read-back, small because a run may hold a million:
+#: its external id (matched by it alone), else its (phone, lowercase email).
+WhippyIdentity = str | tuple[str | None, str | None]
+
+
+def whippy_identity(value: Any) -> WhippyIdentity | None:
+    """An identity in its compact form, from what the state stores too: the list JSON makes of
+    a pair, and the ``{phone, email, external_id}`` dict of earlier versions."""
+    if isinstance(value, str):
+        return value or None
+    if isinstance(value, tuple):
+        return value  # as :meth:`WhippyAdapter.identity` made it (lowering the email again would copy it)
+    if isinstance(value, Mapping):
+        if value.get("external_id"):
+            return str(value["external_id"])
+        value = (value.get("phone"), value.get("email"))
+    if isinstance(value, (list, tuple)) and len(value) == 2:
+        phone = str(value[0]) if value[0] else None
+        email = str(value[1]).lower() if value[1] else None
+        return (phone, email) if phone or email else None
+    return None
+
+
 @dataclass
 class _Identities:
     """External ids, phones and (lowercase) emails of step contacts read in the target step."""
@@ -78,57 +109,129 @@ class _Identities:
             self.emails.add(str(contact["email"]).lower())
 
 
+#: An index's entry: the one key with that value (the norm), or the keys sharing it.
+_Entry = str | list[str]
+#: What a pending key's identity becomes once the key is found.
+_FOUND: Any = object()
+
+
 class _Waiting:
     """Pending keys not seen yet, indexed by what identifies them in a read-back.
 
     A key with an external id is matched by it alone; a key without one by its phone or email
     (the rules of the read-back before it was indexed). Each step contact read costs O(1).
+
+    Sized for a million keys: a key found is marked in ``pending`` itself (its identity
+    replaced by :data:`_FOUND`) rather than copied to another dict, and a key that is its own
+    external id (the usual set-up) is looked up in ``pending`` rather than in a second index.
+
+    :param foreign: keys this adapter did not write, for :attr:`found_written`.
     """
 
-    def __init__(self, pending: Mapping[str, dict[str, Any]]) -> None:
-        self.keys = dict(pending)
-        self._by_external_id: dict[str, list[str]] = {}
-        self._by_phone: dict[str, list[str]] = {}
-        self._by_email: dict[str, list[str]] = {}
-        for key, identity in self.keys.items():
-            external_id = identity.get("external_id")
-            if external_id:
-                self._by_external_id.setdefault(str(external_id), []).append(key)
-                continue
-            if identity.get("phone"):
-                self._by_phone.setdefault(str(identity["phone"]), []).append(key)
-            if identity.get("email"):
-                self._by_email.setdefault(str(identity["email"]).lower(), []).append(key)
+    def __init__(self, pending: dict[str, Any], foreign: Collection[str]) -> None:
+        self._pending = pending
+        self._foreign = foreign
+        self._left = len(pending)
+        #: Keys found that this adapter wrote.
+        self.found_written = 0
+        self._own_ids = False  # whether some key is matched by ``pending`` as its external id
+        self._by_external_id: dict[str, _Entry] = {}
+        self._by_phone: dict[str, _Entry] = {}
+        self._by_email: dict[str, _Entry] = {}
+        for key, stored in pending.items():
+            identity = whippy_identity(stored)
+            if isinstance(identity, str):
+                if identity == key:
+                    self._own_ids = True
+                else:
+                    self._index(self._by_external_id, identity, key)
+            elif identity is not None:
+                phone, email = identity
+                if phone:
+                    self._index(self._by_phone, phone, key)
+                if email:
+                    self._index(self._by_email, email, key)
+
+    @staticmethod
+    def _index(index: dict[str, _Entry], value: str, key: str) -> None:
+        held = index.get(value)
+        if held is None:
+            index[value] = key
+        elif isinstance(held, list):
+            held.append(key)
+        else:
+            index[value] = [held, key]
 
     def __bool__(self) -> bool:
-        return bool(self.keys)
+        return self._left > 0
 
     def __len__(self) -> int:
-        return len(self.keys)
+        return self._left
 
-    def see(self, external_ids: Iterable[str], phones: Iterable[str], emails: Iterable[str]) -> list[str]:
-        """Keys these identities match, taken out of the waiting ones."""
-        found: list[str] = []
-        for index, values in (
-            (self._by_external_id, external_ids),
-            (self._by_phone, phones),
-            (self._by_email, emails),
-        ):
-            if not index:
-                continue
-            for value in values:
-                for key in index.pop(value, ()):
-                    if self.keys.pop(key, None) is not None:
-                        found.append(key)
-        return found
+    def remaining(self) -> Iterator[str]:
+        """The keys still waiting."""
+        return (key for key, identity in self._pending.items() if identity is not _FOUND)
 
-    def see_item(self, item: Mapping[str, Any]) -> list[str]:
+    def waits_for(self, key: str) -> bool:
+        return key in self._pending and self._pending[key] is not _FOUND
+
+    def _take(self, key: str) -> int:
+        if self._pending[key] is _FOUND:
+            return 0
+        self._pending[key] = _FOUND  # a value replaced: the dict does not grow
+        self._left -= 1
+        if key not in self._foreign:
+            self.found_written += 1
+        return 1
+
+    def outcome(self) -> tuple[dict[str, str | None], list[str]]:
+        """(keys found, with no contact id, keys still waiting): ``pending`` becomes the first."""
+        left = list(self.remaining())
+        for key in left:
+            del self._pending[key]
+        for key in self._pending:
+            self._pending[key] = None
+        return self._pending, left
+
+    def _see(self, external_id: str | None, phone: str | None, email: str | None) -> int:
+        taken = 0
+        if external_id is not None:
+            own = self._pending.get(external_id) if self._own_ids else None
+            if own is not None and whippy_identity(own) == external_id:
+                # The pending key's own string (``identity`` made it so), not the page's copy.
+                taken += self._take(own if isinstance(own, str) else external_id)
+            taken += self._take_all(self._by_external_id, external_id)
+        if phone is not None:
+            taken += self._take_all(self._by_phone, phone)
+        if email is not None:
+            taken += self._take_all(self._by_email, email)
+        return taken
+
+    def _take_all(self, index: dict[str, _Entry], value: str) -> int:
+        if not index:
+            return 0
+        held = index.pop(value, None)
+        if held is None:
+            return 0
+        return sum(self._take(key) for key in ([held] if isinstance(held, str) else held))
+
+    def see(self, seen: _Identities) -> None:
+        """Take the keys that step contacts read earlier identify."""
+        for external_id in seen.external_ids:
+            self._see(external_id, None, None)
+        for phone in seen.phones:
+            self._see(None, phone, None)
+        for email in seen.emails:
+            self._see(None, None, email)
+
+    def see_item(self, item: Mapping[str, Any]) -> int:
+        """Take the keys a step contact identifies; how many were still waiting."""
         contact = item.get("contact") or {}
-        email = contact.get("email")
-        return self.see(
-            [str(contact["external_id"])] if contact.get("external_id") else [],
-            [str(contact["phone"])] if contact.get("phone") else [],
-            [str(email).lower()] if email else [],
+        external_id, phone, email = contact.get("external_id"), contact.get("phone"), contact.get("email")
+        return self._see(
+            str(external_id) if external_id else None,
+            str(phone) if phone else None,
+            str(email).lower() if email else None,
         )
 
 
@@ -197,12 +300,16 @@ class WhippyAdapter(ServiceAdapter):
         self._lost: dict[str, dict[str, Any]] = {}
         self._lost_at: float | None = None  # time.monotonic() of the last write whose answer was lost
         self._accepted_at: float | None = None  # ... and of the last write Whippy answered
-        self._pushed: set[str] = set()  # keys this adapter wrote (their step contacts are in the tail)
+        #: Hashes of the keys this adapter wrote (their step contacts are in the tail), an
+        #: array per write: as Python strings a million keys would cost ten times as much,
+        #: for one question per :meth:`confirm`.
+        self._pushed: list[npt.NDArray[np.uint64]] = []
         self._writes = 0
         #: The step's count before this adapter's first write, and the offset read up to since.
         self._baseline: int | None = None
         self._cursor: int | None = None
-        #: Step contacts read in the tail (current ones), for later :meth:`confirm` calls.
+        #: Step contacts read in the tail (current ones) that matched no key, for later
+        #: :meth:`confirm` calls.
         self._seen = _Identities()
         #: (count, offset) of the pages read from offset 0 on while the count stayed the same.
         self._span: tuple[int, int] | None = None
@@ -261,12 +368,25 @@ class WhippyAdapter(ServiceAdapter):
         fields = [e.get("field") or "" for e in error.errors]
         return bool(fields) and all(f.startswith("to[") for f in fields)
 
-    def identity(self, row: Mapping[str, Any]) -> dict[str, Any]:
-        return {
-            name: row[name]
-            for name in ("phone", "email", "external_id")
-            if name in row and present(row[name])
-        }
+    def identity(self, row: Mapping[str, Any]) -> WhippyIdentity | None:
+        """The external id, else (phone, lowercase email): see :class:`_Waiting`. A value equal to
+        the row's ``key`` is that same string, so that a key that is its own external id or
+        phone costs nothing more while it waits."""
+        key = row.get("key")
+
+        def value(name: str) -> str | None:
+            if name not in row or not present(row[name]):
+                return None
+            text = str(row[name])
+            return key if text == key else text
+
+        external_id = value("external_id")
+        if external_id is not None:
+            return external_id
+        phone, email = value("phone"), value("email")
+        if phone is None and email is None:
+            return None
+        return phone, email.lower() if email is not None else None
 
     def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
         fields = [c for c in batch.columns if c in WHIPPY_PLAIN_FIELDS or c.split(".", 1)[0] in NESTED]
@@ -275,7 +395,7 @@ class WhippyAdapter(ServiceAdapter):
         keys = batch["key"].tolist()
         items = [to_item(record) for record in records]
         self._writes += 1
-        self._pushed.update(keys)
+        self._pushed.append(_key_hashes(keys))
         try:
             self._create(items)
         except OutcomeUnknownError:
@@ -287,7 +407,7 @@ class WhippyAdapter(ServiceAdapter):
         else:
             self._accepted_at = time.monotonic()
         for key, record in zip(keys, records, strict=True):
-            outcome.pending[key] = self.identity(record)
+            outcome.pending[key] = self.identity({**record, "key": key})
         return outcome
 
     def _create(self, items: list[dict[str, Any]]) -> None:
@@ -319,9 +439,11 @@ class WhippyAdapter(ServiceAdapter):
         return total
 
     def confirm(
-        self, pending: Mapping[str, dict[str, Any]], *, timeout: float, poll_interval: float | None = None
+        self, pending: dict[str, Any], *, timeout: float, poll_interval: float | None = None
     ) -> BatchOutcome:
         """Read the step back until every pending key is seen or ``timeout`` seconds pass.
+
+        ``pending`` becomes the outcome's ``added`` (see :class:`_Waiting`).
 
         Each poll reads the step past the offset already read: one request when nothing moved,
         and the poll's page is the first of the new contacts when something did. Keys not seen
@@ -330,14 +452,15 @@ class WhippyAdapter(ServiceAdapter):
         call, when :meth:`_resend_due` says Whippy is done and such a read proves them absent.
         """
         outcome = BatchOutcome()
-        waiting = _Waiting(pending)
-        self._take(waiting.see(self._seen.external_ids, self._seen.phones, self._seen.emails), outcome)
+        foreign = self._not_pushed(pending)
+        waiting = _Waiting(pending, foreign)
+        waiting.see(self._seen)
         deadline = time.monotonic() + timeout
         base_interval = self.poll_interval if poll_interval is None else poll_interval
         interval = base_interval
         # Keys an earlier attempt or run sent may be anywhere in the step: read it all first.
         # So may this run's, when the step's count before its first write is not known.
-        full_first = self._baseline is None or any(key not in self._pushed for key in waiting.keys)
+        full_first = self._baseline is None or any(waiting.waits_for(key) for key in foreign)
         last: int | None = None
         unchanged = 0
         moved_at = time.monotonic()
@@ -345,7 +468,7 @@ class WhippyAdapter(ServiceAdapter):
         while waiting:
             polled_at = time.monotonic()  # when the count was read (the read may take long)
             try:
-                total = self._read(0 if full_first else self._cursor or 0, waiting, outcome)
+                total = self._read(0 if full_first else self._cursor or 0, waiting)
             except SequencesApiError as exc:
                 if not exc.is_retryable or time.monotonic() >= deadline:
                     raise
@@ -358,9 +481,9 @@ class WhippyAdapter(ServiceAdapter):
                 else:
                     unchanged += 1
                 last = total
-                working = working or any(key in self._pushed for key in outcome.added)
+                working = waiting.found_written > 0
                 due = waiting and working and self._resend_due(waiting, unchanged, moved_at)
-                if due and self._prove(waiting, outcome) and self._resend(waiting):
+                if due and self._prove(waiting) and self._resend(waiting):
                     unchanged, interval = 0, base_interval
             # The last read is at the deadline, not up to one interval before it.
             left = deadline - time.monotonic()
@@ -376,19 +499,38 @@ class WhippyAdapter(ServiceAdapter):
             interval = min(interval * 2, 30.0)
         if waiting and not self._proven():
             # The tail is no proof of absence: the list's order is not documented.
-            self._read(0, waiting, outcome)
+            self._read(0, waiting)
         waited = timeout if self.waited is None else self.waited
-        for key in waiting.keys:
+        outcome.added, missing = waiting.outcome()
+        for key in missing:
             outcome.failed[key] = (NOT_ENROLLED, self._not_enrolled_detail(key, waited))
         return outcome
 
-    def _read(self, start: int, waiting: _Waiting, outcome: BatchOutcome) -> int:
-        """Read the step's contacts from offset ``start`` to its end, moving the keys found from
-        ``waiting`` to ``outcome.added``; returns the step's count on the last page.
+    def _not_pushed(self, pending: Collection[str]) -> set[str]:
+        """The keys this adapter did not write (usually none).
+
+        By 64-bit hash: a key taken for written by a collision (odds about 1e-13 per key) would
+        be read in the tail first and still be found by the full read before it is declared
+        not enrolled.
+        """
+        if not self._pushed or not pending:
+            return set(pending)
+        written = np.sort(np.concatenate(self._pushed))
+        foreign: set[str] = set()
+        keys = iter(pending)
+        while part := list(islice(keys, 100_000)):
+            hashes = _key_hashes(part)
+            at = np.minimum(np.searchsorted(written, hashes), len(written) - 1)
+            foreign.update(key for key, hit in zip(part, written[at] == hashes, strict=True) if not hit)
+        return foreign
+
+    def _read(self, start: int, waiting: _Waiting) -> int:
+        """Read the step's contacts from offset ``start`` to its end, taking the keys found out of
+        ``waiting`` (into the outcome's ``added``); returns the step's count on the last page.
 
         Only step contacts that are pending or active count: a contact that went through the
         step before keeps its finished step contact there, and Whippy may ignore it now.
-        Contacts past the tail's cursor are remembered for later calls.
+        Contacts past the tail's cursor that matched no key are remembered for later calls.
         """
         offset = start
         while True:
@@ -401,9 +543,11 @@ class WhippyAdapter(ServiceAdapter):
             for at, item in enumerate(items, start=offset):
                 if str(item.get("status") or "").lower() not in CURRENT_STATUSES:
                     continue
-                if at >= tail:
+                # Kept for later calls only when it matched no key now: a million matched
+                # ones would cost more than the run's keys, and the final full read (or
+                # the proof before a re-send) sees any contact again anyway.
+                if not waiting.see_item(item) and at >= tail:
                     self._seen.add(item)
-                self._take(waiting.see_item(item), outcome)
             # Pages read from offset 0 on, one after the other, while the count stays the same.
             if offset == 0:
                 self._span = (total, len(items))
@@ -432,23 +576,18 @@ class WhippyAdapter(ServiceAdapter):
         list has, nothing was added or removed while it was read)."""
         return self._span is not None and self._span[1] >= self._span[0]
 
-    def _prove(self, waiting: _Waiting, outcome: BatchOutcome) -> bool:
+    def _prove(self, waiting: _Waiting) -> bool:
         """Make :meth:`_proven` true with a full read if needed; False when the count moved or the
         read failed (the next poll tries again)."""
         if not self._proven():
             try:
-                self._read(0, waiting, outcome)
+                self._read(0, waiting)
             except SequencesApiError as exc:
                 if not exc.is_retryable:
                     raise
                 self.hook.log.warning("Reading the whole step failed; trying again later: %s", exc)
                 return False
         return self._proven()
-
-    @staticmethod
-    def _take(keys: list[str], outcome: BatchOutcome) -> None:
-        for key in keys:
-            outcome.added[key] = None
 
     def _resend_due(self, waiting: _Waiting, unchanged: int, moved_at: float) -> bool:
         """Whether Whippy is done with what it accepted, so that a lost batch still absent was
@@ -472,9 +611,9 @@ class WhippyAdapter(ServiceAdapter):
         """
         if not self._lost or unchanged < 1 or self._accepted_at is None or self._lost_at is None:
             return False
-        if not any(key in self._lost for key in waiting.keys):
+        if not any(key in self._lost for key in waiting.remaining()):
             return False
-        certain_missing = any(key not in self._uncertain for key in waiting.keys)
+        certain_missing = any(key not in self._uncertain for key in waiting.remaining())
         if certain_missing and unchanged < self.stable_polls:
             return False
         lag = max(moved_at - self._accepted_at, 0.0)
@@ -483,7 +622,7 @@ class WhippyAdapter(ServiceAdapter):
     def _resend(self, waiting: _Waiting) -> bool:
         """Send the lost batches' contacts still waiting once more (up to 4,000 a call).
         Returns whether any call was answered."""
-        keys = [key for key in waiting.keys if key in self._lost]
+        keys = [key for key in waiting.remaining() if key in self._lost]
         items = {key: self._lost.pop(key) for key in keys}
         self._lost.clear()  # once per run: what is not sent now is left to the task's retry
         answered = False

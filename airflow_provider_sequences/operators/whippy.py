@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -13,7 +12,6 @@ from airflow_provider_sequences.adapters.whippy import WhippyAdapter, WhippyEnro
 from airflow_provider_sequences.hooks.whippy import WhippyHook
 from airflow_provider_sequences.links import SequenceLink
 from airflow_provider_sequences.operators.base import SequenceSyncOperator
-from airflow_provider_sequences.sync.state import PENDING
 from airflow_provider_sequences.triggers.whippy import WhippyEnrollmentTrigger
 
 
@@ -129,17 +127,17 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         assert isinstance(adapter, WhippyAdapter)
         baseline = 0 if run.options.dry_run else adapter.step_total()
         self.read_and_push(run)
-        if run.pending and self.wait_for_enrollment and not run.options.dry_run:
+        if run.pending_count and self.wait_for_enrollment and not run.options.dry_run:
             if self.deferrable:
                 assert run.state is not None
                 run.state.save_run(run.run_id, dict(run.finish().stats))
-                self.log.info("Deferring: waiting for Whippy to enrol %d contacts", len(run.pending))
+                self.log.info("Deferring: waiting for Whippy to enrol %d contacts", run.pending_count)
                 self.defer(
                     trigger=WhippyEnrollmentTrigger(
                         whippy_conn_id=self.whippy_conn_id,
                         sequence_id=str(self.sequence_id),
                         step_id=str(adapter.step_id),
-                        expected_total=baseline + len(run.pending),
+                        expected_total=baseline + run.pending_count,
                         initial_total=baseline,
                         poll_interval=self.poll_interval,
                         timeout=self.enrollment_timeout,
@@ -158,9 +156,7 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
             run.adapter.waited = float(event["waited"])
         saved = run.state.load_run(run.run_id) or {}
         self.log.info("Whippy's background work is %s", (event or {}).get("status", "over"))
-        stored = run.state.keys_with_status(PENDING, run_id=run.run_id)
-        run.pending = {row.contact_key: json.loads(row.identity or "{}") for row in stored.itertuples()}
-        run.confirm()
+        run.confirm()  # the run's pending keys, read from the state
         result = run.finish()
         for name, value in saved.items():
             if name in ("write_requests", "read_requests", "requests"):

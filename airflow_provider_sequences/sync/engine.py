@@ -6,22 +6,22 @@ call :meth:`SyncRun.run`; benchmarks and tests can do the same without Airflow.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import threading
 import time
 from collections import Counter, deque
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from functools import cached_property
+from itertools import islice
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter
+from airflow_provider_sequences.adapters.base import BatchOutcome, Identity, ServiceAdapter
 from airflow_provider_sequences.sync.identities import SharedIdentities
 from airflow_provider_sequences.sync.outcomes import (
     ENROLLMENT_UNCONFIRMED,
@@ -109,7 +109,11 @@ class SyncRun:
         self.result = SyncResult()
         self.result.stats.update(unchanged=0, resumed=0)
         self.would_send: list[str] = []
-        self.pending: dict[str, dict[str, Any]] = {}
+        #: Keys accepted but not confirmed yet, with what identifies them in a read-back. With
+        #: a state only the keys an earlier run left pending: those of this run's writes are in
+        #: the state (:meth:`confirm` reads them there), not held here for the whole run.
+        self.pending: dict[str, Identity] = {}
+        self._pending_in_state = 0
         self._seen: set[str] = set()
         self._buffer: list[pd.DataFrame] = []
         self._buffered = 0
@@ -429,9 +433,11 @@ class SyncRun:
         outcome = self.pusher.push(batch, resent_keys=resent)
         keys = batch["key"].tolist()
         fingerprints = dict(zip(keys, batch["fingerprint"].tolist(), strict=True))
-        if outcome.pending:
+        if any(not identity for identity in outcome.pending.values()):
+            # Only what the adapter left out: its own are already compact, and copies of them
+            # would be held for every pending key of the run.
             for key, row in zip(keys, batch.to_dict("records"), strict=True):
-                if key in outcome.pending:
+                if key in outcome.pending and not outcome.pending[key]:
                     outcome.pending[key] = self.adapter.identity(row) or {}
         if self._identities is not None and self.writes_state:
             assert self.state is not None
@@ -501,7 +507,10 @@ class SyncRun:
             assert self.state is not None
             self.state.record(outcomes, self.run_id, batch_id=batch_id)
         with self._lock:
-            self.pending.update(outcome.pending)
+            if self.writes_state:
+                self._pending_in_state += len(outcome.pending)
+            else:
+                self.pending.update(outcome.pending)
             self._counts["added"] += len(outcome.added)
             self._counts["not_processed"] += len(outcome.failed)
             if self.writes_state:
@@ -537,19 +546,31 @@ class SyncRun:
 
     # -- confirm ------------------------------------------------------------------------------
 
+    @property
+    def pending_count(self) -> int:
+        """How many keys are accepted but not confirmed yet."""
+        return len(self.pending) + self._pending_in_state
+
     def confirm(self, timeout: float | None = None) -> None:
-        """Resolve pending keys by reading the service back (Whippy) and record the answers."""
-        if not self.pending:
+        """Resolve pending keys by reading the service back (Whippy) and record the answers.
+
+        With a state, the keys are this run's pending ones there: those it sent and those an
+        earlier run left (:meth:`_plan` records them under this run), with their identities.
+        """
+        if self.writes_state:
+            assert self.state is not None
+            pending = self.state.pending_identities(self.run_id)
+        else:
+            pending = self.pending
+        self.pending, self._pending_in_state = {}, 0
+        if not pending:
             return
-        pending = self.pending
-        if self.state is not None and any(not identity for identity in pending.values()):
-            stored = self.state.keys_with_status(PENDING)
-            known = {row.contact_key: json.loads(row.identity or "{}") for row in stored.itertuples()}
-            pending = {key: identity or known.get(key, {}) for key, identity in pending.items()}
-        self.pending = {}
         self.log.info("Waiting for %s to confirm %d contacts", self.adapter.service, len(pending))
         outcome = self.adapter.confirm(pending, timeout=timeout or self.options.enrollment_timeout)
-        self._record(outcome, {})
+        del pending
+        # In slices: the rows of a million outcomes at once would cost more than the run's keys.
+        for part in _slices(outcome, CONFIRM_RECORD_SLICE):
+            self._record(part, {})
         self._count_requests()
 
     def finish(self) -> SyncResult:
@@ -616,6 +637,18 @@ class SyncRun:
             self.result.stats["unchanged"],
             self.result.stats["requests"],
         )
+
+
+#: Outcomes of a read-back recorded per state write.
+CONFIRM_RECORD_SLICE = 20_000
+
+
+def _slices(outcome: BatchOutcome, size: int) -> Iterator[BatchOutcome]:
+    """The outcome in parts of at most ``size`` keys each."""
+    for name in ("added", "failed", "pending"):
+        items = iter(getattr(outcome, name).items())
+        while part := dict(islice(items, size)):
+            yield BatchOutcome(**{name: part})
 
 
 #: What :meth:`SyncRun._plan` appends to a reason's detail when it reports the reason again.

@@ -153,7 +153,8 @@ class KeyOutcome:
     detail: str | None = None
     fingerprint: str | None = None
     service_contact_id: str | None = None
-    identity: dict[str, Any] | None = None
+    #: What identifies a pending key in a read-back (the adapter's JSON-able form).
+    identity: Any = None
     #: Whether this outcome is the answer to a send of the key (its attempts grow by one).
     sent: bool = False
 
@@ -361,6 +362,30 @@ class SyncState:
         return pd.DataFrame(
             rows, columns=["contact_key", "identity", "fingerprint", "attempts", "last_run_id"]
         )
+
+    def pending_identities(self, run_id: str) -> dict[str, Any]:
+        """Keys ``run_id`` left pending, with their identity (the stored JSON, loaded; ``{}``
+        when none was stored).
+
+        Read in slices, and an identity that is its key's own text shares the key's string: the
+        read-back of a million keys holds each key's text once.
+        """
+        sql = (
+            f"SELECT contact_key, identity FROM {STATE_TABLE} "  # noqa: S608
+            f"WHERE {self._scope_sql} AND status = {self._mark} AND last_run_id = {self._mark}"
+        )
+        found: dict[str, Any] = {}
+        with self.engine.connect() as connection:
+            cursor = connection.connection.cursor()
+            try:
+                cursor.execute(sql, (*self._scope_params, PENDING, run_id))
+                while rows := cursor.fetchmany(10_000):
+                    for key, identity in rows:
+                        value = json.loads(identity) if identity else {}
+                        found[key] = key if value == key else value
+            finally:
+                cursor.close()
+        return found
 
     def run_outcomes(self, run_id: str) -> Iterator[tuple[str, str, str | None, str | None]]:
         """(key, status, reason, detail) of every key whose last run is ``run_id``, by key.
