@@ -111,10 +111,10 @@ def build_run(spec: dict[str, Any]) -> Any:
     options = SyncOptions(
         batch_size=int(spec.get("batch_size") or adapter.max_batch_size),
         # Whippy gives no sign for a contact it ignores, so a run waits this long for any it
-        # never shows. In the 1M export about 3,300 rows share a phone with an earlier row
-        # under another key; Whippy matches contacts by phone and ignores them. 60 s (not the
-        # engine's 600) keeps that wait visible in the confirm phase without dominating it.
-        enrollment_timeout=float(spec.get("enrollment_timeout", 60)),
+        # never shows. The exports' rows sharing a phone are refused before sending
+        # (sharedContact), so nothing should be waited for: 120 s (not the engine's 600) only
+        # covers the simulator's background work falling behind on a busy machine.
+        enrollment_timeout=float(spec.get("enrollment_timeout", 120)),
     )
     return SyncRun(adapter, prepare, state, spec["run_id"], options)
 

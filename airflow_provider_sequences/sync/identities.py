@@ -32,29 +32,27 @@ def hashes_of(values: _Array) -> _Array:
 
 
 class _Claimed:
-    """Hashes of the values of one field claimed so far, sorted; with each, the source row that
-    claimed it in this run (-1: an earlier run) and a hash of the key that claimed it."""
+    """Hashes of the values of one field claimed so far, sorted, each with what the caller
+    needs of its claim: the source row (this run's claims) or the key's hash (earlier runs')."""
 
-    def __init__(self) -> None:
+    def __init__(self, payload: type[np.generic]) -> None:
         self.hashes: _Array = np.empty(0, dtype=np.uint64)
-        self.rows: _Array = np.empty(0, dtype=np.int64)
-        self.holders: _Array = np.empty(0, dtype=np.uint64)
+        self.payload: _Array = np.empty(0, dtype=payload)
 
-    def lookup(self, hashes: _Array) -> tuple[_Array, _Array, _Array]:
-        """For each hash: whether it is claimed, the claiming row and the claiming key's hash."""
+    def lookup(self, hashes: _Array) -> tuple[_Array, _Array]:
+        """For each hash: whether it is claimed, and its claim's payload (0 when not)."""
         if not len(self.hashes):
-            none = np.zeros(len(hashes), dtype=bool)
-            return none, np.full(len(hashes), -1), np.zeros(len(hashes), dtype=np.uint64)
+            return np.zeros(len(hashes), dtype=bool), np.zeros(len(hashes), dtype=self.payload.dtype)
         at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
-        return self.hashes[at] == hashes, self.rows[at], self.holders[at]
+        found = self.hashes[at] == hashes
+        return found, np.where(found, self.payload[at], 0)
 
-    def add(self, hashes: _Array, rows: _Array, holders: _Array) -> None:
+    def add(self, hashes: _Array, payload: _Array) -> None:
         # One sorted insert per chunk: O(claimed) copying, no re-sort of what is there.
         order = np.argsort(hashes, kind="stable")
         at = np.searchsorted(self.hashes, hashes[order])
         self.hashes = np.insert(self.hashes, at, hashes[order])
-        self.rows = np.insert(self.rows, at, rows[order])
-        self.holders = np.insert(self.holders, at, holders[order])
+        self.payload = np.insert(self.payload, at, payload[order].astype(self.payload.dtype))
 
 
 class SharedIdentities:
@@ -67,8 +65,9 @@ class SharedIdentities:
     refused (``sharedContact``) before anything is sent, naming the value and the earlier row
     (or, for a value an earlier run sent, the key it was sent with).
 
-    Values are kept as 64-bit hashes, 24 bytes a value with the row and key that used them, so
-    a run of a million rows with a phone and an email holds about 48 MB. With a ``store``, the
+    Values are kept as 64-bit hashes: this run's with the row that used them (12 bytes a value,
+    so a run of a million rows with a phone and an email holds about 24 MB), earlier runs' with
+    a hash of the key that sent them. With a ``store``, the
     claims of earlier runs are loaded at the first chunk that has something to send (an
     unchanged night reads none); the caller saves each batch's :meth:`claims_of` once its
     request was answered (a batch whose answer a crash interrupted is still in flight, so the
@@ -92,7 +91,10 @@ class SharedIdentities:
         self.fields = tuple(fields)
         self.service = service
         self.store = store
-        self._claimed = {name: _Claimed() for name in self.fields}
+        # This run's claims (payload: the source row) and earlier runs' (the key's hash): keys
+        # are unique in a run, so only an earlier run's value can be the same key's own.
+        self._claimed = {name: _Claimed(np.int32) for name in self.fields}
+        self._earlier = {name: _Claimed(np.uint64) for name in self.fields}
         self._loaded = store is None
         labels = [_LABELS.get(name, name) for name in matched_by or self.fields]
         listed = f"{', '.join(labels[:-1])} or {labels[-1]}" if len(labels) > 1 else "".join(labels)
@@ -116,8 +118,8 @@ class SharedIdentities:
                 hashes = np.concatenate([h for h, _ in found])
                 # The oldest claim of a value wins (two runs at once may both have sent it).
                 hashes, first = np.unique(hashes, return_index=True)
-                holders = np.concatenate([k for _, k in found])[first]
-                self._claimed[name].add(hashes, np.full(len(hashes), -1, dtype=np.int64), holders)
+                self._earlier[name].hashes = hashes
+                self._earlier[name].payload = np.concatenate([k for _, k in found])[first]
         self._loaded = True
 
     def claim(self, contacts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -148,22 +150,25 @@ class SharedIdentities:
             if not len(given):
                 continue
             values, hashes, mine = column[given], hashes_of(column[given]), key_hashes[given]
-            claimed, claimed_row, holder = self._claimed[name].lookup(hashes)
+            in_run, claimed_row = self._claimed[name].lookup(hashes)
+            before, holder = self._earlier[name].lookup(hashes)
+            claimed = in_run | before
             # A claimed value belongs to the key that claimed it (a key's own value from an
-            # earlier attempt stays its own); an unclaimed one to its first row in the chunk.
+            # earlier run or attempt stays its own); an unclaimed one to its first row here.
             codes, uniques = pd.factorize(hashes)
             first = np.empty(len(uniques), dtype=np.int64)
             first[codes[::-1]] = np.arange(len(codes))[::-1]
             holds = first[codes] == np.arange(len(codes))
-            shared = np.where(claimed, holder != mine, ~holds)
+            shared = np.where(claimed, in_run | (holder != mine), ~holds)
             fresh = shared & (other_row[given] == -2)
             at = given[fresh]
-            other_row[at] = np.where(claimed, claimed_row, rows[given][first[codes]])[fresh]
+            source = np.where(in_run, claimed_row, -1)
+            other_row[at] = np.where(claimed, source, rows[given][first[codes]])[fresh]
             other_field[at] = name
             other_value[at] = values[fresh]
             other_hash[at] = hashes[fresh]
             unclaimed = holds & ~claimed
-            self._claimed[name].add(hashes[unclaimed], rows[given][unclaimed], mine[unclaimed])
+            self._claimed[name].add(hashes[unclaimed], rows[given][unclaimed])
             new_claims[given[unclaimed]] |= np.uint8(1 << bit)
         refused = other_row > -2
         contacts = contacts.assign(**{NEW_CLAIMS: new_claims})
