@@ -387,7 +387,8 @@ class SyncRun:
             self._send(batch.reset_index(drop=True))
 
     def _send(self, batch: pd.DataFrame) -> None:
-        """Mark the batch as being sent and hand it to the sending thread, which sends it and
+        """Hand the batch to the sending thread, which marks it as being sent (in the commit that
+        records the batch before it, when that one is answered after this call), sends it and
         records its outcome; wait for the batch before it.
 
         One batch is in the service's hands while this thread prepares the next, so the run
@@ -487,7 +488,11 @@ class SyncRun:
             # The state holds the outcomes and :meth:`finish` reads them from there: keeping a
             # second copy of every key here would double the memory of a large run.
             assert self.state is not None
-            following = self._unmarked.popleft() if sent and batch_id is not None and self._unmarked else None
+            following = None
+            if sent and batch_id is not None:
+                # A run that stops empties the queue from the main thread: never fail here then.
+                with contextlib.suppress(IndexError):
+                    following = self._unmarked.popleft()
             if following is not None:
                 # The next batch waits in the sending thread: mark it in this commit.
                 following.batch_id = self.state.record_and_mark(
