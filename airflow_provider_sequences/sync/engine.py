@@ -6,6 +6,7 @@ call :meth:`SyncRun.run`; benchmarks and tests can do the same without Airflow.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
@@ -126,6 +127,8 @@ class SyncRun:
         #: Outcomes so far, for progress lines (with a state, keys are not kept in memory).
         self._counts: Counter[str] = Counter()
         self._in_flight: deque[Future[None]] = deque()
+        #: Batches handed to the sending thread and not yet marked in flight, oldest first.
+        self._unmarked: deque[_Mark] = deque()
         # Outcomes are recorded by the sending thread and by this one (rejections).
         self._lock = threading.Lock()
         self._identities = self._shared_identities()
@@ -411,7 +414,8 @@ class SyncRun:
             self._send(batch.reset_index(drop=True))
 
     def _send(self, batch: pd.DataFrame) -> None:
-        """Mark the batch as being sent and hand it to the sending thread, which sends it and
+        """Hand the batch to the sending thread, which marks it as being sent (in the commit that
+        records the batch before it, when that one is answered after this call), sends it and
         records its outcome; wait for the batch before it.
 
         One batch is in the service's hands while this thread prepares the next, so the run
@@ -420,13 +424,24 @@ class SyncRun:
         so a crash finds at most the batch whose answer it interrupted in flight.
         """
         keys = batch["key"].tolist()
-        batch_id = self.state.mark_sending(keys, self.run_id) if self.state is not None else None
+        mark = _Mark(keys)
         resent = frozenset(self._resent.intersection(keys))
         if self._sender is None:
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sequences-push")
-        self._in_flight.append(self._sender.submit(self._push_and_record, batch, batch_id, resent))
+        if self.state is not None:
+            self._unmarked.append(mark)
+        self._in_flight.append(self._sender.submit(self._mark_and_push, mark, batch, resent))
         while len(self._in_flight) > 1:
             self._settle_oldest()
+
+    def _mark_and_push(self, mark: _Mark, batch: pd.DataFrame, resent: frozenset[str]) -> None:
+        """In the sending thread: mark the batch in flight, unless recording the batch before
+        it did (one commit for both), then send and record it."""
+        if self.state is not None and mark.batch_id is None:
+            with contextlib.suppress(ValueError):
+                self._unmarked.remove(mark)
+            mark.batch_id = self.state.mark_sending(mark.keys, self.run_id)
+        self._push_and_record(batch, mark.batch_id, resent)
 
     def _push_and_record(self, batch: pd.DataFrame, batch_id: str | None, resent: frozenset[str]) -> None:
         """In the sending thread: one batch, sent and recorded."""
@@ -466,6 +481,7 @@ class SyncRun:
             while self._in_flight:
                 self._settle_oldest()
             return
+        self._unmarked.clear()  # batches not started are not marked in flight by the one sending
         for future in self._in_flight:
             future.cancel()  # not started yet: never sent
         for future in self._in_flight:
@@ -505,7 +521,18 @@ class SyncRun:
             # The state holds the outcomes and :meth:`finish` reads them from there: keeping a
             # second copy of every key here would double the memory of a large run.
             assert self.state is not None
-            self.state.record(outcomes, self.run_id, batch_id=batch_id)
+            following = None
+            if sent and batch_id is not None:
+                # A run that stops empties the queue from the main thread: never fail here then.
+                with contextlib.suppress(IndexError):
+                    following = self._unmarked.popleft()
+            if following is not None:
+                # The next batch waits in the sending thread: mark it in this commit.
+                following.batch_id = self.state.record_and_mark(
+                    outcomes, self.run_id, batch_id=batch_id, keys=following.keys
+                )
+            else:
+                self.state.record(outcomes, self.run_id, batch_id=batch_id)
         with self._lock:
             if self.writes_state:
                 self._pending_in_state += len(outcome.pending)
@@ -649,6 +676,14 @@ def _slices(outcome: BatchOutcome, size: int) -> Iterator[BatchOutcome]:
         items = iter(getattr(outcome, name).items())
         while part := dict(islice(items, size)):
             yield BatchOutcome(**{name: part})
+
+
+@dataclass(eq=False)
+class _Mark:
+    """A batch's keys and, once marked in flight in the state, its batch id."""
+
+    keys: list[str]
+    batch_id: str | None = None
 
 
 #: What :meth:`SyncRun._plan` appends to a reason's detail when it reports the reason again.

@@ -220,9 +220,13 @@ def plain_items(items: list[Any]) -> bool:
     for item in items:
         if type(item) is not dict:
             return False
-        for name in CONTACT_FIELDS:
-            value = item.get(name)
-            if value is not None and (type(value) is not str or len(value) > MAX_STRING):
+        # Every member, not only the contact fields: one pass over what the item holds (a
+        # member outside them that is not short text only sends the item to the full checks).
+        for name, value in item.items():
+            if type(value) is str:
+                if len(value) > MAX_STRING:
+                    return False
+            elif value is not None and name != "customFields":
                 return False
         customs = item.get("customFields")
         if customs is None:
