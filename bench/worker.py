@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 #: Functions whose cumulative time makes a stage (file name suffix, function name).
+#: Profile stages: (file suffix, function names); a function's calls are not nested in another's.
 STAGES: dict[str, tuple[str, str]] = {
     "read (read_sql_chunks)": ("sync/source.py", "_read_sql"),
     "fingerprint rows": ("sync/engine.py", "_fingerprints"),
@@ -28,7 +29,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "state lookup": ("sync/state.py", "lookup"),
     "push (adapter + HTTP)": ("sync/push.py", "push"),
     "HTTP wait (hook.request)": ("hooks/base.py", "request"),
-    "record (state writes)": ("sync/state.py", "record"),
+    "record (state writes)": ("sync/state.py", "record record_and_mark save_claims"),
     "confirm (read-back)": ("sync/engine.py", "confirm"),
     "finish (result from state)": ("sync/engine.py", "finish"),
 }
@@ -178,7 +179,12 @@ def stage_times(profile: cProfile.Profile, sender: cProfile.Profile, total: floa
     stages: dict[str, float] = {}
     for name, (suffix, function) in STAGES.items():
         stages[name] = round(
-            sum(v[3] for (file, _, func), v in table.items() if func == function and file.endswith(suffix)), 3
+            sum(
+                v[3]
+                for (file, _, func), v in table.items()
+                if func in function.split() and file.endswith(suffix)
+            ),
+            3,
         )
     top = sorted(table.items(), key=lambda item: item[1][2], reverse=True)[:15]
     return {
