@@ -6,6 +6,9 @@ being measured. On start it prints the accounts; then it answers commands:
 - ``{"cmd": "stats"}``: requests seen since the last reset, per service, by kind and status;
 - ``{"cmd": "reset"}``: forget the request log;
 - ``{"cmd": "new_sequences"}``: a fresh Reply and Whippy sequence (a clean slate per scenario);
+- ``{"cmd": "new_whippy_organization"}``: later Whippy sequences belong to a new organization,
+  with no contacts yet; answers its API key (Whippy matches contacts across an organization,
+  so one export's contacts would otherwise meet another export's);
 - ``{"cmd": "seed_reply_contacts", "emails": [...]}``: create Reply contacts (or find those
   that exist), answer their ids;
 - ``{"cmd": "quit"}``.
@@ -57,6 +60,7 @@ def main(argv: list[str] | None = None) -> None:
     r_account = seed_reply_account(reply)
     w_account = seed_whippy_account(whippy)
     counter = 0
+    organization = "org-1"  # the seeded account's
 
     def answer(value: Any) -> None:
         sys.stdout.write(json.dumps(value) + "\n")
@@ -95,9 +99,20 @@ def main(argv: list[str] | None = None) -> None:
                         "reply": reply.add_sequence(
                             f"Bench {counter}", owner_user_id=r_account.user_id, steps=3
                         ),
-                        "whippy": whippy.add_sequence(f"Bench {counter}", steps=["sms", "sms"]),
+                        "whippy": whippy.add_sequence(
+                            f"Bench {counter}", steps=["sms", "sms"], organization_id=organization
+                        ),
                     }
                 )
+            elif name == "new_whippy_organization":
+                counter += 1
+                organization = f"org-bench-{counter}"
+                key = f"{w_account.api_key}-{counter}"
+                whippy.add_api_key(key, organization)
+                whippy.add_channel(
+                    phone=w_account.channel_phone, name="Sales line", organization_id=organization
+                )
+                answer({"api_key": key})
             elif name == "seed_reply_contacts":
                 # Idempotent: a contact that exists already (seeded before) answers its id.
                 ids = []
