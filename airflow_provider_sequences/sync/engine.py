@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from airflow_provider_sequences.adapters.base import BatchOutcome, Identity, ServiceAdapter
+from airflow_provider_sequences.sync.hashes import HashIndex, hash_strings
 from airflow_provider_sequences.sync.identities import SharedIdentities
 from airflow_provider_sequences.sync.outcomes import (
     ENROLLMENT_UNCONFIRMED,
@@ -115,7 +116,8 @@ class SyncRun:
         #: the state (:meth:`confirm` reads them there), not held here for the whole run.
         self.pending: dict[str, Identity] = {}
         self._pending_in_state = 0
-        self._seen: set[str] = set()
+        #: Hashes of the keys read so far (see :mod:`~airflow_provider_sequences.sync.hashes`).
+        self._seen = HashIndex()
         self._buffer: list[pd.DataFrame] = []
         self._buffered = 0
         self._resent: set[str] = set()
@@ -168,9 +170,9 @@ class SyncRun:
                 self.state.settle_in_flight(
                     self._left_in_flight,
                     self.run_id,
-                    unresolved=sorted(self._left_in_flight_keys - self._seen),
+                    unresolved=self._unseen(self._left_in_flight_keys),
                 )
-            self._seen = set()  # a key per row read: free it before the result is built
+            self._seen = HashIndex()  # a hash per key read: free it before the result is built
         except BaseException:
             # Whatever stopped the run, what the service already answered is recorded.
             self._drain(quietly=True)
@@ -196,11 +198,11 @@ class SyncRun:
             ]
 
         # First occurrence of a key wins, across chunks, whether it is accepted or not.
-        seen = self._seen
-        earlier = np.fromiter((key in seen for key in keys), dtype=bool, count=len(keys))
-        first = ~pd.Series(keys).duplicated().to_numpy() & ~earlier
+        hashes = hash_strings(keys)
+        earlier, _ = self._seen.lookup(hashes)
+        first = ~pd.Series(hashes).duplicated().to_numpy() & ~earlier
         self.result.stats["duplicates"] += int((~first).sum())
-        seen.update(keys[first].tolist())
+        self._seen.add(hashes[first])
 
         planned = pd.DataFrame({"key": keys[first], "fingerprint": fingerprints[first]})
         handle, check = self._plan(planned)
@@ -236,6 +238,12 @@ class SyncRun:
         self._buffer.append(contacts)
         self._buffered += len(contacts)
         self._flush(final=False)
+
+    def _unseen(self, keys: set[str]) -> list[str]:
+        """The keys no row of this run had, sorted."""
+        ordered = sorted(keys)
+        found, _ = self._seen.lookup(hash_strings(ordered))
+        return [key for key, seen in zip(ordered, found, strict=True) if not seen]
 
     def _shared_identities(self) -> SharedIdentities | None:
         """Phones, emails and ids used so far, for services that merge contacts sharing one."""

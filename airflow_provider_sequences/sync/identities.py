@@ -8,6 +8,7 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from airflow_provider_sequences.sync.hashes import HashIndex, hash_strings
 from airflow_provider_sequences.sync.outcomes import SHARED_CONTACT
 from airflow_provider_sequences.sync.state import Claims
 
@@ -23,36 +24,6 @@ class ClaimStore(Protocol):
 
 #: Column of a batch: which of its values the run claimed first (bit i: ``fields[i]``).
 NEW_CLAIMS = "_new_claims"
-
-
-def hashes_of(values: _Array) -> _Array:
-    """64-bit hashes of strings, the same in every process (pandas' fixed hash key)."""
-    hashed: _Array = pd.util.hash_array(np.asarray(values, dtype=object), categorize=False)
-    return hashed
-
-
-class _Claimed:
-    """Hashes of the values of one field claimed so far, sorted, each with what the caller
-    needs of its claim: the source row (this run's claims) or the key's hash (earlier runs')."""
-
-    def __init__(self, payload: type[np.generic]) -> None:
-        self.hashes: _Array = np.empty(0, dtype=np.uint64)
-        self.payload: _Array = np.empty(0, dtype=payload)
-
-    def lookup(self, hashes: _Array) -> tuple[_Array, _Array]:
-        """For each hash: whether it is claimed, and its claim's payload (0 when not)."""
-        if not len(self.hashes):
-            return np.zeros(len(hashes), dtype=bool), np.zeros(len(hashes), dtype=self.payload.dtype)
-        at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
-        found = self.hashes[at] == hashes
-        return found, np.where(found, self.payload[at], 0)
-
-    def add(self, hashes: _Array, payload: _Array) -> None:
-        # One sorted insert per chunk: O(claimed) copying, no re-sort of what is there.
-        order = np.argsort(hashes, kind="stable")
-        at = np.searchsorted(self.hashes, hashes[order])
-        self.hashes = np.insert(self.hashes, at, hashes[order])
-        self.payload = np.insert(self.payload, at, payload[order].astype(self.payload.dtype))
 
 
 class SharedIdentities:
@@ -93,8 +64,8 @@ class SharedIdentities:
         self.store = store
         # This run's claims (payload: the source row) and earlier runs' (the key's hash): keys
         # are unique in a run, so only an earlier run's value can be the same key's own.
-        self._claimed = {name: _Claimed(np.int32) for name in self.fields}
-        self._earlier = {name: _Claimed(np.uint64) for name in self.fields}
+        self._claimed = {name: HashIndex(np.int32) for name in self.fields}
+        self._earlier = {name: HashIndex(np.uint64) for name in self.fields}
         self._loaded = store is None
         labels = [_LABELS.get(name, name) for name in matched_by or self.fields]
         listed = f"{', '.join(labels[:-1])} or {labels[-1]}" if len(labels) > 1 else "".join(labels)
@@ -108,7 +79,7 @@ class SharedIdentities:
         parts: dict[str, list[tuple[_Array, _Array]]] = {name: [] for name in self.fields}
         for claims in self.store.iter_claims():
             table = _unpack(claims)
-            holders = hashes_of(np.asarray(claims.keys, dtype=object))
+            holders = hash_strings(np.asarray(claims.keys, dtype=object))
             for column, name in enumerate(claims.fields):
                 if name in parts:
                     given = table[:, column] != 0
@@ -136,7 +107,7 @@ class SharedIdentities:
         if not self._loaded:
             self._load()
         rows = contacts["row"].to_numpy(dtype=np.int64)
-        key_hashes = hashes_of(contacts["key"].to_numpy())
+        key_hashes = hash_strings(contacts["key"].to_numpy())
         other_row = np.full(count, -2, dtype=np.int64)  # -2: not shared; -1: an earlier run's
         other_field = np.full(count, "", dtype=object)
         other_value = np.full(count, "", dtype=object)
@@ -149,9 +120,11 @@ class SharedIdentities:
             given = np.flatnonzero(pd.notna(column) & (column != ""))
             if not len(given):
                 continue
-            values, hashes, mine = column[given], hashes_of(column[given]), key_hashes[given]
+            values, hashes, mine = column[given], hash_strings(column[given]), key_hashes[given]
             in_run, claimed_row = self._claimed[name].lookup(hashes)
             before, holder = self._earlier[name].lookup(hashes)
+            assert claimed_row is not None
+            assert holder is not None
             claimed = in_run | before
             # A claimed value belongs to the key that claimed it (a key's own value from an
             # earlier run or attempt stays its own); an unclaimed one to its first row here.
@@ -199,7 +172,9 @@ class SharedIdentities:
         for bit, name in enumerate(self.fields):
             mine = rows[(new[rows] & (1 << bit)) != 0]
             if len(mine):
-                table[np.searchsorted(rows, mine), bit] = hashes_of(batch[name].to_numpy(dtype=object)[mine])
+                table[np.searchsorted(rows, mine), bit] = hash_strings(
+                    batch[name].to_numpy(dtype=object)[mine]
+                )
         return Claims(self.fields, batch["key"].to_numpy(dtype=object)[rows].tolist(), table.tobytes())
 
     def _details(self, fields: _Array, values: _Array, rows: _Array, hashes: _Array) -> list[str]:
