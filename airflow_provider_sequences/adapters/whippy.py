@@ -13,7 +13,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter, present
+from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter, column_values, present
 from airflow_provider_sequences.exceptions import (
     OutcomeUnknownError,
     SequencesApiError,
@@ -66,6 +66,56 @@ def to_item(record: Mapping[str, Any]) -> dict[str, Any]:
         if group in NESTED and part:
             item.setdefault(group, {})[part] = int(value) if group == "birth_date" else value
     return item
+
+
+def to_items(columns: Mapping[str, list[Any]], rows: int) -> list[dict[str, Any]]:
+    """:func:`to_item` of every row, from the batch's columns as :func:`column_values` gives
+    them (``None`` where missing); fields in the columns' order, as a record has them."""
+    items: list[dict[str, Any]] = [{} for _ in range(rows)]
+    groups: dict[str, list[dict[str, Any] | None]] = {}
+    for name, values in columns.items():
+        if name in WHIPPY_PLAIN_FIELDS:
+            for item, value in zip(items, values, strict=True):
+                if value is not None:
+                    item[name] = value
+            continue
+        group, _, part = name.partition(".")
+        if group not in NESTED or not part:
+            continue
+        # Each row's dict of this group, made (and put in the item) at its first value.
+        inner = groups.setdefault(group, [None] * rows)
+        birth_date = group == "birth_date"
+        for at, value in enumerate(values):
+            if value is None:
+                continue
+            held = inner[at]
+            if held is None:
+                held = inner[at] = items[at][group] = {}
+            held[part] = int(value) if birth_date else value
+    return items
+
+
+def _identities(keys: list[str], columns: Mapping[str, list[Any]]) -> Iterator[WhippyIdentity | None]:
+    """:meth:`WhippyAdapter.identity` of every row, from the batch's columns."""
+    missing = [None] * len(keys)
+    external_ids = columns.get("external_id", missing)
+    phones = columns.get("phone", missing)
+    emails = columns.get("email", missing)
+    for key, external_id, phone, email in zip(keys, external_ids, phones, emails, strict=True):
+        if external_id is not None:
+            text = external_id if type(external_id) is str else str(external_id)
+            yield key if text == key else text
+            continue
+        if phone is None and email is None:
+            yield None
+            continue
+        if phone is not None:
+            phone = str(phone)
+            phone = key if phone == key else phone
+        if email is not None:
+            email = str(email)
+            email = (key if email == key else email).lower()
+        yield phone, email
 
 
 #: What identifies a pending contact in a read-back, small because a run may hold a million:
@@ -223,6 +273,35 @@ class _Waiting:
             self._see(None, phone, None)
         for email in seen.emails:
             self._see(None, None, email)
+
+    def see_page(self, items: list[Any], tail: int) -> list[Mapping[str, Any]]:
+        """Take the keys a page's current step contacts identify; returns those of its items at
+        or past index ``tail`` that are current and took no key.
+
+        :meth:`see_item` of each, with the usual case (a key that is its own external id, no
+        other index left) in one dict lookup: a read-back sees a million of them."""
+        unmatched: list[Mapping[str, Any]] = []
+        pending, found, own_ids = self._pending, _FOUND, self._own_ids
+        for at, item in enumerate(items):
+            status = item.get("status")
+            current = type(status) is str and status in CURRENT_STATUSES
+            if not current and str(status or "").lower() not in CURRENT_STATUSES:
+                continue
+            contact = item.get("contact") or {}
+            external_id = contact.get("external_id")
+            if (
+                own_ids
+                and type(external_id) is str
+                and external_id  # an empty one identifies nothing, as in :meth:`see_item`
+                and not (self._by_external_id or self._by_phone or self._by_email)
+            ):
+                held = pending.get(external_id)
+                if held is not None and held is not found and type(held) is str and held == external_id:
+                    self._take(held)  # the pending key's own string, not the page's copy
+                    continue
+            if not self.see_item(item) and at >= tail:
+                unmatched.append(item)
+        return unmatched
 
     def see_item(self, item: Mapping[str, Any]) -> int:
         """Take the keys a step contact identifies; how many were still waiting."""
@@ -390,10 +469,13 @@ class WhippyAdapter(ServiceAdapter):
 
     def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
         fields = [c for c in batch.columns if c in WHIPPY_PLAIN_FIELDS or c.split(".", 1)[0] in NESTED]
-        records = batch[fields].to_dict("records")
+        # Column by column: a 4,000-row batch as records, item by item, cost more CPU than
+        # its request (the items and identities are the same as :func:`to_item` and
+        # :meth:`identity` make of each record).
+        columns = {name: column_values(batch[name]) for name in fields}
         outcome = BatchOutcome()
         keys = batch["key"].tolist()
-        items = [to_item(record) for record in records]
+        items = to_items(columns, len(keys))
         self._writes += 1
         self._pushed.append(_key_hashes(keys))
         try:
@@ -406,8 +488,7 @@ class WhippyAdapter(ServiceAdapter):
             self._lost_at = time.monotonic()
         else:
             self._accepted_at = time.monotonic()
-        for key, record in zip(keys, records, strict=True):
-            outcome.pending[key] = self.identity({**record, "key": key})
+        outcome.pending = dict(zip(keys, _identities(keys, columns), strict=True))
         return outcome
 
     def _create(self, items: list[dict[str, Any]]) -> None:
@@ -540,14 +621,11 @@ class WhippyAdapter(ServiceAdapter):
             items = page.get("data") or []
             total = int(page.get("total", 0))
             tail = self._cursor if self._cursor is not None else total
-            for at, item in enumerate(items, start=offset):
-                if str(item.get("status") or "").lower() not in CURRENT_STATUSES:
-                    continue
-                # Kept for later calls only when it matched no key now: a million matched
-                # ones would cost more than the run's keys, and the final full read (or
-                # the proof before a re-send) sees any contact again anyway.
-                if not waiting.see_item(item) and at >= tail:
-                    self._seen.add(item)
+            # Kept for later calls only when it matched no key now: a million matched
+            # ones would cost more than the run's keys, and the final full read (or
+            # the proof before a re-send) sees any contact again anyway.
+            for item in waiting.see_page(items, tail - offset):
+                self._seen.add(item)
             # Pages read from offset 0 on, one after the other, while the count stays the same.
             if offset == 0:
                 self._span = (total, len(items))

@@ -189,7 +189,7 @@ class WhippySimulator(WhippyState, Simulator):
             channels = self.list_channels(_org(request))
             return {"data": [c.to_api() for c in channels[offset : offset + limit]], "total": len(channels)}
 
-    def _list_step_contacts(self, sequence_id: str, request: Request) -> dict[str, Any]:
+    def _list_step_contacts(self, sequence_id: str, request: Request) -> JSONResponse:
         params = request.query_params
         limit, offset = self._page(params)
         status = params.get("status")
@@ -199,7 +199,10 @@ class WhippySimulator(WhippyState, Simulator):
         with self.lock:
             sequence = self._sequence_or_404(_org(request), sequence_id)
             records = self.filtered_step_contacts(sequence.id, step_ids, status)
-            return self._step_contact_page(records, limit, offset)
+            page = self._step_contact_page(records, limit, offset)
+        # The same JSON FastAPI makes of the dict, without its encoder's walk over every value
+        # (plain strings and None already): a read-back lists a million step contacts.
+        return JSONResponse(page)
 
     def _contact_sequences(
         self, contact_id: str, request: Request, payload: Annotated[Any, Body()] = None
