@@ -10,7 +10,7 @@ from typing import Any, ClassVar
 import requests
 
 from airflow_provider_sequences.exceptions import SequencesApiError
-from airflow_provider_sequences.hooks.base import RateBucket, SequencesHook, iso_datetime
+from airflow_provider_sequences.hooks.base import RateBucket, SequencesHook, decode_json, iso_datetime
 
 #: Documented limits per user: 100 requests a minute and 3,000 an hour.
 REPLY_REQUESTS_PER_MINUTE = 100
@@ -205,7 +205,7 @@ class ReplyHook(SequencesHook):
         if response.status_code == 202:
             job_path = response.headers.get("Location", "")
             return self.wait_for_background_job(job_path.rstrip("/").rsplit("/", 1)[-1])
-        result: dict[str, Any] = response.json()
+        result: dict[str, Any] = decode_json(response.content)
         return result
 
     def get_background_job(self, job_id: str) -> dict[str, Any]:

@@ -39,6 +39,7 @@ from airflow_provider_sequences.sync.state import (
     NOT_PROCESSED,
     PENDING,
     SENDING,
+    AddedKeys,
     KeyOutcome,
     SyncState,
 )
@@ -511,13 +512,9 @@ class SyncRun:
         sent: bool = False,
     ) -> None:
         """Record a batch's outcomes (``sent``: they answer a send, which counts as an attempt)."""
+        # Added keys (most of them) become rows without a KeyOutcome each: see AddedKeys.
+        added = AddedKeys(outcome.added, fingerprints, sent)
         outcomes = [
-            KeyOutcome(
-                key, ADDED, fingerprint=fingerprints.get(key), service_contact_id=contact_id, sent=sent
-            )
-            for key, contact_id in outcome.added.items()
-        ]
-        outcomes += [
             KeyOutcome(key, NOT_PROCESSED, reason, detail, fingerprint=fingerprints.get(key), sent=sent)
             for key, (reason, detail) in outcome.failed.items()
         ]
@@ -537,10 +534,10 @@ class SyncRun:
             if following is not None:
                 # The next batch waits in the sending thread: mark it in this commit.
                 following.batch_id = self.state.record_and_mark(
-                    outcomes, self.run_id, batch_id=batch_id, keys=following.keys
+                    outcomes, self.run_id, batch_id=batch_id, keys=following.keys, added=added
                 )
             else:
-                self.state.record(outcomes, self.run_id, batch_id=batch_id)
+                self.state.record(outcomes, self.run_id, batch_id=batch_id, added=added)
         with self._lock:
             if self.writes_state:
                 self._pending_in_state += len(outcome.pending)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -141,6 +141,21 @@ class Claims:
     fields: tuple[str, ...]
     keys: list[str]
     hashes: bytes
+
+
+@dataclass(frozen=True)
+class AddedKeys:
+    """A batch's added keys, recorded without a :class:`KeyOutcome` each: most of a large
+    run's outcomes are these, and building a frozen dataclass per key cost more than its row.
+
+    :param contact_ids: key -> the service's contact id.
+    :param fingerprints: key -> fingerprint (a key absent here records none).
+    :param sent: whether they answer a send (their attempts grow by one).
+    """
+
+    contact_ids: Mapping[str, str | None]
+    fingerprints: Mapping[str, str]
+    sent: bool = False
 
 
 @dataclass(frozen=True)
@@ -427,13 +442,22 @@ class SyncState:
 
     # -- writing ------------------------------------------------------------------------------
 
-    def record(self, outcomes: Iterable[KeyOutcome], run_id: str, *, batch_id: str | None = None) -> int:
+    def record(
+        self,
+        outcomes: Iterable[KeyOutcome],
+        run_id: str,
+        *,
+        batch_id: str | None = None,
+        added: AddedKeys | None = None,
+    ) -> int:
         """Upsert outcomes in one transaction; a key's attempts grow by one per send.
 
         :param batch_id: the batch these outcomes answer (see :meth:`mark_sending`): it stops
             being in flight in the same transaction.
+        :param added: added keys, recorded (before ``outcomes``) as if each were a
+            :class:`KeyOutcome` of status ``added``.
         """
-        rows = self._rows(outcomes, run_id)
+        rows = self._rows(outcomes, run_id, added)
         if not rows and batch_id is None:
             return 0
         with self.engine.begin() as connection:
@@ -441,28 +465,58 @@ class SyncState:
         return len(rows)
 
     def record_and_mark(
-        self, outcomes: Iterable[KeyOutcome], run_id: str, *, batch_id: str | None, keys: Sequence[str]
+        self,
+        outcomes: Iterable[KeyOutcome],
+        run_id: str,
+        *,
+        batch_id: str | None,
+        keys: Sequence[str],
+        added: AddedKeys | None = None,
     ) -> str:
         """:meth:`record` a batch's outcomes and :meth:`mark_sending` the next batch's ``keys``
         in one transaction; returns the new batch's id.
 
         A sync that sends batch after batch commits once per batch instead of twice.
         """
-        rows = self._rows(outcomes, run_id)
+        rows = self._rows(outcomes, run_id, added)
         flying = self._in_flight_row(keys, run_id)
         with self.engine.begin() as connection:
             self._write(connection, rows, batch_id)
             connection.execute(sa.insert(in_flight_table), flying)
         return str(flying["batch_id"])
 
-    def _rows(self, outcomes: Iterable[KeyOutcome], run_id: str) -> list[tuple[Any, ...]]:
+    def _rows(
+        self, outcomes: Iterable[KeyOutcome], run_id: str, added: AddedKeys | None = None
+    ) -> list[tuple[Any, ...]]:
         """State rows as tuples in the compiled statement's column order (see ``_COLUMNS``)."""
         now: Any = _now()
         if self._now_processor is not None:
             # Once per call, not once per row and column: it is the same moment for all.
             now = self._now_processor(now)
         scope = (self.scope.service, self.scope.connection_id, self.scope.sequence_id)
-        return [
+        rows: list[tuple[Any, ...]] = []
+        if added is not None:
+            # The same row a KeyOutcome(key, ADDED, ...) makes, with no object per key.
+            fingerprint, sent = added.fingerprints.get, 1 if added.sent else 0
+            rows = [
+                (
+                    *scope,
+                    key,
+                    ADDED,
+                    None,
+                    None,
+                    fingerprint(key),
+                    contact_id,
+                    None,
+                    sent,
+                    run_id,
+                    run_id,
+                    now,
+                    now,
+                )
+                for key, contact_id in added.contact_ids.items()
+            ]
+        return rows + [
             (
                 *scope,
                 o.key,

@@ -47,6 +47,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import msgspec
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
@@ -84,6 +85,13 @@ from airflow_provider_sequences.testing.reply_state import (
 
 #: Per acting user, shared by every key acting for them.
 RATE_LIMITS = [Limit(100, 60), Limit(3000, 3600)]
+
+
+def json_response(content: dict[str, Any]) -> Response:
+    """A 200 answer of plain JSON values, encoded by msgspec: returning the dict would send
+    it through FastAPI's jsonable_encoder, which walks every one of 1,000 items in Python.
+    The bytes are JSONResponse's (compact, UTF-8)."""
+    return Response(msgspec.json.encode(content), media_type="application/json")
 
 
 def rate_limit_identity(user_id: int) -> str:
@@ -315,7 +323,7 @@ class ReplySimulator(Simulator):
             return page([{f: link[f] for f in fields} for link in links], request)
 
         @app.post("/v3/sequences/{sequence_id}/contact-links/bulk")
-        async def bulk_add(sequence_id: str, request: Request) -> dict[str, Any]:
+        async def bulk_add(sequence_id: str, request: Request) -> Response:
             user_id = self._authorize(request, "sequences:operate")
             body = await json_body(request)
             if isinstance(body.get("contactIds"), list):
@@ -333,7 +341,7 @@ class ReplySimulator(Simulator):
                         ]
                     )
                 added, not_processed = self.state.bulk_add(sequence, user_id, parsed)
-            return {"added": added, "notProcessed": not_processed}
+            return json_response({"added": added, "notProcessed": not_processed})
 
         @app.post("/v3/sequences/{sequence_id}/contact-links/bulk-delete")
         async def bulk_delete(sequence_id: str, request: Request) -> dict[str, Any]:
@@ -407,7 +415,7 @@ class ReplySimulator(Simulator):
         with self.lock:
             result = self.state.import_contacts(user_id, items, item_errors, options)
             if self.import_async_threshold is None or len(items) <= self.import_async_threshold:
-                return result
+                return json_response(result)
             job = self.state.add_job(user_id, result, self.job_delay)
         return JSONResponse(
             {"jobId": job.id, "status": "Scheduled"},
