@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -53,24 +53,10 @@ def whippy_rules(*, email_required: bool) -> FieldRules:
     )
 
 
-def to_item(record: Mapping[str, Any]) -> dict[str, Any]:
-    """One prepared row as a ``to`` item, with ``address.city`` and the like nested."""
-    item: dict[str, Any] = {}
-    for name, value in record.items():
-        if not present(value):
-            continue
-        if name in WHIPPY_PLAIN_FIELDS:
-            item[name] = value
-            continue
-        group, _, part = name.partition(".")
-        if group in NESTED and part:
-            item.setdefault(group, {})[part] = int(value) if group == "birth_date" else value
-    return item
-
-
 def to_items(columns: Mapping[str, list[Any]], rows: int) -> list[dict[str, Any]]:
-    """:func:`to_item` of every row, from the batch's columns as :func:`column_values` gives
-    them (``None`` where missing); fields in the columns' order, as a record has them."""
+    """Every row as a ``to`` item, with ``address.city`` and the like nested, from the batch's
+    columns as :func:`column_values` gives them (``None`` where missing); fields in the
+    columns' order."""
     items: list[dict[str, Any]] = [{} for _ in range(rows)]
     groups: dict[str, list[dict[str, Any] | None]] = {}
     for name, values in columns.items():
@@ -95,7 +81,9 @@ def to_items(columns: Mapping[str, list[Any]], rows: int) -> list[dict[str, Any]
     return items
 
 
-def _identities(keys: list[str], columns: Mapping[str, list[Any]]) -> Iterator[WhippyIdentity | None]:
+def _identities(
+    keys: Sequence[str | None], columns: Mapping[str, list[Any]]
+) -> Iterator[WhippyIdentity | None]:
     """:meth:`WhippyAdapter.identity` of every row, from the batch's columns."""
     missing = [None] * len(keys)
     external_ids = columns.get("external_id", missing)
@@ -451,27 +439,16 @@ class WhippyAdapter(ServiceAdapter):
         """The external id, else (phone, lowercase email): see :class:`_Waiting`. A value equal to
         the row's ``key`` is that same string, so that a key that is its own external id or
         phone costs nothing more while it waits."""
-        key = row.get("key")
-
-        def value(name: str) -> str | None:
-            if name not in row or not present(row[name]):
-                return None
-            text = str(row[name])
-            return key if text == key else text
-
-        external_id = value("external_id")
-        if external_id is not None:
-            return external_id
-        phone, email = value("phone"), value("email")
-        if phone is None and email is None:
-            return None
-        return phone, email.lower() if email is not None else None
+        columns = {
+            name: [row[name] if name in row and present(row[name]) else None]
+            for name in ("external_id", "phone", "email")
+        }
+        return next(_identities([row.get("key")], columns))
 
     def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
         fields = [c for c in batch.columns if c in WHIPPY_PLAIN_FIELDS or c.split(".", 1)[0] in NESTED]
         # Column by column: a 4,000-row batch as records, item by item, cost more CPU than
-        # its request (the items and identities are the same as :func:`to_item` and
-        # :meth:`identity` make of each record).
+        # its request (the identities are the ones :meth:`identity` makes of each record).
         columns = {name: column_values(batch[name]) for name in fields}
         outcome = BatchOutcome()
         keys = batch["key"].tolist()

@@ -40,6 +40,7 @@ from airflow_provider_sequences.sync.state import (
     PENDING,
     SENDING,
     AddedKeys,
+    Claims,
     KeyOutcome,
     SyncState,
 )
@@ -463,11 +464,10 @@ class SyncRun:
             for key, row in zip(keys, batch.to_dict("records"), strict=True):
                 if key in outcome.pending and not outcome.pending[key]:
                     outcome.pending[key] = self.adapter.identity(row) or {}
-        if self._identities is not None and self.writes_state:
-            assert self.state is not None
-            # Before the outcome: a crash in between leaves the batch in flight, and its claims.
-            self.state.save_claims(self._identities.claims_of(batch))
-        self._record(outcome, fingerprints, batch_id=batch_id, sent=True)
+        # Stored in the outcome's commit: a crash before it leaves the batch in flight, and
+        # the retry prepares (and claims) its rows again.
+        claims = self._identities.claims_of(batch) if self._identities is not None else None
+        self._record(outcome, fingerprints, batch_id=batch_id, sent=True, claims=claims)
 
     def _settle_oldest(self) -> None:
         future = self._in_flight.popleft()
@@ -510,8 +510,10 @@ class SyncRun:
         *,
         batch_id: str | None = None,
         sent: bool = False,
+        claims: Claims | None = None,
     ) -> None:
-        """Record a batch's outcomes (``sent``: they answer a send, which counts as an attempt)."""
+        """Record a batch's outcomes (``sent``: they answer a send, which counts as an attempt;
+        ``claims``: the values it sent, see :class:`SharedIdentities`)."""
         # Added keys (most of them) become rows without a KeyOutcome each: see AddedKeys.
         added = AddedKeys(outcome.added, fingerprints, sent)
         outcomes = [
@@ -534,10 +536,10 @@ class SyncRun:
             if following is not None:
                 # The next batch waits in the sending thread: mark it in this commit.
                 following.batch_id = self.state.record_and_mark(
-                    outcomes, self.run_id, batch_id=batch_id, keys=following.keys, added=added
+                    outcomes, self.run_id, batch_id=batch_id, keys=following.keys, added=added, claims=claims
                 )
             else:
-                self.state.record(outcomes, self.run_id, batch_id=batch_id, added=added)
+                self.state.record(outcomes, self.run_id, batch_id=batch_id, added=added, claims=claims)
         with self._lock:
             if self.writes_state:
                 self._pending_in_state += len(outcome.pending)

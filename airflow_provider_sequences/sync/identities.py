@@ -38,11 +38,11 @@ class SharedIdentities:
 
     Values are kept as 64-bit hashes: this run's with the row that used them (12 bytes a value,
     so a run of a million rows with a phone and an email holds about 24 MB), earlier runs' with
-    a hash of the key that sent them. With a ``store``, the
-    claims of earlier runs are loaded at the first chunk that has something to send (an
-    unchanged night reads none); the caller saves each batch's :meth:`claims_of` once its
-    request was answered (a batch whose answer a crash interrupted is still in flight, so the
-    retry prepares its rows, and claims their values, again).
+    a hash of the key that sent them. With a ``store``, the claims of earlier runs are loaded
+    at the first chunk that has something to send (an unchanged night reads none); the caller
+    stores each batch's :meth:`claims_of` with its outcome (a batch whose answer a crash
+    interrupted is still in flight, so the retry prepares its rows, and claims their values,
+    again).
 
     :param fields: the contact fields the service matches contacts by.
     :param service: the service's name, for the details.

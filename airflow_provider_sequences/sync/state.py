@@ -367,23 +367,6 @@ class SyncState:
             finally:
                 cursor.close()
 
-    def keys_with_status(self, status: str, *, run_id: str | None = None) -> pd.DataFrame:
-        """Keys in one status (optionally of one run), with their identity and fingerprint."""
-        query = sa.select(
-            state_table.c.contact_key,
-            state_table.c.identity,
-            state_table.c.fingerprint,
-            state_table.c.attempts,
-            state_table.c.last_run_id,
-        ).where(self._where(state_table), state_table.c.status == status)
-        if run_id is not None:
-            query = query.where(state_table.c.last_run_id == run_id)
-        with self.engine.connect() as connection:
-            rows = connection.execute(query).all()
-        return pd.DataFrame(
-            rows, columns=["contact_key", "identity", "fingerprint", "attempts", "last_run_id"]
-        )
-
     def pending_identities(self, run_id: str) -> dict[str, Any]:
         """Keys ``run_id`` left pending, with their identity (the stored JSON, loaded; ``{}``
         when none was stored).
@@ -449,6 +432,7 @@ class SyncState:
         *,
         batch_id: str | None = None,
         added: AddedKeys | None = None,
+        claims: Claims | None = None,
     ) -> int:
         """Upsert outcomes in one transaction; a key's attempts grow by one per send.
 
@@ -456,12 +440,13 @@ class SyncState:
             being in flight in the same transaction.
         :param added: added keys, recorded (before ``outcomes``) as if each were a
             :class:`KeyOutcome` of status ``added``.
+        :param claims: the sent batch's claims (see :class:`Claims`), stored in the same commit.
         """
         rows = self._rows(outcomes, run_id, added)
-        if not rows and batch_id is None:
+        if not rows and batch_id is None and claims is None:
             return 0
         with self.engine.begin() as connection:
-            self._write(connection, rows, batch_id)
+            self._write(connection, rows, batch_id, claims)
         return len(rows)
 
     def record_and_mark(
@@ -472,6 +457,7 @@ class SyncState:
         batch_id: str | None,
         keys: Sequence[str],
         added: AddedKeys | None = None,
+        claims: Claims | None = None,
     ) -> str:
         """:meth:`record` a batch's outcomes and :meth:`mark_sending` the next batch's ``keys``
         in one transaction; returns the new batch's id.
@@ -481,7 +467,7 @@ class SyncState:
         rows = self._rows(outcomes, run_id, added)
         flying = self._in_flight_row(keys, run_id)
         with self.engine.begin() as connection:
-            self._write(connection, rows, batch_id)
+            self._write(connection, rows, batch_id, claims)
             connection.execute(sa.insert(in_flight_table), flying)
         return str(flying["batch_id"])
 
@@ -535,7 +521,15 @@ class SyncState:
             for o in outcomes
         ]
 
-    def _write(self, connection: sa.Connection, rows: list[tuple[Any, ...]], batch_id: str | None) -> None:
+    def _write(
+        self,
+        connection: sa.Connection,
+        rows: list[tuple[Any, ...]],
+        batch_id: str | None,
+        claims: Claims | None = None,
+    ) -> None:
+        if claims is not None:
+            connection.execute(sa.insert(claims_table), self._claims_row(claims))
         if batch_id is not None:
             connection.execute(
                 sa.delete(in_flight_table).where(
@@ -669,10 +663,15 @@ class SyncState:
     # -- claims (services that merge contacts sharing a phone, email or external id) ----------
 
     def save_claims(self, claims: Claims | None) -> None:
-        """Store one batch's claims (see :class:`Claims`); ``None`` stores nothing."""
+        """Store one batch's claims on their own (a sync stores them with the batch's outcome:
+        see :meth:`record`); ``None`` stores nothing."""
         if claims is None:
             return
-        row = {
+        with self.engine.begin() as connection:
+            connection.execute(sa.insert(claims_table), self._claims_row(claims))
+
+    def _claims_row(self, claims: Claims) -> dict[str, Any]:
+        return {
             "service": self.scope.service,
             "connection_id": self.scope.connection_id,
             "sequence_id": self.scope.sequence_id,
@@ -682,8 +681,6 @@ class SyncState:
             "value_hashes": claims.hashes,
             "created_at": _now(),
         }
-        with self.engine.begin() as connection:
-            connection.execute(sa.insert(claims_table), row)
 
     def iter_claims(self) -> Iterator[Claims]:
         """Every batch's claims in this scope, oldest first."""
