@@ -225,6 +225,39 @@ def test_run_outcomes_are_the_keys_a_run_wrote_last(state: SyncState) -> None:
     assert list(SyncState(state.engine, Scope("reply", "reply_default", "1002")).run_outcomes("run-1")) == []
 
 
+def test_promote_pending_records_a_runs_pending_keys_as_added_only_when_the_count_matches(
+    state: SyncState,
+) -> None:
+    identity = {"email": "p@example.com"}
+    state.record(
+        [KeyOutcome(k, PENDING, fingerprint=f"f{k}", identity=identity, sent=True) for k in "pqr"], "run-1"
+    )
+    state.record([KeyOutcome("s", PENDING, sent=True)], "run-2")  # another run's: never touched
+    other = SyncState(state.engine, Scope("reply", "reply_default", "1002"))
+    other.record([KeyOutcome("p", PENDING, sent=True)], "run-1")  # another scope's: never touched
+    before = rows_of(state.to_frame())
+
+    # The caller found two keys, but three are pending: nothing changes.
+    assert not state.promote_pending("run-1", expected=2)
+    assert rows_of(state.to_frame()) == before
+
+    state.record([KeyOutcome("r", NOT_PROCESSED, "notEnrolled", "not in the step")], "run-1")
+    assert state.promote_pending("run-1", expected=2)
+    rows = rows_of(state.to_frame())
+    assert {k: rows[k]["status"] for k in "pqrs"} == {
+        "p": ADDED,
+        "q": ADDED,
+        "r": NOT_PROCESSED,
+        "s": PENDING,
+    }
+    # Only the status moves: what the send recorded stays, as the per-key upsert kept it.
+    p = rows["p"]
+    assert (p["attempts"], p["fingerprint"], p["last_run_id"], p["reason"]) == (1, "fp", "run-1", None)
+    assert json.loads(p["identity"]) == identity
+    assert p["updated_at"] >= before["p"]["updated_at"]
+    assert rows_of(other.to_frame())["p"]["status"] == PENDING
+
+
 def test_to_frame_is_the_table_users_read(engine: sa.Engine, state: SyncState) -> None:
     empty = state.to_frame()
     assert empty.empty

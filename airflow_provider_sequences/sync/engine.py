@@ -600,12 +600,34 @@ class SyncRun:
         if not pending:
             return
         self.log.info("Waiting for %s to confirm %d contacts", self.adapter.service, len(pending))
+        expected = len(pending)
         outcome = self.adapter.confirm(pending, timeout=timeout or self.options.enrollment_timeout)
         del pending
+        if self.writes_state and self._only_statuses(outcome, expected):
+            assert self.state is not None
+            # Failures first: then the run's pending rows are exactly the keys found, and one
+            # update records them (a row per key cost most of the confirm at a million keys).
+            for part in _slices(BatchOutcome(failed=outcome.failed), CONFIRM_RECORD_SLICE):
+                self._record(part, {})
+            outcome.failed = {}
+            if self.state.promote_pending(self.run_id, len(outcome.added)):
+                with self._lock:
+                    self._counts["added"] += len(outcome.added)
+                outcome.added = {}
         # In slices: the rows of a million outcomes at once would cost more than the run's keys.
         for part in _slices(outcome, CONFIRM_RECORD_SLICE):
             self._record(part, {})
         self._count_requests()
+
+    @staticmethod
+    def _only_statuses(outcome: BatchOutcome, expected: int) -> bool:
+        """Whether a read-back settles each of the ``expected`` pending keys with a status alone
+        (added without a contact id, or failed)."""
+        return (
+            not outcome.pending
+            and len(outcome.added) + len(outcome.failed) == expected
+            and all(contact_id is None for contact_id in outcome.added.values())
+        )
 
     def finish(self) -> SyncResult:
         """The run's result. With a state, it is read back from it, so a resumed or deferred

@@ -129,6 +129,10 @@ def _frame(rows: list[tuple[Any, ...]], columns: Sequence[str]) -> pd.DataFrame:
     )
 
 
+#: ``json.dumps(identity, sort_keys=True)`` without building an encoder per call (a run
+#: stores an identity per pending key).
+_identity_json = json.JSONEncoder(sort_keys=True).encode
+
 #: The state table's columns in the order :meth:`SyncState.record` builds its rows.
 _COLUMNS = tuple(column.name for column in state_table.columns)
 
@@ -511,7 +515,7 @@ class SyncState:
                 o.detail,
                 o.fingerprint,
                 o.service_contact_id,
-                json.dumps(o.identity, sort_keys=True) if o.identity else None,
+                _identity_json(o.identity) if o.identity else None,
                 1 if o.sent or o.status == SENDING else 0,
                 run_id,
                 run_id,
@@ -544,6 +548,26 @@ class SyncState:
             connection.exec_driver_sql(self._raw_upsert, rows)
         else:
             connection.execute(self._upsert(), [dict(zip(_COLUMNS, row, strict=True)) for row in rows])
+
+    def promote_pending(self, run_id: str, expected: int) -> bool:
+        """Record every key ``run_id`` left pending as added, in one statement, when exactly
+        ``expected`` keys are pending; otherwise change nothing and return False.
+
+        A read-back that found its keys would otherwise upsert a row per key (most of the
+        confirm's cost at a million keys). The count guards the shortcut: it holds only when
+        the keys still pending are the ones the caller found.
+        """
+        table = state_table
+        statement = (
+            sa.update(table)
+            .where(self._where(table), table.c.last_run_id == run_id, table.c.status == PENDING)
+            .values(status=ADDED, reason=None, detail=None, updated_at=_now())
+        )
+        with self.engine.connect() as connection, connection.begin() as transaction:
+            if connection.execute(statement).rowcount == expected:
+                return True
+            transaction.rollback()
+        return False
 
     def mark_sending(self, keys: Sequence[str], run_id: str) -> str:
         """Record that a batch of keys is about to be sent; returns the batch's id."""
