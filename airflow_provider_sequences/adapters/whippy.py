@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Collection, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 from itertools import islice
@@ -589,32 +590,24 @@ class WhippyAdapter(ServiceAdapter):
         Only step contacts that are pending or active count: a contact that went through the
         step before keeps its finished step contact there, and Whippy may ignore it now.
         Contacts past the tail's cursor that matched no key are remembered for later calls.
+
+        Each page is requested as soon as the one before it arrived, and fetched (by one other
+        thread) while that one is matched: the same requests in the same order, but Whippy
+        builds a page while this process reads the last one.
         """
         offset = start
-        while True:
-            page = self.hook.list_sequence_contacts(
-                self.sequence_id, limit=WHIPPY_MAX_PAGE, offset=offset, step_ids=[str(self.step_id)]
-            )
-            items = page.get("data") or []
-            total = int(page.get("total", 0))
-            tail = self._cursor if self._cursor is not None else total
-            # Kept for later calls only when it matched no key now: a million matched
-            # ones would cost more than the run's keys, and the final full read (or
-            # the proof before a re-send) sees any contact again anyway.
-            for item in waiting.see_page(items, tail - offset):
-                self._seen.add(item)
-            # Pages read from offset 0 on, one after the other, while the count stays the same.
-            if offset == 0:
-                self._span = (total, len(items))
-            elif self._span == (total, offset):
-                self._span = (total, offset + len(items))
-            else:
-                self._span = None
-            offset += len(items)
-            if self._cursor is not None and self._cursor < offset <= total:
-                self._cursor = offset  # page by page: a read that fails half-way keeps what it read
-            if not items or offset >= total:
-                break
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="whippy-read") as fetcher:
+            following = self._fetch(fetcher, offset)
+            while True:
+                page = following.result()
+                items = page.get("data") or []
+                total = int(page.get("total", 0))
+                done = not items or offset + len(items) >= total
+                if not done:
+                    following = self._fetch(fetcher, offset + len(items))
+                offset = self._take_page(waiting, items, total, offset)
+                if done:
+                    break
         if self._cursor is None:
             # The first read: what follows is the tail (the start of this run's contacts only
             # when nothing was written yet).
@@ -624,6 +617,35 @@ class WhippyAdapter(ServiceAdapter):
         elif total < self._cursor:
             self._cursor = total  # the step shrank: the final full read is the proof, not the tail
         return total
+
+    def _fetch(self, fetcher: ThreadPoolExecutor, offset: int) -> Future[dict[str, Any]]:
+        return fetcher.submit(
+            self.hook.list_sequence_contacts,
+            self.sequence_id,
+            limit=WHIPPY_MAX_PAGE,
+            offset=offset,
+            step_ids=[str(self.step_id)],
+        )
+
+    def _take_page(self, waiting: _Waiting, items: list[Any], total: int, offset: int) -> int:
+        """Match one page read at ``offset``; returns the offset after it."""
+        tail = self._cursor if self._cursor is not None else total
+        # Kept for later calls only when it matched no key now: a million matched ones would
+        # cost more than the run's keys, and the final full read (or the proof before a
+        # re-send) sees any contact again anyway.
+        for item in waiting.see_page(items, tail - offset):
+            self._seen.add(item)
+        # Pages read from offset 0 on, one after the other, while the count stays the same.
+        if offset == 0:
+            self._span = (total, len(items))
+        elif self._span == (total, offset):
+            self._span = (total, offset + len(items))
+        else:
+            self._span = None
+        offset += len(items)
+        if self._cursor is not None and self._cursor < offset <= total:
+            self._cursor = offset  # page by page: a read that fails half-way keeps what it read
+        return offset
 
     def _proven(self) -> bool:
         """Whether the last pages read cover the whole step, from offset 0 on, with its count the

@@ -42,6 +42,7 @@ from airflow_provider_sequences.sync.state import (
     AddedKeys,
     Claims,
     KeyOutcome,
+    PendingKeys,
     SyncState,
 )
 
@@ -514,15 +515,12 @@ class SyncRun:
     ) -> None:
         """Record a batch's outcomes (``sent``: they answer a send, which counts as an attempt;
         ``claims``: the values it sent, see :class:`SharedIdentities`)."""
-        # Added keys (most of them) become rows without a KeyOutcome each: see AddedKeys.
+        # Added and pending keys (most of them) become rows without a KeyOutcome each.
         added = AddedKeys(outcome.added, fingerprints, sent)
+        pending = PendingKeys(outcome.pending, fingerprints, sent)
         outcomes = [
             KeyOutcome(key, NOT_PROCESSED, reason, detail, fingerprint=fingerprints.get(key), sent=sent)
             for key, (reason, detail) in outcome.failed.items()
-        ]
-        outcomes += [
-            KeyOutcome(key, PENDING, fingerprint=fingerprints.get(key), identity=identity, sent=sent)
-            for key, identity in outcome.pending.items()
         ]
         if self.writes_state:
             # The state holds the outcomes and :meth:`finish` reads them from there: keeping a
@@ -536,10 +534,18 @@ class SyncRun:
             if following is not None:
                 # The next batch waits in the sending thread: mark it in this commit.
                 following.batch_id = self.state.record_and_mark(
-                    outcomes, self.run_id, batch_id=batch_id, keys=following.keys, added=added, claims=claims
+                    outcomes,
+                    self.run_id,
+                    batch_id=batch_id,
+                    keys=following.keys,
+                    added=added,
+                    pending=pending,
+                    claims=claims,
                 )
             else:
-                self.state.record(outcomes, self.run_id, batch_id=batch_id, added=added, claims=claims)
+                self.state.record(
+                    outcomes, self.run_id, batch_id=batch_id, added=added, pending=pending, claims=claims
+                )
         with self._lock:
             if self.writes_state:
                 self._pending_in_state += len(outcome.pending)

@@ -163,6 +163,21 @@ class AddedKeys:
 
 
 @dataclass(frozen=True)
+class PendingKeys:
+    """A batch's pending keys (accepted, not confirmed yet), recorded without a
+    :class:`KeyOutcome` each, like :class:`AddedKeys`: a Whippy run records one per contact.
+
+    :param identities: key -> what identifies it in a read-back (JSON-able; empty: nothing).
+    :param fingerprints: key -> fingerprint (a key absent here records none).
+    :param sent: whether they answer a send (their attempts grow by one).
+    """
+
+    identities: Mapping[str, Any]
+    fingerprints: Mapping[str, str]
+    sent: bool = False
+
+
+@dataclass(frozen=True)
 class KeyOutcome:
     """One key's outcome in a batch, as recorded."""
 
@@ -436,6 +451,7 @@ class SyncState:
         *,
         batch_id: str | None = None,
         added: AddedKeys | None = None,
+        pending: PendingKeys | None = None,
         claims: Claims | None = None,
     ) -> int:
         """Upsert outcomes in one transaction; a key's attempts grow by one per send.
@@ -444,9 +460,11 @@ class SyncState:
             being in flight in the same transaction.
         :param added: added keys, recorded (before ``outcomes``) as if each were a
             :class:`KeyOutcome` of status ``added``.
+        :param pending: pending keys, recorded (before ``outcomes``) as if each were a
+            :class:`KeyOutcome` of status ``pending``.
         :param claims: the sent batch's claims (see :class:`Claims`), stored in the same commit.
         """
-        rows = self._rows(outcomes, run_id, added)
+        rows = self._rows(outcomes, run_id, added, pending)
         if not rows and batch_id is None and claims is None:
             return 0
         with self.engine.begin() as connection:
@@ -461,6 +479,7 @@ class SyncState:
         batch_id: str | None,
         keys: Sequence[str],
         added: AddedKeys | None = None,
+        pending: PendingKeys | None = None,
         claims: Claims | None = None,
     ) -> str:
         """:meth:`record` a batch's outcomes and :meth:`mark_sending` the next batch's ``keys``
@@ -468,7 +487,7 @@ class SyncState:
 
         A sync that sends batch after batch commits once per batch instead of twice.
         """
-        rows = self._rows(outcomes, run_id, added)
+        rows = self._rows(outcomes, run_id, added, pending)
         flying = self._in_flight_row(keys, run_id)
         with self.engine.begin() as connection:
             self._write(connection, rows, batch_id, claims)
@@ -476,7 +495,11 @@ class SyncState:
         return str(flying["batch_id"])
 
     def _rows(
-        self, outcomes: Iterable[KeyOutcome], run_id: str, added: AddedKeys | None = None
+        self,
+        outcomes: Iterable[KeyOutcome],
+        run_id: str,
+        added: AddedKeys | None = None,
+        pending: PendingKeys | None = None,
     ) -> list[tuple[Any, ...]]:
         """State rows as tuples in the compiled statement's column order (see ``_COLUMNS``)."""
         now: Any = _now()
@@ -505,6 +528,26 @@ class SyncState:
                     now,
                 )
                 for key, contact_id in added.contact_ids.items()
+            ]
+        if pending is not None:
+            fingerprint, sent = pending.fingerprints.get, 1 if pending.sent else 0
+            rows += [
+                (
+                    *scope,
+                    key,
+                    PENDING,
+                    None,
+                    None,
+                    fingerprint(key),
+                    None,
+                    _identity_json(identity) if identity else None,
+                    sent,
+                    run_id,
+                    run_id,
+                    now,
+                    now,
+                )
+                for key, identity in pending.identities.items()
             ]
         return rows + [
             (
