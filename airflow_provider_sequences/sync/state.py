@@ -17,6 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
@@ -132,6 +133,8 @@ def _frame(rows: list[tuple[Any, ...]], columns: Sequence[str]) -> pd.DataFrame:
 #: ``json.dumps(identity, sort_keys=True)`` without building an encoder per call (a run
 #: stores an identity per pending key).
 _identity_json = json.JSONEncoder(sort_keys=True).encode
+#: ``json.loads``, about 3x faster: a Whippy read-back loads an identity per pending key.
+_load_identity = msgspec.json.decode
 
 #: The state table's columns in the order :meth:`SyncState.record` builds its rows.
 _COLUMNS = tuple(column.name for column in state_table.columns)
@@ -404,7 +407,7 @@ class SyncState:
                 cursor.execute(sql, (*self._scope_params, PENDING, run_id))
                 while rows := cursor.fetchmany(10_000):
                     for key, identity in rows:
-                        value = json.loads(identity) if identity else {}
+                        value = _load_identity(identity) if identity else {}
                         found[key] = key if value == key else value
             finally:
                 cursor.close()

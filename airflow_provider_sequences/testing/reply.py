@@ -47,13 +47,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import msgspec
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow_provider_sequences.testing.base import Simulator
+from airflow_provider_sequences.testing.base import Simulator, json_response
 from airflow_provider_sequences.testing.faults import CannedResponse
 from airflow_provider_sequences.testing.ratelimit import Limit
 from airflow_provider_sequences.testing.reply_requests import (
@@ -85,13 +84,6 @@ from airflow_provider_sequences.testing.reply_state import (
 
 #: Per acting user, shared by every key acting for them.
 RATE_LIMITS = [Limit(100, 60), Limit(3000, 3600)]
-
-
-def json_response(content: dict[str, Any]) -> Response:
-    """A 200 answer of plain JSON values, encoded by msgspec: returning the dict would send
-    it through FastAPI's jsonable_encoder, which walks every one of 1,000 items in Python.
-    The bytes are JSONResponse's (compact, UTF-8)."""
-    return Response(msgspec.json.encode(content), media_type="application/json")
 
 
 def rate_limit_identity(user_id: int) -> str:

@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow_provider_sequences.testing.base import Simulator
+from airflow_provider_sequences.testing.base import Simulator, json_response
 from airflow_provider_sequences.testing.faults import CannedResponse
 from airflow_provider_sequences.testing.ratelimit import Limit
 from airflow_provider_sequences.testing.whippy_state import (
@@ -189,7 +189,7 @@ class WhippySimulator(WhippyState, Simulator):
             channels = self.list_channels(_org(request))
             return {"data": [c.to_api() for c in channels[offset : offset + limit]], "total": len(channels)}
 
-    def _list_step_contacts(self, sequence_id: str, request: Request) -> JSONResponse:
+    def _list_step_contacts(self, sequence_id: str, request: Request) -> Response:
         params = request.query_params
         limit, offset = self._page(params)
         status = params.get("status")
@@ -202,7 +202,7 @@ class WhippySimulator(WhippyState, Simulator):
             page = self._step_contact_page(records, limit, offset)
         # The same JSON FastAPI makes of the dict, without its encoder's walk over every value
         # (plain strings and None already): a read-back lists a million step contacts.
-        return JSONResponse(page)
+        return json_response(page)
 
     def _contact_sequences(
         self, contact_id: str, request: Request, payload: Annotated[Any, Body()] = None

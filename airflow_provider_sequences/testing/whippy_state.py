@@ -10,11 +10,12 @@ contact lacking what the step's channel needs is silently ignored.
 from __future__ import annotations
 
 import copy
+import itertools
 import logging
-import os
 import re
 import threading
 import time
+import uuid
 from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -49,10 +50,14 @@ def iso(moment: datetime) -> str:
 
 
 def new_id() -> str:
-    """A random (version 4) UUID's text; built from the bytes directly, as ``str(uuid4())``
-    cost a third of the simulator's background work at a million contacts."""
-    h = os.urandom(16).hex()
-    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{'89ab'[int(h[16], 16) & 3]}{h[17:20]}-{h[20:]}"
+    """A new id shaped like Whippy's (a version 4 UUID's text), unique in this process: a
+    random prefix and a counter, as ``str(uuid4())`` cost a third of the simulator's
+    background work at a million contacts."""
+    return f"{_ID_PREFIX}{next(_id_counter):012x}"
+
+
+_ID_PREFIX = str(uuid.uuid4())[:24]  # "xxxxxxxx-xxxx-4xxx-yxxx-"
+_id_counter = itertools.count(1)  # next() on it is atomic under the GIL
 
 
 @dataclass(frozen=True)
