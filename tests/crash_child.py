@@ -95,11 +95,16 @@ def _pausing_push(adapter: ServiceAdapter, pause: Pause) -> None:
     push = adapter.push
     calls = 0
 
-    def wrapped(batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
+    def wrapped(
+        batch: pd.DataFrame,
+        *,
+        resent_keys: frozenset[str] = frozenset(),
+        items: list[dict[str, Any]] | None = None,
+    ) -> BatchOutcome:
         nonlocal calls
         calls += 1
         pause("push_start", calls)
-        outcome = push(batch, resent_keys=resent_keys)
+        outcome = push(batch, resent_keys=resent_keys, items=items)
         pause("push_done", calls)
         return outcome
 

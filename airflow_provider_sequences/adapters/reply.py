@@ -147,14 +147,24 @@ class ReplyAdapter(ServiceAdapter):
         fields = [e.get("field") or "" for e in error.errors]
         return bool(fields) and all(f.startswith(("items[", "contactIds[")) for f in fields)
 
-    def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
+    def items(self, batch: pd.DataFrame) -> list[dict[str, Any]] | None:
+        """Import items (none when the rows carry Reply contact ids: nothing is imported)."""
+        return None if self.with_contact_ids else contact_items(batch)
+
+    def push(
+        self,
+        batch: pd.DataFrame,
+        *,
+        resent_keys: frozenset[str] = frozenset(),
+        items: list[dict[str, Any]] | None = None,
+    ) -> BatchOutcome:
         outcome = BatchOutcome()
         keys = batch["key"].tolist()
         ids: list[int | None]
         if self.with_contact_ids:
             ids = [int(i) for i in batch["id"].tolist()]
         else:
-            ids = self._import(batch, outcome)
+            ids = self._import(batch, outcome, contact_items(batch) if items is None else items)
         key_by_id: dict[int, str] = {}
         # Rows that are one Reply contact (one email or id under two keys) are added once.
         same_contact: dict[str, int] = {}
@@ -201,8 +211,9 @@ class ReplyAdapter(ServiceAdapter):
                 outcome.failed[key] = outcome.failed[first]
         return outcome
 
-    def _import(self, batch: pd.DataFrame, outcome: BatchOutcome) -> list[int | None]:
-        items = contact_items(batch)
+    def _import(
+        self, batch: pd.DataFrame, outcome: BatchOutcome, items: list[dict[str, Any]]
+    ) -> list[int | None]:
         answer = self.hook.import_contacts(items, overwrite_existing=self.enrolment.overwrite_existing)
         results = answer.get("items") or []
         ids: list[int | None] = []

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
+from typing import Any
 
 import pandas as pd
 
@@ -42,8 +43,15 @@ class Pusher:
         """Whether sending stopped because the service kept failing."""
         return self._stopped
 
-    def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
-        """Send one batch and say what became of every key in it."""
+    def push(
+        self,
+        batch: pd.DataFrame,
+        *,
+        resent_keys: frozenset[str] = frozenset(),
+        items: list[dict[str, Any]] | None = None,
+    ) -> BatchOutcome:
+        """Send one batch and say what became of every key in it (``items``: the adapter's
+        :meth:`~ServiceAdapter.items` of the batch, if built already)."""
         if self._refused is not None:
             # A batch already queued behind the refused one is not sent: it would be refused too.
             raise self._refused
@@ -54,12 +62,18 @@ class Pusher:
                 f"not sent: the previous {self.max_failed_batches} batches failed ({self.last_failure})",
             )
         outcome = BatchOutcome()
-        self._push(batch, resent_keys, outcome)
+        self._push(batch, resent_keys, outcome, items)
         return outcome
 
-    def _push(self, batch: pd.DataFrame, resent_keys: frozenset[str], outcome: BatchOutcome) -> None:
+    def _push(
+        self,
+        batch: pd.DataFrame,
+        resent_keys: frozenset[str],
+        outcome: BatchOutcome,
+        items: list[dict[str, Any]] | None,
+    ) -> None:
         try:
-            outcome.merge(self.adapter.push(batch, resent_keys=resent_keys))
+            outcome.merge(self.adapter.push(batch, resent_keys=resent_keys, items=items))
             self.failed_in_a_row = 0
         except SequencesApiError as exc:
             if exc.rejects_request and self.adapter.is_row_error(exc):
@@ -72,8 +86,9 @@ class Pusher:
                 log.info(
                     "%s rejected a batch of %d for its rows; splitting it in halves", exc.service, len(batch)
                 )
-                self._push(batch.iloc[:half], resent_keys, outcome)
-                self._push(batch.iloc[half:], resent_keys, outcome)
+                first, second = (None, None) if items is None else (items[:half], items[half:])
+                self._push(batch.iloc[:half], resent_keys, outcome, first)
+                self._push(batch.iloc[half:], resent_keys, outcome, second)
                 return
             if exc.is_retryable or isinstance(exc, OutcomeUnknownError):
                 self.failed_in_a_row += 1
