@@ -19,14 +19,15 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: Functions whose cumulative time makes a stage (file name suffix, function name).
-#: Profile stages: (file suffix, function names); a function's calls are not nested in another's.
+#: Functions whose cumulative time makes a stage (file name suffixes, function names; each
+#: space-separated); a function's calls are not nested in another's.
 STAGES: dict[str, tuple[str, str]] = {
     "read (read_sql_chunks)": ("sync/source.py", "_read_sql"),
     "fingerprint rows": ("sync/engine.py", "_fingerprints"),
     "prepare (all passes)": ("sync/prepare.py", "prepare_chunk"),
     "plan (incl. state lookup)": ("sync/engine.py", "_plan"),
     "state lookup": ("sync/state.py", "lookup"),
+    "request items (run's thread)": ("adapters/reply.py adapters/whippy.py", "items"),
     "push (adapter + HTTP)": ("sync/push.py", "push"),
     "HTTP wait (hook.request)": ("hooks/base.py", "request"),
     "record (state writes)": ("sync/state.py", "record record_and_mark save_claims"),
@@ -182,7 +183,7 @@ def stage_times(profile: cProfile.Profile, sender: cProfile.Profile, total: floa
             sum(
                 v[3]
                 for (file, _, func), v in table.items()
-                if func in function.split() and file.endswith(suffix)
+                if func in function.split() and file.endswith(tuple(suffix.split()))
             ),
             3,
         )

@@ -437,7 +437,9 @@ class SyncRun:
         keys = batch["key"].tolist()
         mark = _Mark(keys)
         resent = frozenset(self._resent.intersection(keys))
-        items = self.adapter.items(batch)  # here: the sending thread is the critical path
+        # Built here, not in the sending thread: that one waits on the service, and is the
+        # run's critical path.
+        items = self.adapter.items(batch)
         if self._sender is None:
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sequences-push")
         if self.state is not None:
@@ -451,7 +453,7 @@ class SyncRun:
         mark: _Mark,
         batch: pd.DataFrame,
         resent: frozenset[str],
-        items: list[dict[str, Any]] | None = None,
+        items: list[dict[str, Any]] | None,
     ) -> None:
         """In the sending thread: mark the batch in flight, unless recording the batch before
         it did (one commit for both), then send and record it."""
@@ -466,7 +468,7 @@ class SyncRun:
         batch: pd.DataFrame,
         batch_id: str | None,
         resent: frozenset[str],
-        items: list[dict[str, Any]] | None = None,
+        items: list[dict[str, Any]] | None,
     ) -> None:
         """In the sending thread: one batch, sent and recorded."""
         outcome = self.pusher.push(batch, resent_keys=resent, items=items)
