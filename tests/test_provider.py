@@ -12,10 +12,11 @@ import pytest
 
 def test_providers_manager_knows_the_provider_and_its_hooks() -> None:
     from airflow.providers_manager import ProvidersManager
+    from airflow.sdk.providers_manager_runtime import ProvidersManagerTaskRuntime
 
-    manager = ProvidersManager()
-    assert "airflow-provider-sequences" in manager.providers
-    hooks = manager.hooks
+    assert "airflow-provider-sequences" in ProvidersManager().providers
+    # Hooks are the task runtime's in Airflow 3 (ProvidersManager.hooks is deprecated).
+    hooks = ProvidersManagerTaskRuntime().hooks
     assert hooks["reply"].hook_class_name == "airflow_provider_sequences.hooks.reply.ReplyHook"
     assert hooks["reply"].connection_id_attribute_name == "reply_conn_id"
     assert hooks["whippy"].hook_class_name == "airflow_provider_sequences.hooks.whippy.WhippyHook"
