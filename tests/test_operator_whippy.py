@@ -584,6 +584,44 @@ def test_deferrable_run_does_not_give_up_before_whippy_starts_working(whippy: Wh
     )
 
 
+@pytest.mark.whippy_simulator(processing_delay=0.5)
+def test_a_deferred_night_reads_back_only_the_contacts_it_sent(whippy: Whippy) -> None:
+    """The step grows every night: the resumed task reads it from where this night's contacts
+    start, not from the beginning (pages of 500: a full read of night two would take 3)."""
+    first = whippy.run("_1", upstream_rows=good_rows(1200), deferrable=True, enrollment_timeout=30)
+    assert first.state == "success"
+    assert len(first.result["added"]) == 1200
+
+    export = [*good_rows(1202), *rows((1300, "+1 415-555-0009", None, "Sharing a phone with 9"))]
+    second = whippy.run("_2", upstream_rows=export, deferrable=True, enrollment_timeout=30)
+
+    assert second.state == "success"
+    assert sorted(second.result["added"]) == ["1201", "1202"]
+    assert reasons(second.result) == {"1300": "sharedContact"}
+    assert second.result["stats"]["unchanged"] == 1200
+    # The step's count before sending, then one page from where the count stood.
+    assert second.result["stats"]["read_requests"] == 2
+    assert [p.items for p in second.posts] == [2]
+
+
+@pytest.mark.whippy_simulator(processing_delay=0.5)
+def test_a_deferred_night_with_contacts_an_earlier_night_left_unconfirmed_reads_the_whole_step(
+    whippy: Whippy,
+) -> None:
+    first = whippy.run("_1", upstream_rows=good_rows(3), wait_for_enrollment=False)
+    assert first.result["added"] == []
+
+    second = whippy.run("_2", upstream_rows=good_rows(5), deferrable=True, enrollment_timeout=30)
+
+    assert second.state == "success"
+    check_accounting(second.result, ["1", "2", "3", "4", "5"])
+    assert sorted(second.result["added"]) == ["1", "2", "3", "4", "5"]
+    assert [p.items for p in second.posts] == [2]
+    # Keys 1-3 may be anywhere in the step: one read of all of it (one page), not the tail
+    # first and then the whole step again.
+    assert second.result["stats"]["read_requests"] == 2
+
+
 @pytest.mark.whippy_simulator(processing_delay=1.0)
 def test_inline_wait_reads_back_every_poll_interval_until_the_timeout(whippy: Whippy) -> None:
     """Whippy's job runs 1 s after the 202: the wait must not stop early, nor read only every 2 s."""

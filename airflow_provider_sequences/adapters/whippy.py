@@ -377,6 +377,7 @@ class WhippyAdapter(ServiceAdapter):
         self._writes = 0
         #: The step's count before this adapter's first write, and the offset read up to since.
         self._baseline: int | None = None
+        self._resumed = False
         self._cursor: int | None = None
         #: Step contacts read in the tail (current ones) that matched no key, for later
         #: :meth:`confirm` calls.
@@ -578,6 +579,15 @@ class WhippyAdapter(ServiceAdapter):
             outcome.failed[key] = (NOT_ENROLLED, self._not_enrolled_detail(key, waited))
         return outcome
 
+    def resume_after(self, offset: int) -> None:
+        """Confirm, in another process, contacts that an adapter of this same run wrote after
+        the step held ``offset`` contacts: the read-back starts at that offset, as that
+        adapter's would have, instead of reading the whole step (which grows every night).
+        A key not found there is still looked for in the whole step before it is declared
+        ``notEnrolled``."""
+        self._baseline = self._cursor = offset
+        self._resumed = True
+
     def _not_pushed(self, pending: Collection[str]) -> set[str]:
         """The keys this adapter did not write (usually none).
 
@@ -585,6 +595,8 @@ class WhippyAdapter(ServiceAdapter):
         be read in the tail first and still be found by the full read before it is declared
         not enrolled.
         """
+        if self._resumed:
+            return set()  # written by the adapter this one resumes (see resume_after)
         if not self._pushed or not pending:
             return set(pending)
         written = np.sort(np.concatenate(self._pushed))

@@ -139,6 +139,9 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
                         step_id=str(adapter.step_id),
                         expected_total=baseline + run.pending_count,
                         initial_total=baseline,
+                        # Every contact waiting was sent by this task after the count was read
+                        # (none carried from an earlier run): the resume reads the step from there.
+                        tail_from=None if run.pending else baseline,
                         poll_interval=self.poll_interval,
                         timeout=self.enrollment_timeout,
                     ),
@@ -154,6 +157,8 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         assert isinstance(run.adapter, WhippyAdapter)
         if event and event.get("waited") is not None:
             run.adapter.waited = float(event["waited"])
+        if event and event.get("tail_from") is not None:
+            run.adapter.resume_after(int(event["tail_from"]))
         saved = run.state.load_run(run.run_id) or {}
         self.log.info("Whippy's background work is %s", (event or {}).get("status", "over"))
         run.confirm()  # the run's pending keys, read from the state

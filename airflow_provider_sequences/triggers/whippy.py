@@ -20,7 +20,8 @@ class WhippyEnrollmentTrigger(BaseTrigger):
     row after it first moved from ``initial_total`` (contacts Whippy ignored never arrive; a
     count that never moved means Whippy has not started, not that it is done), or after
     ``timeout`` seconds; the task then resumes and reads the step back to learn exactly who was
-    enrolled. The event says how long the wait was (``waited``, seconds).
+    enrolled. The event says how long the wait was (``waited``, seconds), and passes
+    ``tail_from`` on to the task.
 
     :param whippy_conn_id: the Whippy connection.
     :param sequence_id: the sequence.
@@ -31,6 +32,9 @@ class WhippyEnrollmentTrigger(BaseTrigger):
     :param poll_interval: seconds between polls.
     :param stable_polls: unchanged polls in a row that mean the work is over.
     :param timeout: seconds before giving up.
+    :param tail_from: where in the step the task's contacts start, when it sent every contact it
+        waits for after reading that count: the resumed task reads the step from there, not
+        all of it. ``None``: they may be anywhere.
     """
 
     def __init__(
@@ -44,6 +48,7 @@ class WhippyEnrollmentTrigger(BaseTrigger):
         stable_polls: int = 3,
         timeout: float = 600.0,
         initial_total: int | None = None,
+        tail_from: int | None = None,
     ) -> None:
         super().__init__()
         self.whippy_conn_id = whippy_conn_id
@@ -54,6 +59,7 @@ class WhippyEnrollmentTrigger(BaseTrigger):
         self.stable_polls = stable_polls
         self.timeout = timeout
         self.initial_total = initial_total
+        self.tail_from = tail_from
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -67,6 +73,7 @@ class WhippyEnrollmentTrigger(BaseTrigger):
                 "stable_polls": self.stable_polls,
                 "timeout": self.timeout,
                 "initial_total": self.initial_total,
+                "tail_from": self.tail_from,
             },
         )
 
@@ -98,7 +105,9 @@ class WhippyEnrollmentTrigger(BaseTrigger):
             if status:
                 self.log.info("Whippy step %s holds %d contacts: %s", self.step_id, total, status)
                 waited = round(time.monotonic() - started, 1)
-                yield TriggerEvent({"status": status, "total": total, "waited": waited})
+                yield TriggerEvent(
+                    {"status": status, "total": total, "waited": waited, "tail_from": self.tail_from}
+                )
                 return
             self.log.info("Whippy step %s holds %d of %d contacts", self.step_id, total, self.expected_total)
             await asyncio.sleep(self.poll_interval)
