@@ -27,7 +27,6 @@ STAGES: dict[str, tuple[str, str]] = {
     "prepare (all passes)": ("sync/prepare.py", "prepare_chunk"),
     "plan (incl. state lookup)": ("sync/engine.py", "_plan"),
     "state lookup": ("sync/state.py", "lookup"),
-    "request items (run's thread)": ("adapters/reply.py adapters/whippy.py", "items"),
     "push (adapter + HTTP)": ("sync/push.py", "push"),
     "HTTP wait (hook.request)": ("hooks/base.py", "request"),
     "record (state writes)": ("sync/state.py", "record record_and_mark save_claims"),

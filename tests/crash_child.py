@@ -95,16 +95,11 @@ def _pausing_push(adapter: ServiceAdapter, pause: Pause) -> None:
     push = adapter.push
     calls = 0
 
-    def wrapped(
-        batch: pd.DataFrame,
-        *,
-        resent_keys: frozenset[str] = frozenset(),
-        items: list[dict[str, Any]] | None = None,
-    ) -> BatchOutcome:
+    def wrapped(batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
         nonlocal calls
         calls += 1
         pause("push_start", calls)
-        outcome = push(batch, resent_keys=resent_keys, items=items)
+        outcome = push(batch, resent_keys=resent_keys)
         pause("push_done", calls)
         return outcome
 

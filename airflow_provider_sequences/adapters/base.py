@@ -89,26 +89,9 @@ class ServiceAdapter(ABC):
         """Check the settings against the service with reads only; raise
         :class:`~airflow_provider_sequences.exceptions.SyncConfigurationError` when they cannot work."""
 
-    def items(self, batch: pd.DataFrame) -> list[dict[str, Any]] | None:
-        """The batch's request items, one per row in its order; ``None`` when :meth:`push`
-        builds its requests itself.
-
-        The engine builds them before it hands the batch to the thread that sends it, and
-        gives them back to :meth:`push`: that thread, which waits on the service, is the run's
-        critical path, and should only send and record.
-        """
-        return None
-
     @abstractmethod
-    def push(
-        self,
-        batch: pd.DataFrame,
-        *,
-        resent_keys: frozenset[str] = frozenset(),
-        items: list[dict[str, Any]] | None = None,
-    ) -> BatchOutcome:
-        """Send one batch; ``resent_keys`` may already have been applied by an earlier attempt;
-        ``items``: what :meth:`items` made of this batch, if anything."""
+    def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
+        """Send one batch; ``resent_keys`` may already have been applied by an earlier attempt."""
 
     def confirm(self, pending: dict[str, Identity], *, timeout: float) -> BatchOutcome:
         """Read back what ``pending`` keys became; services that answer at once have nothing to do.

@@ -147,24 +147,14 @@ class ReplyAdapter(ServiceAdapter):
         fields = [e.get("field") or "" for e in error.errors]
         return bool(fields) and all(f.startswith(("items[", "contactIds[")) for f in fields)
 
-    def items(self, batch: pd.DataFrame) -> list[dict[str, Any]] | None:
-        """Import items (none when the rows carry Reply contact ids: nothing is imported)."""
-        return None if self.with_contact_ids else contact_items(batch)
-
-    def push(
-        self,
-        batch: pd.DataFrame,
-        *,
-        resent_keys: frozenset[str] = frozenset(),
-        items: list[dict[str, Any]] | None = None,
-    ) -> BatchOutcome:
+    def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
         outcome = BatchOutcome()
         keys = batch["key"].tolist()
         ids: list[int | None]
         if self.with_contact_ids:
             ids = [int(i) for i in batch["id"].tolist()]
         else:
-            ids = self._import(batch, outcome, contact_items(batch) if items is None else items)
+            ids = self._import(batch, outcome)
         key_by_id: dict[int, str] = {}
         # Rows that are one Reply contact (one email or id under two keys) are added once.
         same_contact: dict[str, int] = {}
@@ -211,9 +201,8 @@ class ReplyAdapter(ServiceAdapter):
                 outcome.failed[key] = outcome.failed[first]
         return outcome
 
-    def _import(
-        self, batch: pd.DataFrame, outcome: BatchOutcome, items: list[dict[str, Any]]
-    ) -> list[int | None]:
+    def _import(self, batch: pd.DataFrame, outcome: BatchOutcome) -> list[int | None]:
+        items = contact_items(batch)
         answer = self.hook.import_contacts(items, overwrite_existing=self.enrolment.overwrite_existing)
         results = answer.get("items") or []
         ids: list[int | None] = []

@@ -24,8 +24,6 @@ from airflow_provider_sequences.hooks.whippy import WHIPPY_MAX_CONTACTS_PER_CALL
 from airflow_provider_sequences.sync.outcomes import NOT_ENROLLED
 from airflow_provider_sequences.sync.prepare import FieldRules
 
-#: The fields a pending contact is found by in a read-back (see :meth:`WhippyAdapter.identity`).
-IDENTITY_FIELDS = ("external_id", "phone", "email")
 WHIPPY_PLAIN_FIELDS = frozenset({"phone", "email", "name", "external_id", "language", "default_channel_id"})
 NESTED = ("address", "birth_date", "properties")
 #: Step contacts in these statuses are in their step; the others left it (or never started it
@@ -449,25 +447,14 @@ class WhippyAdapter(ServiceAdapter):
         }
         return next(_identities([row.get("key")], columns))
 
-    def items(self, batch: pd.DataFrame) -> list[dict[str, Any]]:
-        """The batch's ``to`` items."""
+    def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
         fields = [c for c in batch.columns if c in WHIPPY_PLAIN_FIELDS or c.split(".", 1)[0] in NESTED]
         # Column by column: a 4,000-row batch as records, item by item, cost more CPU than
-        # its request.
-        return to_items({name: column_values(batch[name]) for name in fields}, len(batch))
-
-    def push(
-        self,
-        batch: pd.DataFrame,
-        *,
-        resent_keys: frozenset[str] = frozenset(),
-        items: list[dict[str, Any]] | None = None,
-    ) -> BatchOutcome:
+        # its request (the identities are the ones :meth:`identity` makes of each record).
+        columns = {name: column_values(batch[name]) for name in fields}
         outcome = BatchOutcome()
         keys = batch["key"].tolist()
-        items = self.items(batch) if items is None else items
-        # The identities :meth:`identity` makes of each record, column by column.
-        columns = {name: column_values(batch[name]) for name in IDENTITY_FIELDS if name in batch.columns}
+        items = to_items(columns, len(keys))
         self._writes += 1
         self._pushed.append(_key_hashes(keys))
         try:

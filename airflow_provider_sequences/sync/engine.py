@@ -437,41 +437,26 @@ class SyncRun:
         keys = batch["key"].tolist()
         mark = _Mark(keys)
         resent = frozenset(self._resent.intersection(keys))
-        # Built here, not in the sending thread: that one waits on the service, and is the
-        # run's critical path.
-        items = self.adapter.items(batch)
         if self._sender is None:
             self._sender = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sequences-push")
         if self.state is not None:
             self._unmarked.append(mark)
-        self._in_flight.append(self._sender.submit(self._mark_and_push, mark, batch, resent, items))
+        self._in_flight.append(self._sender.submit(self._mark_and_push, mark, batch, resent))
         while len(self._in_flight) > 1:
             self._settle_oldest()
 
-    def _mark_and_push(
-        self,
-        mark: _Mark,
-        batch: pd.DataFrame,
-        resent: frozenset[str],
-        items: list[dict[str, Any]] | None,
-    ) -> None:
+    def _mark_and_push(self, mark: _Mark, batch: pd.DataFrame, resent: frozenset[str]) -> None:
         """In the sending thread: mark the batch in flight, unless recording the batch before
         it did (one commit for both), then send and record it."""
         if self.state is not None and mark.batch_id is None:
             with contextlib.suppress(ValueError):
                 self._unmarked.remove(mark)
             mark.batch_id = self.state.mark_sending(mark.keys, self.run_id)
-        self._push_and_record(batch, mark.batch_id, resent, items)
+        self._push_and_record(batch, mark.batch_id, resent)
 
-    def _push_and_record(
-        self,
-        batch: pd.DataFrame,
-        batch_id: str | None,
-        resent: frozenset[str],
-        items: list[dict[str, Any]] | None,
-    ) -> None:
+    def _push_and_record(self, batch: pd.DataFrame, batch_id: str | None, resent: frozenset[str]) -> None:
         """In the sending thread: one batch, sent and recorded."""
-        outcome = self.pusher.push(batch, resent_keys=resent, items=items)
+        outcome = self.pusher.push(batch, resent_keys=resent)
         keys = batch["key"].tolist()
         fingerprints = dict(zip(keys, batch["fingerprint"].tolist(), strict=True))
         if any(not identity for identity in outcome.pending.values()):

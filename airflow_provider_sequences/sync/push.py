@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
 
 import pandas as pd
 
@@ -43,15 +42,8 @@ class Pusher:
         """Whether sending stopped because the service kept failing."""
         return self._stopped
 
-    def push(
-        self,
-        batch: pd.DataFrame,
-        *,
-        resent_keys: frozenset[str] = frozenset(),
-        items: list[dict[str, Any]] | None = None,
-    ) -> BatchOutcome:
-        """Send one batch and say what became of every key in it (``items``: the adapter's
-        :meth:`~ServiceAdapter.items` of the batch, if built already)."""
+    def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
+        """Send one batch and say what became of every key in it."""
         if self._refused is not None:
             # A batch already queued behind the refused one is not sent: it would be refused too.
             raise self._refused
@@ -62,18 +54,12 @@ class Pusher:
                 f"not sent: the previous {self.max_failed_batches} batches failed ({self.last_failure})",
             )
         outcome = BatchOutcome()
-        self._push(batch, resent_keys, outcome, items)
+        self._push(batch, resent_keys, outcome)
         return outcome
 
-    def _push(
-        self,
-        batch: pd.DataFrame,
-        resent_keys: frozenset[str],
-        outcome: BatchOutcome,
-        items: list[dict[str, Any]] | None,
-    ) -> None:
+    def _push(self, batch: pd.DataFrame, resent_keys: frozenset[str], outcome: BatchOutcome) -> None:
         try:
-            outcome.merge(self.adapter.push(batch, resent_keys=resent_keys, items=items))
+            outcome.merge(self.adapter.push(batch, resent_keys=resent_keys))
             self.failed_in_a_row = 0
         except SequencesApiError as exc:
             if exc.rejects_request and self.adapter.is_row_error(exc):
@@ -86,9 +72,8 @@ class Pusher:
                 log.info(
                     "%s rejected a batch of %d for its rows; splitting it in halves", exc.service, len(batch)
                 )
-                first, second = (None, None) if items is None else (items[:half], items[half:])
-                self._push(batch.iloc[:half], resent_keys, outcome, first)
-                self._push(batch.iloc[half:], resent_keys, outcome, second)
+                self._push(batch.iloc[:half], resent_keys, outcome)
+                self._push(batch.iloc[half:], resent_keys, outcome)
                 return
             if exc.is_retryable or isinstance(exc, OutcomeUnknownError):
                 self.failed_in_a_row += 1
