@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-#: Functions whose cumulative time makes a stage (file name suffixes, function names; each
-#: space-separated); a function's calls are not nested in another's.
+#: Functions whose cumulative time makes a stage (file name suffix, space-separated function
+#: names); a function's calls are not nested in another's.
 STAGES: dict[str, tuple[str, str]] = {
     "read (read_sql_chunks)": ("sync/source.py", "_read_sql"),
     "fingerprint rows": ("sync/engine.py", "_fingerprints"),
@@ -182,7 +182,7 @@ def stage_times(profile: cProfile.Profile, sender: cProfile.Profile, total: floa
             sum(
                 v[3]
                 for (file, _, func), v in table.items()
-                if func in function.split() and file.endswith(tuple(suffix.split()))
+                if func in function.split() and file.endswith(suffix)
             ),
             3,
         )
