@@ -93,8 +93,16 @@ def _bars(
     return Markup("".join(parts))  # noqa: S704
 
 
-def runs_chart(runs: Sequence[RunSummary], series: Sequence[Series]) -> Markup:
+def _labels(runs: Sequence[RunSummary]) -> list[str]:
+    """When each run finished: to the minute, or to the second when minutes collide."""
     labels = [run.updated_at.strftime("%m-%d %H:%M") for run in runs]
+    if len(set(labels)) < len(labels):
+        labels = [run.updated_at.strftime("%m-%d %H:%M:%S") for run in runs]
+    return labels
+
+
+def runs_chart(runs: Sequence[RunSummary], series: Sequence[Series]) -> Markup:
+    labels = _labels(runs)
     return _bars(
         labels,
         [run.run_id for run in runs],
@@ -105,7 +113,7 @@ def runs_chart(runs: Sequence[RunSummary], series: Sequence[Series]) -> Markup:
 
 
 def requests_chart(runs: Sequence[RunSummary]) -> Markup:
-    labels = [run.updated_at.strftime("%m-%d %H:%M") for run in runs]
+    labels = _labels(runs)
     series = [
         Series(
             "write_requests", "write requests", REQUESTS_COLOUR, [r.count("write_requests") for r in runs]
