@@ -210,8 +210,11 @@ def test_a_logged_in_user_sees_the_demo_nights_in_the_view(api_server, browser, 
     password.send_keys(Keys.ENTER)
     _wait(browser, lambda d: "/auth/login" not in d.current_url and d.get_cookie("_token"))
 
-    # The view, embedded in the UI at its navigation route.
-    browser.get(f"{api_server}/plugin/sequence-syncs")
+    # The view is in the UI's navigation, under Browse; it opens embedded at its route.
+    _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "button[aria-label='Browse']"))[0].click()
+    entry = "//a[@role='menuitem'][normalize-space()='Sequence syncs']"
+    _wait(browser, lambda d: d.find_elements(By.XPATH, entry))[0].click()
+    _wait(browser, lambda d: d.current_url.endswith("/plugin/sequence-syncs"))
     frame = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "iframe"))[0]
     browser.switch_to.frame(frame)
     _wait(browser, lambda d: d.find_elements(By.ID, "scopes"))
