@@ -45,12 +45,13 @@ def _stamp(moment: datetime) -> str:
 
 
 def build_state(path: Path, keys: int) -> dict[str, int]:
-    """The state's tables (the provider's own DDL), then rows by executemany."""
+    """The state's tables (the provider's own migrations), then rows by executemany."""
     import sqlalchemy as sa
 
-    from airflow_provider_sequences.sync.state import create_tables, state_table
+    from airflow_provider_sequences.sync.schema import ensure_current
+    from airflow_provider_sequences.sync.state import state_table
 
-    create_tables(sa.create_engine(f"sqlite:///{path}"))
+    ensure_current(sa.create_engine(f"sqlite:///{path}"))
     rng = random.Random(7)
     start = datetime(2026, 12, 1, 2, tzinfo=timezone.utc)
     refused: dict[str, int] = {}

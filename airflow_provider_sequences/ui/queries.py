@@ -19,7 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from airflow_provider_sequences.sync.state import NOT_PROCESSED, create_tables, runs_table, state_table
+from airflow_provider_sequences.sync.state import NOT_PROCESSED, runs_table, state_table
 
 #: The columns that name whose state a row is (issue 14 turns the connection into an account).
 SCOPE_COLUMNS = ("service", "connection_id", "sequence_id")
@@ -98,11 +98,6 @@ def _aware(moment: Any) -> datetime:
 
 def _scope_where(table: sa.Table, scope: ScopeId) -> sa.ColumnElement[bool]:
     return sa.and_(*(table.c[name] == getattr(scope, name) for name in SCOPE_COLUMNS))
-
-
-def ensure_tables(engine: sa.Engine) -> None:
-    """An empty state (no sync ran yet) reads as empty, not as an error."""
-    create_tables(engine)
 
 
 def scopes(engine: sa.Engine) -> list[tuple[ScopeId, int, datetime]]:
