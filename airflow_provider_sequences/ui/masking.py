@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import re
 
-_EMAIL = re.compile(r"([^\s@'\"<>(),;:]+)@([^\s@'\"<>(),;:]+)")
+# One or more @: a malformed address ("bob@@x.io") is masked too.
+_EMAIL = re.compile(r"([^\s@'\"<>(),;:]+)@+([^\s'\"<>(),;:]+)")
 # A run of at least 7 digits, with the separators people write phone numbers with.
 _PHONE = re.compile(r"\+?\d[\d ().\-]{5,}\d")
 DOT = "\u2022"
