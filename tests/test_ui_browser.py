@@ -64,6 +64,22 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return work / "airflow"
 
 
+def _sync_report_links(home: Path) -> dict[str, str]:
+    """run key -> the Sync report link each sync task's worker stored (Airflow 3 keeps
+    operator links in XCom)."""
+    with sqlite3.connect(home / "airflow.db") as db:
+        rows = db.execute(
+            "SELECT dag_id, task_id, map_index, run_id, value FROM xcom WHERE key = '_link_SyncReportLink'"
+        ).fetchall()
+    links = {}
+    for dag_id, task_id, map_index, run_id, value in rows:
+        link = json.loads(value)
+        links[f"{dag_id}.{task_id}[{map_index}]:{run_id}"] = (
+            json.loads(link) if link.startswith('"') else link
+        )
+    return links
+
+
 def _task_results(home: Path) -> list[dict[str, Any]]:
     """Every sync task's XCom result in the demo's metadata database, with its run key."""
     with sqlite3.connect(home / "airflow.db") as db:
@@ -252,6 +268,26 @@ def test_a_logged_in_user_sees_the_demo_nights_in_the_view(api_server, browser, 
     assert reply["stats"]["added"] > 0
     assert "API key" not in page
 
+    # Each task's Sync report link opens the view at that task's run.
+    links = _sync_report_links(demo)
+    first_night = min(
+        (r for r in results if r["dag_id"] == "reply_nightly_crm_sync"), key=lambda r: r["run_key"]
+    )
+    browser.get(api_server + links[first_night["run_key"]])
+    selected = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "#runs tr.selected"))[0]
+    assert selected.get_attribute("data-run") == first_night["run_key"]
+    heading = browser.find_element(By.CSS_SELECTOR, "h2#not-processed").text
+    assert heading == f"Not processed in run {first_night['run_key']}"
+    assert {r["run_key"] for r in results} <= set(links)
+
+    # The screenshot: the latest night, in the UI.
+    browser.get(f"{api_server}/plugin/sequence-syncs")
+    frame = _wait(browser, lambda d: d.find_elements(By.CSS_SELECTOR, "iframe"))[0]
+    browser.switch_to.frame(frame)
+    _wait(browser, lambda d: d.find_elements(By.XPATH, "//table[@id='scopes']//tr[td[1]='reply']//a"))[
+        0
+    ].click()
+    _wait(browser, lambda d: d.find_elements(By.ID, "outcomes-chart"))
     browser.switch_to.default_content()
     SCREENSHOT.parent.mkdir(parents=True, exist_ok=True)
     browser.save_screenshot(str(SCREENSHOT))
