@@ -157,6 +157,16 @@ def _view(
     return View(request, user, state)
 
 
+def _reasons(view: View, run: queries.RunSummary) -> dict[str, int]:
+    """The run's counts by reason: as it saved them, else counted from the keys it left (only
+    when it has any: a night with none would count a million rows for nothing)."""
+    if run.reasons is not None:
+        return run.reasons
+    if not run.count("not_processed"):
+        return {}
+    return queries.reasons_of_run(view.engine, run.scope, run.run_id)
+
+
 def create_app() -> FastAPI:
     """The view's app; Airflow's own ``get_user`` guards every route."""
     # No /docs or /openapi.json: those would answer without a user.
@@ -194,7 +204,7 @@ def create_app() -> FastAPI:
         found = view.readable_runs(scope)
         if not found:
             raise HTTPException(status_code=404, detail="no runs you may read in this sequence")
-        reasons = {r.run_id: r.reasons or queries.reasons_of_run(view.engine, scope, r.run_id) for r in found}
+        reasons = {r.run_id: _reasons(view, r) for r in found}
         series = run_series(found, [reasons[r.run_id] for r in found])
         selected = found[-1]
         if run:
@@ -204,7 +214,7 @@ def create_app() -> FastAPI:
             if chosen is None:
                 raise HTTPException(status_code=404, detail="no such run in this sequence")
             selected = chosen
-            reasons.setdefault(selected.run_id, selected.reasons)
+            reasons.setdefault(selected.run_id, _reasons(view, selected))
         page = queries.not_processed_page(
             view.engine,
             scope,

@@ -12,7 +12,7 @@ row per run, its counts as JSON), and the rows of a run are read a page at a tim
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any
@@ -65,9 +65,11 @@ class RunSummary:
         return int(value) if isinstance(value, (int, float)) else 0
 
     @property
-    def reasons(self) -> dict[str, int]:
+    def reasons(self) -> dict[str, int] | None:
+        """Counts by reason, as the run saved them; ``None`` when it did not (an unfinished
+        run, or one written by an earlier version)."""
         value = self.stats.get(REASONS_STAT)
-        return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else {}
+        return {str(k): int(v) for k, v in value.items()} if isinstance(value, dict) else None
 
 
 @dataclass(frozen=True)
@@ -191,7 +193,7 @@ def iter_not_processed(
     *,
     reason: str | None = None,
     key_prefix: str | None = None,
-) -> Any:
+) -> Iterator[KeyRow]:
     """Every not-processed key of the run, page after page (for the CSV download)."""
     after: str | None = None
     while True:
