@@ -5,7 +5,7 @@ AIRFLOW_VERSION ?= 3.3.2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 
-.PHONY: demo test lint bench venv clean
+.PHONY: demo test lint bench venv clean e2e-ui
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -27,6 +27,11 @@ bench: $(STAMP)
 ## test: lint, type-check and run the whole test suite
 test: lint
 	$(BIN)/python -m pytest
+
+## e2e-ui: the Sequence syncs view in Debian's Chromium (installed by scripts/chromium.sh when
+## missing) against airflow api-server on the demo's state; saves docs/sequence-syncs.png
+e2e-ui: $(STAMP)
+	SEQUENCES_E2E_UI=1 $(BIN)/python -m pytest tests/test_ui_browser.py -v
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

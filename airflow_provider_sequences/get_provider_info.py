@@ -55,7 +55,10 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_sequences.triggers.whippy"],
             }
         ],
-        "extra-links": ["airflow_provider_sequences.links.SequenceLink"],
+        "extra-links": [
+            "airflow_provider_sequences.links.SequenceLink",
+            "airflow_provider_sequences.links.SyncReportLink",
+        ],
         "connection-types": [
             {
                 "connection-type": "reply",

@@ -16,6 +16,7 @@ from airflow_provider_sequences.sync.outcomes import ENROLLMENT_UNCONFIRMED, Syn
 from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
 from airflow_provider_sequences.sync.source import read_file_chunks, read_sql_chunks, records_chunks
 from airflow_provider_sequences.sync.state import Scope, SyncState
+from airflow_provider_sequences.ui.queries import REASONS_STAT
 
 DEFAULT_CHUNK_SIZE = 20_000
 
@@ -260,6 +261,11 @@ class SequenceSyncOperator(BaseOperator):
             width = max(len(reason) for reason in reasons)
             table = "\n".join(f"  {reason:<{width}}  {count:>8,}" for reason, count in reasons.most_common())
             self.log.info("Not processed, by reason:\n%s", table)
+        if run.writes_state:
+            # The run's counts, for the Sequence syncs view: it charts runs from these rather
+            # than from every key's row.
+            assert run.state is not None
+            run.state.save_run(run.run_id, {**stats, REASONS_STAT: dict(reasons)}, finished=True)
         # Every distinct key counts, enrolled on an earlier night or now: a night where a
         # few known-bad rows are reported again is not a failing night. Contacts accepted but
         # not read back yet (wait_for_enrollment=False) are on their way, not failures.

@@ -10,7 +10,7 @@ from airflow.sdk import Asset, Context
 
 from airflow_provider_sequences.adapters.reply import ReplyAdapter, ReplyEnrolment
 from airflow_provider_sequences.hooks.reply import ReplyHook
-from airflow_provider_sequences.links import SequenceLink
+from airflow_provider_sequences.links import SequenceLink, SyncReportLink
 from airflow_provider_sequences.operators.base import SequenceSyncOperator
 
 
@@ -51,7 +51,8 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
     """
 
     template_fields: Sequence[str] = (*SequenceSyncOperator.template_fields, "start_from", "start_step_id")
-    operator_extra_links = (SequenceLink(),)
+    operator_extra_links = (SequenceLink(), SyncReportLink())
+    service_name = ReplyAdapter.service
 
     def __init__(
         self,

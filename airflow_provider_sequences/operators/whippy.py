@@ -10,7 +10,7 @@ from airflow.sdk import Asset, Context
 
 from airflow_provider_sequences.adapters.whippy import WhippyAdapter, WhippyEnrolment
 from airflow_provider_sequences.hooks.whippy import WhippyHook
-from airflow_provider_sequences.links import SequenceLink
+from airflow_provider_sequences.links import SequenceLink, SyncReportLink
 from airflow_provider_sequences.operators.base import SequenceSyncOperator
 from airflow_provider_sequences.triggers.whippy import WhippyEnrollmentTrigger
 
@@ -59,7 +59,8 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         "schedule_at",
         "custom_object_id",
     )
-    operator_extra_links = (SequenceLink(),)
+    operator_extra_links = (SequenceLink(), SyncReportLink())
+    service_name = WhippyAdapter.service
 
     def __init__(
         self,
