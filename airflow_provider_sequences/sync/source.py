@@ -12,6 +12,7 @@ from __future__ import annotations
 import bz2
 import contextlib
 import gzip
+import hashlib
 import io
 import itertools
 import json
@@ -101,7 +102,7 @@ def _read_sql(
                 return
             except errors as error:
                 raise SourceError(f"the source query failed: {_database_message(error)}") from error
-            yield _indexed_from_zero(frame)
+            yield _finished(frame, "the query's result")
 
 
 def _database_errors(connection: Any) -> tuple[type[BaseException], ...]:
@@ -216,7 +217,7 @@ def _read_file(
                 raise
             except _FILE_ERRORS as error:
                 raise SourceError(f"{describe}: {_file_reason(error)}") from error
-            yield _indexed_from_zero(frame)
+            yield _finished(frame, location)
 
 
 def _open_binary(path: Any, storage_options: dict[str, Any] | None) -> IO[bytes]:
@@ -269,6 +270,11 @@ def _csv_chunks(handle: IO[bytes], chunk_size: int, location: str) -> Generator[
             f"could not read {location} as CSV: the file is empty, not even a header row"
         ) from error
     with reader:
+        # pandas renames a second ``email`` column ``email.1``; the names as written are kept
+        # by its parser only.
+        written = getattr(getattr(reader, "_engine", None), "orig_names", None)
+        if written is not None:
+            _check_unique(list(written), location)
         yield from reader
 
 
@@ -361,12 +367,15 @@ def records_chunks(
     if records is None:
         return iter([pd.DataFrame()])
     if isinstance(records, pd.DataFrame):
-        return _dataframe_chunks(records, chunk_size)
-    if isinstance(records, Mapping):
-        return _column_chunks(_columns(records), chunk_size)
-    if isinstance(records, (str, bytes, bytearray)) or not isinstance(records, Iterable):
+        _check_unique(list(records.columns), "records")
+        chunks = _dataframe_chunks(records, chunk_size)
+    elif isinstance(records, Mapping):
+        chunks = _column_chunks(_columns(records), chunk_size)
+    elif isinstance(records, (str, bytes, bytearray)) or not isinstance(records, Iterable):
         raise SourceError(f"{_EXPECTED_RECORDS}; got {_type_name(records)}")
-    return _row_chunks(records, chunk_size)
+    else:
+        chunks = _row_chunks(records, chunk_size)
+    return (_finished(frame, "records") for frame in chunks)
 
 
 _EXPECTED_RECORDS = (
@@ -441,6 +450,46 @@ def _frame_from_rows(rows: list[Mapping[str, Any]]) -> pd.DataFrame:
 def _check_chunk_size(chunk_size: int) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive whole number of rows, got {chunk_size!r}")
+
+
+#: What an undecodable ``bytes`` value becomes: text no source holds (U+FFFE is a
+#: noncharacter), so the prepare stage gives its row a reason instead of sending it.
+UNDECODABLE_BYTES = "\ufffeundecodable-bytes:"
+
+
+def _finished(frame: pd.DataFrame, location: str) -> pd.DataFrame:
+    """A frame as every reader yields it: names unique, ``bytes`` as text, indexed from 0."""
+    _check_unique(list(frame.columns), location)
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype == object and pd.api.types.infer_dtype(column, skipna=True) in ("bytes", "mixed"):
+            frame[name] = column.map(_bytes_text, na_action="ignore").astype(object)
+    return _indexed_from_zero(frame)
+
+
+def _bytes_text(value: Any) -> Any:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        return value
+    data = bytes(value)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return UNDECODABLE_BYTES + hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def _check_unique(names: list[Any], location: str) -> None:
+    seen: set[str] = set()
+    doubled: list[str] = []
+    for name in names:
+        text = str(name)
+        if text in seen and text not in doubled:
+            doubled.append(text)
+        seen.add(text)
+    if doubled:
+        raise SourceError(
+            f"{location} has more than one column named {', '.join(map(repr, doubled))}: rename or "
+            "drop the extra ones, so that it is clear which one holds the data"
+        )
 
 
 def _indexed_from_zero(frame: pd.DataFrame) -> pd.DataFrame:
