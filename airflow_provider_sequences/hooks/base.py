@@ -272,6 +272,15 @@ def _is_safe_transport_error(exc: BaseException) -> bool:
     return False
 
 
+class _NoRedirects(requests.Session):
+    """A session that never follows a redirect: the key, the acting user and the contacts
+    would go to its target. Even with ``allow_redirects=False`` requests reads a redirect's
+    whole body to prepare the next request; here the hook reads it, within its caps."""
+
+    def get_redirect_target(self, resp: requests.Response) -> None:
+        return None
+
+
 class SequencesHook(BaseHook):
     """Base of the service hooks: one ``requests`` session built from an Airflow connection.
 
@@ -416,7 +425,7 @@ class SequencesHook(BaseHook):
 
     @cached_property
     def session(self) -> requests.Session:
-        session = requests.Session()
+        session = _NoRedirects()
         session.headers.update(
             {
                 "User-Agent": f"airflow-provider-sequences/{__version__} requests/{requests.__version__}",
@@ -432,8 +441,6 @@ class SequencesHook(BaseHook):
                     "control characters; check the connection's password and extras"
                 )
         session.headers.update(headers)
-        # Never follow a redirect: the key, the acting user and the body would go to its target.
-        session.max_redirects = 0
         return session
 
     # -- what each service defines ------------------------------------------------------------
