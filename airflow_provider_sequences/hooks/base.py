@@ -716,7 +716,7 @@ class SequencesHook(BaseHook):
         self, method: str, path: str, exc: requests.RequestException, repeat_safe: bool
     ) -> SequencesApiError:
         what = str(exc) if isinstance(exc, RequestDeadlineExceeded) else type(exc).__name__
-        detail = f"{what} talking to {origin_of(self.base_url)}"
+        detail = f"{what} talking to {origin_of(self.base_url).partition('://')[2]}"
         if repeat_safe or _is_safe_transport_error(exc):
             return SequencesApiError(
                 service=self.hook_name,

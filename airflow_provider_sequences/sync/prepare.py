@@ -11,6 +11,7 @@ raises and never affects another row. No deduplication happens here: the caller 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -218,9 +219,6 @@ def prepare_chunk(frame: pd.DataFrame, spec: PrepareSpec, *, first_row: int) -> 
     used = dict.fromkeys([spec.key_column, *spec.column_map, *([spec.id_column] if spec.id_column else [])])
     for name in used:
         _check_scalars(frame[name], name, spec.rules.service)
-    for exact in (spec.key_column, spec.id_column):
-        if exact is not None:
-            _check_exact(frame[exact], exact, first_row)
     rules = spec.rules
     size = len(frame)
     rows = _Rows(size)
@@ -240,6 +238,11 @@ def prepare_chunk(frame: pd.DataFrame, spec: PrepareSpec, *, first_row: int) -> 
         ~valid_mask(key_text),
         outcomes.MISSING_KEY,
         lambda i: f"row {first_row + i} has no value in the key column {spec.key_column!r}",
+    )
+    rows.reject(
+        _inexact(frame[spec.key_column]),
+        outcomes.MISSING_KEY,
+        functools.partial(_inexact_detail, spec.key_column, first_row),
     )
     rows.reject(
         _undecodable(key_text),
@@ -397,38 +400,38 @@ def _check_scalars(column: pd.Series, name: str, service: str) -> None:
             )
 
 
-def _check_exact(column: pd.Series, name: str, first_row: int) -> None:
-    """Refuse a key or id column of floating point numbers too large to be exact: beyond 2**53
-    (float64) neighbouring whole numbers share one value, so two people could merge into one."""
+def _inexact(column: pd.Series) -> Mask:
+    """Where a key is a floating point number too large to be exact: beyond 2**53 (float64)
+    neighbouring whole numbers share one value, so two people could merge into one."""
     dtype = column.dtype
     if pd.api.types.is_float_dtype(dtype):
         numpy_dtype = getattr(dtype, "numpy_dtype", dtype)
         limit = 2.0 ** (np.finfo(numpy_dtype).nmant + 1)
         values = column.to_numpy(dtype=np.float64, na_value=np.nan)
         with np.errstate(invalid="ignore"):
-            bad = np.flatnonzero(np.abs(values) >= limit)
-        shown = values[bad[0]] if len(bad) else None
-    elif pd.api.types.is_object_dtype(dtype) and pd.api.types.infer_dtype(column, skipna=True) not in (
-        "string",
-        "empty",
-        "integer",
-    ):
-        limit = 2.0**53
-        found = [
-            (at, value)
-            for at, value in enumerate(column.tolist())
-            if isinstance(value, (float, np.floating)) and abs(float(value)) >= limit
-        ]
-        bad = np.asarray([at for at, _ in found])
-        shown = found[0][1] if found else None
-    else:
-        return
-    if len(bad):
-        raise ValueError(
-            f"column {name!r} holds numbers stored as floating point beyond {limit:.0f} (row "
-            f"{first_row + int(bad[0])}: {shown!r}), which cannot be told apart exactly: two keys "
-            "could merge into one; cast the column to text (or a 64-bit integer) in the source"
+            found: Mask = np.isfinite(values) & (np.abs(values) >= limit)
+        return found
+    kinds = ("string", "empty", "integer", "boolean", "bytes")
+    if pd.api.types.is_object_dtype(dtype) and pd.api.types.infer_dtype(column, skipna=True) not in kinds:
+        return np.fromiter(
+            (
+                isinstance(value, (float, np.floating))
+                and math.isfinite(value)
+                and abs(float(value)) >= 2.0**53
+                for value in column.tolist()
+            ),
+            dtype=bool,
+            count=len(column),
         )
+    return np.zeros(len(column), dtype=bool)
+
+
+def _inexact_detail(key_column: str, first_row: int, position: int) -> str:
+    return (
+        f"row {first_row + position} has a key in column {key_column!r} stored as a floating point "
+        "number too large to be exact (beyond 2**53), so two keys could merge into one: cast the key "
+        "column to text (or a 64-bit integer) in the source"
+    )
 
 
 def _missing_detail(target: str, source: str, position: int) -> str:
