@@ -241,7 +241,7 @@ def prepare_chunk(frame: pd.DataFrame, spec: PrepareSpec, *, first_row: int) -> 
     )
     rows.reject(
         _inexact(frame[spec.key_column]),
-        outcomes.MISSING_KEY,
+        outcomes.INVALID_FIELD,
         functools.partial(_inexact_detail, spec.key_column, first_row),
     )
     rows.reject(

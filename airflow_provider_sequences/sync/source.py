@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import csv
 import gzip
 import hashlib
 import io
@@ -261,6 +262,11 @@ def _decompressed(handle: IO[bytes], compression: str, location: str) -> IO[byte
 
 
 def _csv_chunks(handle: IO[bytes], chunk_size: int, location: str) -> Generator[pd.DataFrame, None, None]:
+    # pandas renames a second ``email`` column ``email.1``, silently: the header as written is
+    # read here first, then handed back to pandas with the rest of the file.
+    head = _csv_header(handle)
+    _check_unique(head[1], location)
+    handle = cast(IO[bytes], io.BufferedReader(_Replayed(head[0], handle)))
     try:
         # Only empty cells are missing: "NA" is Namibia and "None" can be a name; pandas'
         # default list of null markers would silently drop them.
@@ -270,12 +276,42 @@ def _csv_chunks(handle: IO[bytes], chunk_size: int, location: str) -> Generator[
             f"could not read {location} as CSV: the file is empty, not even a header row"
         ) from error
     with reader:
-        # pandas renames a second ``email`` column ``email.1``; the names as written are kept
-        # by its parser only.
-        written = getattr(getattr(reader, "_engine", None), "orig_names", None)
-        if written is not None:
-            _check_unique(list(written), location)
         yield from reader
+
+
+def _csv_header(handle: IO[bytes]) -> tuple[bytes, list[str]]:
+    """The bytes read up to the header row (blank lines before it included) and its names."""
+    read = b""
+    while len(read) < 1 << 20:
+        line = handle.readline()
+        read += line
+        if not line or line.strip():
+            break
+    text = read.decode("utf-8-sig", "replace").strip()
+    if not text or text.count('"') % 2:
+        return read, []  # empty, or a header cell spanning lines: pandas reads it alone
+    return read, next(csv.reader([text]), [])
+
+
+class _Replayed(io.RawIOBase):
+    """``head`` and then the rest of ``rest``: a stream read from the start again."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head.nbytes:
+            size = min(len(buffer), self._head.nbytes)
+            buffer[:size] = self._head[:size]
+            self._head = self._head[size:]
+            return size
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _parquet_chunks(handle: IO[bytes], chunk_size: int) -> Generator[pd.DataFrame, None, None]:
