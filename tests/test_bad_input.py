@@ -884,12 +884,6 @@ def test_undecodable_bytes_give_the_row_a_reason(world: World) -> None:
     }
 
 
-def test_utf8_bytes_are_read_as_text(world: World) -> None:
-    rows = [{"id": "k\xe9".encode(), "email": b"bytes@example.com"}]
-    result = world.execute(world.reply_op(contacts=rows, column_map={"email": "email"}))
-    assert result["added"] == ["k\xe9"]
-
-
 def test_float_keys_beyond_2_to_the_53_are_refused(world: World) -> None:
     rows = [
         {"id": float(2**53 + 1), "email": "a@example.com"},

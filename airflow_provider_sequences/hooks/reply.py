@@ -61,7 +61,9 @@ class ReplyHook(SequencesHook):
       ``X-User-Id`` / ``X-User-Email``); required with an organization key.
     - ``requests_per_minute`` (100), ``requests_per_hour`` (3000): client-side limits; lower
       them when other tools spend the same user's budget.
-    - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6).
+    - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6);
+    - ``request_deadline`` (300 s, the whole request), ``max_answer_mb`` (64),
+      ``max_retry_wait`` (900 s: a longer wait asked for stops the run).
     - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
 
     Methods map one to one to API endpoints and return the parsed JSON.

@@ -52,6 +52,8 @@ class WhippyHook(SequencesHook):
     - ``sequence_writes_per_minute`` (10): writes to sequences, campaigns and contact lists;
     - ``requests_per_second`` (25): every other request;
     - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6);
+    - ``request_deadline`` (300 s, the whole request), ``max_answer_mb`` (64),
+      ``max_retry_wait`` (900 s: a longer wait asked for stops the run);
     - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
 
     Methods map one to one to API endpoints and return the parsed JSON.
