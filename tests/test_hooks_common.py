@@ -460,13 +460,6 @@ def test_a_whippy_id_is_escaped_as_one_path_segment(monkeypatch: pytest.MonkeyPa
         assert stub.seen[0].path.split("?")[0] == "/v1/sequences/seq%3B1%252F/contacts"
 
 
-@pytest.mark.parametrize(
-    ("given", "expected"), [(" 1001", 1001), ("1001 ", 1001), (1001, 1001), (1001.0, 1001)]
-)
-def test_reply_sequence_ids_have_one_form(given: object, expected: int) -> None:
-    assert reply_sequence_id(given) == expected
-
-
 @pytest.mark.parametrize("given", ["", "  ", "abc", "0", "-3", "12.5", "1001/contacts", True])
 def test_a_reply_sequence_id_that_is_not_a_positive_integer_is_refused(given: object) -> None:
     with pytest.raises(ValueError, match="Reply sequence"):
