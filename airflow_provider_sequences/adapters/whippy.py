@@ -436,10 +436,12 @@ class WhippyAdapter(ServiceAdapter):
         guard = PageGuard(self.hook, "/v1/channels", 500)
         while True:
             page = self.hook.list_channels(limit=500, offset=offset)
-            guard.check(page["data"], offset=offset, more=offset + len(page["data"]) < page["total"])
-            channels += page.get("data") or []
-            offset += len(page.get("data") or [])
-            if not page.get("data") or offset >= int(page.get("total", 0)):
+            total = page.get("total")
+            more = isinstance(total, int) and offset + len(page["data"]) < total
+            guard.check(page["data"], offset=offset, more=more)
+            channels += page["data"]
+            offset += len(page["data"])
+            if not page["data"] or not more:
                 break
         known = {str(c.get(f)) for c in channels for f in ("phone", "email") if c.get(f)}
         if wanted not in known:

@@ -151,8 +151,8 @@ class WhippyHook(SequencesHook):
         """``GET /v1/sequences/{id}``: the sequence with its steps (the ``data`` object)."""
         path = f"/v1/sequences/{path_segment(sequence_id, 'Whippy sequence id')}"
         result = self.expect_object(self.request_json("GET", path), "GET", path)
-        data = result.get("data", result)
-        return self.expect_object(data, "GET", path, ("id", (str, int)))
+        # The sequence's fields are undocumented: only its being an object is required.
+        return self.expect_object(result.get("data", result), "GET", path)
 
     def create_sequence_contacts(
         self,
@@ -247,7 +247,8 @@ class WhippyHook(SequencesHook):
     def list_channels(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
         """``GET /v1/channels``: ``{"data": [{id, name, phone, type, ...}], "total": n}``."""
         result = self.request_json("GET", "/v1/channels", params={"limit": limit, "offset": offset})
-        return self.expect_object(result, "GET", "/v1/channels", ("data", list), ("total", int))
+        # Whippy's own clients see no ``total`` here: only the list is required.
+        return self.expect_object(result, "GET", "/v1/channels", ("data", list))
 
     def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         offset = 0
