@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.exceptions import SyncAbortedError
@@ -148,6 +149,14 @@ class SequenceSyncOperator(BaseOperator):
     def sequence_url(self) -> str:
         raise NotImplementedError
 
+    def normalize_sequence_id(self, value: Any) -> Any:
+        """The sequence id in its one canonical form (one sequence, one sync state); raise
+        ValueError when it cannot be one."""
+        text = "" if value is None else str(value).strip()
+        if not text:
+            raise ValueError("sequence_id is empty")
+        return text
+
     # -- wiring -------------------------------------------------------------------------------
 
     def prepare_spec(self, adapter: ServiceAdapter) -> PrepareSpec:
@@ -207,6 +216,12 @@ class SequenceSyncOperator(BaseOperator):
         return f"{ti.dag_id}.{ti.task_id}[{map_index}]:{context['run_id']}"
 
     def start_run(self, context: Mapping[str, Any], **extra_options: Any) -> SyncRun:
+        try:
+            # Rendered by now: a templated id is checked as it will be used.
+            self.sequence_id = self.normalize_sequence_id(self.sequence_id)
+        except ValueError as exc:
+            # A setting, not an outage: retrying the task would fail the same way.
+            raise AirflowFailException(f"{type(self).__name__}: {exc}") from None
         adapter = self.make_adapter()
         adapter.preflight()
         spec = self.prepare_spec(adapter)

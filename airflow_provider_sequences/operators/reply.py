@@ -9,7 +9,7 @@ from typing import Any
 from airflow.sdk import Asset, Context
 
 from airflow_provider_sequences.adapters.reply import ReplyAdapter, ReplyEnrolment
-from airflow_provider_sequences.hooks.reply import ReplyHook
+from airflow_provider_sequences.hooks.reply import ReplyHook, reply_sequence_id
 from airflow_provider_sequences.links import SequenceLink, SyncReportLink
 from airflow_provider_sequences.operators.base import SequenceSyncOperator
 
@@ -94,6 +94,9 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
 
     def sequence_url(self) -> str:
         return f"{ReplyHook.web_url}/#/sequences/{self.sequence_id}"
+
+    def normalize_sequence_id(self, value: Any) -> int:
+        return reply_sequence_id(value)
 
     def make_adapter(self) -> ReplyAdapter:
         return ReplyAdapter(

@@ -9,6 +9,7 @@ from typing import Any
 from airflow.sdk import Asset, Context
 
 from airflow_provider_sequences.adapters.whippy import WhippyAdapter, WhippyEnrolment
+from airflow_provider_sequences.hooks.base import path_segment
 from airflow_provider_sequences.hooks.whippy import WhippyHook
 from airflow_provider_sequences.links import SequenceLink, SyncReportLink
 from airflow_provider_sequences.operators.base import SequenceSyncOperator
@@ -106,6 +107,11 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
 
     def sequence_url(self) -> str:
         return f"{WhippyHook.web_url}/sequences/{self.sequence_id}"
+
+    def normalize_sequence_id(self, value: Any) -> str:
+        text = super().normalize_sequence_id(value)
+        path_segment(text, "the Whippy sequence_id")  # refuses ids that would reach another path
+        return str(text)
 
     def make_adapter(self) -> WhippyAdapter:
         return WhippyAdapter(
