@@ -5,7 +5,8 @@ an ``AIRFLOW_CONN_*`` variable, take the lease on its scope, read a CSV, send, r
 write the run's result (or the error that stopped it) as JSON to ``result``.
 
 Config keys: ``service``, ``env``, ``conn_id``, ``sequence_id``, ``source``, ``batch_size``,
-``state_url``, ``run_id``, ``group`` (the lease group), ``lock_timeout``, ``result``, and
+``state_url``, ``run_id``, ``group`` (the lease group), ``lock_timeout``, ``result``,
+``barrier`` (a file to wait for before starting, once ``<result>.ready`` is written), and
 ``requests`` (instead of a sync: that many ``whoami`` / channel reads, for the rate budget).
 """
 
@@ -88,8 +89,14 @@ def _sync(config: dict[str, Any], hook: SequencesHook) -> dict[str, Any]:
 def main(path: str) -> None:
     config = json.loads(Path(path).read_text())
     os.environ.update(config.get("env") or {})
-    started = time.monotonic()
     hook = _hook(config)
+    if config.get("barrier"):
+        # Start together: say ready, then wait for the test's go (imports take seconds).
+        barrier = Path(config["barrier"])
+        Path(f"{config['result']}.ready").touch()
+        while not barrier.exists():
+            time.sleep(0.01)
+    started = time.monotonic()
     result: dict[str, Any]
     try:
         if config.get("requests"):

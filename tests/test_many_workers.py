@@ -42,10 +42,20 @@ REPO = CHILD.parents[1]
 def _start(tmp_path: Path, name: str, config: dict[str, Any]) -> tuple[subprocess.Popen[bytes], Path]:
     result = tmp_path / f"{name}.json"
     path = tmp_path / f"{name}.config.json"
-    path.write_text(json.dumps({**config, "result": str(result)}))
+    path.write_text(json.dumps({**config, "result": str(result), "barrier": str(tmp_path / "go")}))
     log = (tmp_path / f"{name}.log").open("wb")
     process = subprocess.Popen([sys.executable, str(CHILD), str(path)], cwd=REPO, stdout=log, stderr=log)
     return process, result
+
+
+def _go(tmp_path: Path, started: list[tuple[subprocess.Popen[bytes], Path]], timeout: float = 120) -> None:
+    """Let the children of a barrier start together, once each has imported everything."""
+    deadline = time.monotonic() + timeout
+    while not all(Path(f"{path}.ready").exists() for _, path in started):
+        assert time.monotonic() < deadline, "the children did not get ready in time"
+        assert all(process.poll() is None for process, _ in started), "a child died while starting"
+        time.sleep(0.05)
+    (tmp_path / "go").touch()
 
 
 def _wait(started: list[tuple[subprocess.Popen[bytes], Path]], timeout: float = 150) -> list[dict[str, Any]]:
@@ -61,13 +71,18 @@ def _wait(started: list[tuple[subprocess.Popen[bytes], Path]], timeout: float = 
 
 def _accounted(result: dict[str, Any]) -> int:
     stats = result["stats"]
-    return len(result["added"]) + len(result["not_processed"]) + stats["unchanged"] + stats["duplicates"]
+    return (
+        len(result["added"])
+        + len(result["not_processed"])
+        + int(stats["unchanged"])
+        + int(stats["duplicates"])
+    )
 
 
 def _whippy_csv(tmp_path: Path, count: int) -> Path:
     path = tmp_path / "whippy.csv"
     pd.DataFrame(
-        {"phone": [f"+1555{2000000 + i:07d}" for i in range(count)], "name": [f"P {i}" for i in range(count)]}
+        {"phone": [f"+1415201{i:04d}" for i in range(count)], "name": [f"P {i}" for i in range(count)]}
     ).to_csv(path, index=False)
     return path
 
@@ -127,6 +142,7 @@ def test_two_overlapping_runs_never_enrol_anyone_twice(
         _start(tmp_path, name, {**common, "run_id": f"nightly.sync[-1]:{name}", "group": name})
         for name in ("first", "second")
     ]
+    _go(tmp_path, started)
     results = _wait(started)
     whippy_simulator.wait_idle()
 
@@ -164,6 +180,7 @@ def test_a_second_run_fails_clearly_before_sending_when_the_lock_times_out(
         _start(tmp_path, name, {**common, "run_id": f"nightly.sync[-1]:{name}", "group": name})
         for name in ("first", "second")
     ]
+    _go(tmp_path, started)
     results = _wait(started)
     whippy_simulator.wait_idle()
 
@@ -182,17 +199,16 @@ def test_a_second_run_fails_clearly_before_sending_when_the_lock_times_out(
 # -- mapped shards: in parallel, nobody twice ------------------------------------------------
 
 
-@pytest.mark.reply_simulator(time_scale=60)
+@pytest.mark.whippy_simulator(time_scale=60, processing_delay=0.5)
 def test_mapped_shards_run_in_parallel_and_never_send_a_key_twice(
-    tmp_path: Path, reply_simulator: ReplySimulator, reply_account: ReplyAccount
+    tmp_path: Path, whippy_simulator: WhippySimulator, whippy_account: WhippyAccount
 ) -> None:
-    everyone = _reply_csv(tmp_path, 400)
-    frame = pd.read_csv(everyone)
+    frame = pd.read_csv(_whippy_csv(tmp_path, 400), dtype=str)
     # Two shards overlapping by 100 rows (an export cut carelessly).
     shards = [frame.iloc[:250], frame.iloc[150:]]
     env = {
-        connection_env_var("reply_default"): connection_json(
-            "reply", reply_simulator.url, reply_account.api_key, rate_limit_time_scale=60
+        connection_env_var("whippy_default"): connection_json(
+            "whippy", whippy_simulator.url, whippy_account.api_key, rate_limit_time_scale=60
         )
     }
     started = []
@@ -200,10 +216,10 @@ def test_mapped_shards_run_in_parallel_and_never_send_a_key_twice(
         path = tmp_path / f"shard{index}.csv"
         shard.to_csv(path, index=False)
         config = {
-            "service": "reply",
+            "service": "whippy",
             "env": env,
-            "conn_id": "reply_default",
-            "sequence_id": reply_account.sequence_id,
+            "conn_id": "whippy_default",
+            "sequence_id": whippy_account.sequence_id,
             "source": str(path),
             "batch_size": 50,
             "state_url": f"sqlite:///{tmp_path / 'state.db'}",
@@ -212,12 +228,14 @@ def test_mapped_shards_run_in_parallel_and_never_send_a_key_twice(
             "group": "nightly.sync:night-1",
         }
         started.append(_start(tmp_path, f"shard{index}", config))
+    _go(tmp_path, started)
     results = _wait(started)
+    whippy_simulator.wait_idle()
 
     assert [r.get("error") for r in results] == [None, None], results
-    enrolments = reply_simulator.enrolments
+    enrolments = whippy_simulator.enrolments
     assert len(enrolments) == 400
-    assert max(enrolments.values()) == 1
+    assert max(enrolments.values()) == 1  # nobody messaged twice
     first, second = (set(r["added"]) for r in results)
     assert not first & second
     assert len(first) + len(second) == 400
@@ -242,6 +260,7 @@ def test_processes_on_one_account_share_its_rate_budget(
         _start(tmp_path, f"worker{i}", {"service": "reply", "env": env, "conn_id": conn, "requests": 120})
         for i, conn in enumerate(["reply_a", "reply_b", "reply_a", "reply_b"])
     ]
+    _go(tmp_path, started)
     results = _wait(started)
 
     assert all("error" not in r for r in results), results

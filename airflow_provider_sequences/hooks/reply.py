@@ -40,7 +40,7 @@ class ReplyHook(SequencesHook):
     - ``requests_per_minute`` (100), ``requests_per_hour`` (3000): client-side limits; lower
       them when other tools spend the same user's budget.
     - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6).
-    - ``team_id``: the team the acting user works in (part of the account's name).
+    - ``acting_team_id``: the team acted in (part of the account's name).
     - ``rate_limit_conn_id``: where the rate budget lives (see :mod:`.budget`).
     - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
 
@@ -87,12 +87,12 @@ class ReplyHook(SequencesHook):
 
     def resolve_account(self) -> str:
         """``reply:<host>:user-<id>[:team-<id>]``: the acting user (the ``acting_user_id``
-        extra, else ``whoami``'s answer) and the team named in the extras, if any."""
+        extra, else ``whoami``'s answer) and the team (the ``acting_team_id`` extra), if any."""
         user = self.extras.get("acting_user_id")
         if user is None or not str(user).strip().isdigit():
             user = self.whoami().get("userId")
         account = f"reply:{urlsplit(self.base_url).netloc}:user-{user}"
-        team = self.extras.get("team_id") or self.extras.get("acting_team_id")
+        team = self.extras.get("acting_team_id")
         return f"{account}:team-{team}" if team else account
 
     def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:

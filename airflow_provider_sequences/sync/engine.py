@@ -364,6 +364,10 @@ class SyncRun:
         settled = (status == ADDED) | ((status == NOT_PROCESSED) & data_reason)
         attempts = pd.to_numeric(merged["attempts"], errors="coerce").fillna(0)
         in_flight = np.fromiter((key in flying for key in merged["key"]), dtype=bool, count=len(merged))
+        # A key another live run (a sibling shard) recorded last is that run's to finish: its
+        # result reports it, and carrying or rejecting it here would take it from that result.
+        siblings = self.state.live_runs() - {self.run_id} if self.lease is not None else set()
+        elsewhere = merged["last_run_id"].isin(list(siblings)).to_numpy() if siblings else None
         # A key the state records added is enrolled, whatever batch of it was left in flight
         # (a re-send that died, or a row an earlier version left behind): never sent again.
         enrolled = ((status == ADDED) & (not resync)).to_numpy()
@@ -394,6 +398,10 @@ class SyncRun:
             ],
             default="handle",
         )
+        if elsewhere is not None and elsewhere.any():
+            decision = np.where(elsewhere, "elsewhere", decision)
+            self.result.stats["claimed_by_other_shards"] += int(elsewhere.sum())
+            self.result.stats["unchanged"] += int(elsewhere.sum())
         if resync:
             # Keys an earlier run enrolled: if the service answers "already in the sequence",
             # that is what they are, not a failure to retry on every later run.

@@ -846,6 +846,11 @@ class SyncState:
         text = "\x1f".join((LEASES_TABLE, self.scope.service, self.scope.account, self.scope.sequence_id))
         return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
 
+    def live_runs(self) -> set[str]:
+        """Runs holding an unexpired lease on the scope now."""
+        with self.engine.connect() as connection:
+            return self._live_runs(connection)
+
     def _live_runs(self, connection: sa.Connection) -> set[str]:
         """Runs holding an unexpired lease on the scope."""
         table = leases_table
