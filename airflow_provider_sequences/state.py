@@ -7,16 +7,27 @@ sequence, key) with the key's last outcome. Query it with any SQL tool, or::
 
     frame = read_sync_state(service="reply", sequence_id="1001")
     frame[frame.status == "not_processed"].groupby("reason").size()
+
+The schema has a version and migrations: a sync upgrades its state before reading it. To see or
+do it yourself (back the state up first)::
+
+    python -m airflow_provider_sequences.state current [--state-conn-id ID | --url URL]
+    python -m airflow_provider_sequences.state upgrade [--state-conn-id ID | --url URL]
+    python -m airflow_provider_sequences.state history
 """
 
 from __future__ import annotations
 
+import argparse
 import os
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import pandas as pd
 import sqlalchemy as sa
 
+from airflow_provider_sequences.sync import schema
 from airflow_provider_sequences.sync.state import create_state_engine, default_state_url, read_state
 
 
@@ -64,3 +75,55 @@ def _account_of(connection_id: str) -> str:
 
     account: str = BaseHook.get_connection(connection_id).get_hook().account
     return account
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m airflow_provider_sequences.state upgrade|current|history``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m airflow_provider_sequences.state",
+        description="See or upgrade the sync state's schema. Back the state up before an upgrade.",
+    )
+    parser.add_argument("command", choices=["upgrade", "current", "history"])
+    where = parser.add_mutually_exclusive_group()
+    where.add_argument(
+        "--state-conn-id", help="the Airflow connection of the state (the operators' state_conn_id)"
+    )
+    where.add_argument("--url", help="a SQLAlchemy URL of the state database instead of a connection")
+    args = parser.parse_args(argv)
+    if args.command == "history":
+        for known in schema.history():
+            print(f"{known.revision}  {known.message}")
+        return 0
+    engine = create_state_engine(args.url) if args.url else state_engine(args.state_conn_id)
+    where_text = engine.url.render_as_string(hide_password=True)
+    try:
+        if args.command == "current":
+            with engine.connect() as connection:
+                revision, by = schema.current(connection), schema.written_by(connection)
+            head = schema.head()
+            revisions = {r.revision for r in schema.history()}
+            if revision == head:
+                status = "up to date"
+            elif revision is not None and revision not in revisions:
+                status = f"newer than this provider (it knows up to {head}): upgrade the provider"
+            else:
+                status = f"behind: the next sync, or 'upgrade', brings it to {head}"
+            shown = revision or "none (empty, or written by provider 0.1.0)"
+            print(f"{where_text}: revision {shown}" + (f", upgraded by provider {by}" if by else ""))
+            print(status)
+            return 0
+        before, after = schema.upgrade(engine)
+        print(
+            f"{where_text}: "
+            + (f"upgraded {before or 'none'} -> {after}" if before != after else f"already at {after}")
+        )
+        return 0
+    except schema.StateSchemaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        engine.dispose()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -4,13 +4,15 @@ One row per (service, account, sequence, key). It is written batch by batch as t
 answers, so a run killed half-way resumes where it stopped, and it is a table users can query
 themselves ("who was enrolled when, and who failed why"). SQLAlchemy Core keeps it portable:
 the embedded default is SQLite, deployments with several workers use PostgreSQL.
+
+The tables below are the current schema; every change to them comes with an Alembic revision in
+``migrations/versions`` (see :mod:`.schema`), which brings existing states up to date.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import time
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -23,6 +25,8 @@ import msgspec
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
+
+from airflow_provider_sequences.sync.schema import META_TABLE, ensure_current
 
 STATE_TABLE = "sequence_sync_state"
 RUNS_TABLE = "sequence_sync_runs"
@@ -126,6 +130,14 @@ leases_table = sa.Table(
     sa.Column("holder", sa.String(250), nullable=False),  # host and process, for messages
     sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: Facts about the state itself (see :mod:`.schema`), e.g. the provider version that upgraded it.
+meta_table = sa.Table(
+    META_TABLE,
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(250), nullable=False),
 )
 
 #: What :meth:`SyncState.lookup` answers per key.
@@ -275,22 +287,6 @@ def create_state_engine(url: str) -> sa.Engine:
     return sa.create_engine(url, pool_pre_ping=True)
 
 
-def create_tables(engine: sa.Engine, *, attempts: int = 5) -> None:
-    """Create the state tables if they are missing, also when several workers start at once.
-
-    Two processes that both find a table missing both issue ``CREATE TABLE``, and one fails
-    (SQLite: "already exists"; PostgreSQL: a duplicate in its catalog): check again then.
-    """
-    for attempt in range(1, attempts + 1):
-        try:
-            metadata.create_all(engine, checkfirst=True)
-            return
-        except (sa.exc.OperationalError, sa.exc.ProgrammingError, sa.exc.IntegrityError):
-            if attempt == attempts:
-                raise
-            time.sleep(0.05 * attempt)
-
-
 def read_state(
     engine: sa.Engine,
     *,
@@ -302,7 +298,7 @@ def read_state(
 
     Timestamps are UTC-aware on every database (SQLite hands them back naive).
     """
-    create_tables(engine)
+    ensure_current(engine)
     scope = {"service": service, "account": account, "sequence_id": sequence_id}
 
     def rows_of(table: sa.Table) -> sa.Select[Any]:
@@ -363,7 +359,7 @@ class SyncState:
     def __init__(self, engine: sa.Engine, scope: Scope) -> None:
         self.engine = engine
         self.scope = scope
-        create_tables(engine)
+        ensure_current(engine)
         self._raw_upsert: str | None = None
         self._now_processor: Any = None
         if engine.dialect.name == "sqlite":
