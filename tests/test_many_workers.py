@@ -465,3 +465,40 @@ def test_a_live_runs_in_flight_batch_is_not_another_runs_to_resolve(
     finally:
         sibling.release()
     assert max(reply_simulator.enrolments.values()) == 1
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+def test_a_killed_workers_lease_expires_and_a_waiting_run_names_the_holder(tmp_path: Path) -> None:
+    from airflow_provider_sequences.exceptions import ScopeBusyError
+    from airflow_provider_sequences.sync.lease import ScopeLease
+
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    state = SyncState(engine, Scope("reply", "reply:api.reply.io:user-7", "1001"))
+    # A worker took the lease and was killed: nothing renews it.
+    assert state.take_lease("crm.sync[-1]:night-1", "crm.sync:night-1", "worker-a:42", ttl=1.5) is None
+
+    other = ScopeLease(state, "crm.sync[-1]:night-2", group="crm.sync:night-2", lock_timeout=0)
+    with pytest.raises(ScopeBusyError) as busy:
+        other.acquire()
+    assert busy.value.holder == "crm.sync[-1]:night-1"
+    assert "crm.sync[-1]:night-1" in str(busy.value)
+    assert "sent nothing" in str(busy.value)
+
+    # Within lock_timeout the dead worker's lease expires and the waiting run goes on.
+    waiting = ScopeLease(state, "crm.sync[-1]:night-2", group="crm.sync:night-2", lock_timeout=10)
+    started = time.monotonic()
+    waiting.acquire()
+    try:
+        assert 0.5 < time.monotonic() - started < 10
+        assert state.live_runs() == {"crm.sync[-1]:night-2"}
+        # A shard of the same group joins at once; a third run still waits.
+        shard = ScopeLease(state, "crm.sync[3]:night-2", group="crm.sync:night-2", lock_timeout=0)
+        shard.acquire()
+        shard.release()
+        with pytest.raises(ScopeBusyError):
+            ScopeLease(state, "crm.sync[-1]:night-3", group="crm.sync:night-3", lock_timeout=0).acquire()
+    finally:
+        waiting.release()
+    assert state.live_runs() == set()
