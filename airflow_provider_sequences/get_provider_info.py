@@ -27,6 +27,12 @@ _COMMON_FIELDS: dict[str, Any] = {
         900,
         "When the service asks to wait longer before retrying, the run stops; a later run resumes.",
     ),
+    "rate_limit_conn_id": {
+        "label": "Rate budget connection",
+        "schema": {"type": ["string", "null"]},
+        "description": "A postgres or redis connection holding this account's rate budget, shared by "
+        "every machine; empty: a file shared by this machine's processes.",
+    },
     "rate_limit_time_scale": _number(
         "Rate-limit time scale", 1, "Leave at 1. Simulators only: shortens the limit windows."
     ),
@@ -103,6 +109,12 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_provider_sequences.hooks.whippy.WhippyHook",
                 "hook-name": "Whippy",
                 "conn-fields": {
+                    "organization_id": {
+                        "label": "Organization id",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Connections naming the same organization share its sync state "
+                        "and rate budget.",
+                    },
                     "sequence_writes_per_minute": _number(
                         "Sequence writes per minute", 10, "Whippy allows 10 per key on sequence endpoints."
                     ),

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import requests
 
@@ -64,6 +65,9 @@ class ReplyHook(SequencesHook):
     - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6);
     - ``request_deadline`` (300 s, the whole request), ``max_answer_mb`` (64),
       ``max_retry_wait`` (900 s: a longer wait asked for stops the run).
+
+    - ``acting_team_id``: the team acted in (part of the account's name).
+    - ``rate_limit_conn_id``: where the rate budget lives (see :mod:`.budget`).
     - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
 
     Methods map one to one to API endpoints and return the parsed JSON.
@@ -104,10 +108,18 @@ class ReplyHook(SequencesHook):
     def bucket_for(self, method: str, path: str) -> str:
         return "all"
 
-    def rate_limit_scope(self) -> str:
-        # Reply counts per acting user, whichever key acts for them.
-        user = self.extras.get("acting_user_id") or self.extras.get("acting_user_email") or ""
-        return f"{super().rate_limit_scope()}:{user}"
+    #: Reply counts per acting user, whichever key acts for them: learnt with ``whoami``.
+    account_needs_request = True
+
+    def resolve_account(self) -> str:
+        """``reply:<host>:user-<id>[:team-<id>]``: the acting user (the ``acting_user_id``
+        extra, else ``whoami``'s answer) and the team (the ``acting_team_id`` extra), if any."""
+        user = self.extras.get("acting_user_id")
+        if user is None or not str(user).strip().isdigit():
+            user = self.whoami().get("userId")
+        account = f"reply:{urlsplit(self.base_url).netloc}:user-{user}"
+        team = self.extras.get("acting_team_id")
+        return f"{account}:team-{team}" if team else account
 
     def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:
         body: dict[str, Any] = {}
