@@ -299,8 +299,8 @@ def test_workers_that_start_together_upgrade_the_state_once(
         for worker in workers:
             worker.start()
         for worker in workers:
-            worker.join(timeout=120)
-        assert sorted(results.get(timeout=5) for _ in workers) == ["ok"] * 4
+            worker.join(timeout=280)
+        assert sorted(results.get(timeout=30) for _ in workers) == ["ok"] * 4
         engine = create_state_engine(url)
         with engine.connect() as connection:
             assert schema.current(connection) == schema.head()
