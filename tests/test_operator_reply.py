@@ -325,7 +325,8 @@ def test_rows_rejected_before_sending_and_by_the_import(world: ReplyWorld) -> No
     else:
         assert not_processed["crm-7"] == {
             "reason": "invalidInput",
-            "detail": "Reply could not import this contact: a contact with this email belongs to another user",
+            "detail": "Reply could not import this contact: "
+            "a contact with this email belongs to another user",
         }
     check_accounting(result, {"crm-1", "row:1", "crm-3", "crm-4", "crm-5", "crm-6", "crm-7"})
     check_enrolled(world, result, {"crm-1": "ok@example.com"})
