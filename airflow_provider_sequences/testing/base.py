@@ -5,28 +5,19 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, TypeVar
 
 import msgspec
 from starlette.responses import Response
 
+# Re-exported: the behaviours are part of the simulators' API.
+from airflow_provider_sequences.testing.behaviour import BEHAVIOURS as BEHAVIOURS
+from airflow_provider_sequences.testing.behaviour import DEFAULT_BEHAVIOUR as DEFAULT_BEHAVIOUR
+from airflow_provider_sequences.testing.behaviour import Behaviour as Behaviour
+from airflow_provider_sequences.testing.behaviour import check_behaviour as check_behaviour
 from airflow_provider_sequences.testing.faults import CannedResponse, FaultInjector, RequestRecord
 from airflow_provider_sequences.testing.ratelimit import SimClock, SlidingWindowLimiter
 from airflow_provider_sequences.testing.server import SimulatorServer
-
-#: How a simulator answers: ``documented`` follows the services' reference docs;
-#: ``observed`` does what the services' own clients report the real servers do (the
-#: "added 2026-12" sections of the API notes). The sync must be correct under both.
-Behaviour = Literal["documented", "observed"]
-BEHAVIOURS: tuple[Behaviour, ...] = get_args(Behaviour)
-DEFAULT_BEHAVIOUR: Behaviour = "documented"
-
-
-def check_behaviour(value: str) -> Behaviour:
-    """``value`` as a :data:`Behaviour`, or ``ValueError`` naming the choices."""
-    if value not in BEHAVIOURS:
-        raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, not {value!r}")
-    return value  # type: ignore[return-value]
 
 
 def json_response(content: dict[str, Any]) -> Response:

@@ -37,7 +37,12 @@ from airflow_provider_sequences.testing.accounts import (
     seed_whippy_account,
     simulator_connection_extra,
 )
-from airflow_provider_sequences.testing.base import BEHAVIOURS, DEFAULT_BEHAVIOUR, Behaviour, check_behaviour
+from airflow_provider_sequences.testing.behaviour import (
+    BEHAVIOURS,
+    DEFAULT_BEHAVIOUR,
+    Behaviour,
+    check_behaviour,
+)
 
 if TYPE_CHECKING:
     from airflow_provider_sequences.testing.reply import ReplySimulator
