@@ -576,10 +576,16 @@ class SequencesHook(BaseHook):
         )
 
     def expect_object(
-        self, value: Any, method: str, path: str, *fields: tuple[str, type | tuple[type, ...]]
+        self,
+        value: Any,
+        method: str,
+        path: str,
+        *fields: tuple[str, type | tuple[type, ...]],
+        repeat_safe: bool = True,
     ) -> dict[str, Any]:
         """``value`` when it is a JSON object whose ``fields`` have the given types; else an
-        :class:`UnexpectedAnswerError` describing the answer's shape (never its values)."""
+        :class:`UnexpectedAnswerError` describing the answer's shape (never its values), or
+        :class:`OutcomeUnknownError` for a write that is not ``repeat_safe``."""
         problem = None
         if not isinstance(value, dict):
             problem = "not an object"
@@ -592,7 +598,7 @@ class SequencesHook(BaseHook):
             return value  # type: ignore[no-any-return]
         message = f"an answer of unexpected shape ({problem}): {describe_shape(value)}"
         self.log.warning("%s %s %s: %s", self.hook_name, method, path, message)
-        raise self.unexpected(method, path, 200, message)
+        raise self.unexpected(method, path, 200, message, repeat_safe=repeat_safe)
 
     def _send(
         self, method: str, path: str, params: dict[str, Any], body: bytes | None, repeat_safe: bool = True
