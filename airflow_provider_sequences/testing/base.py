@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar
 
 import msgspec
 from starlette.responses import Response
@@ -23,6 +23,11 @@ def json_response(content: dict[str, Any]) -> Response:
 
 
 _S = TypeVar("_S", bound="Simulator")
+
+#: How a simulator answers: ``documented``, as the service's reference says; ``observed``, as
+#: the service's own clients report the live service answers (``shared/api/*.md``, 2026-12).
+Behaviour = Literal["documented", "observed"]
+BEHAVIOURS: tuple[Behaviour, ...] = ("documented", "observed")
 
 
 class Simulator(ABC):
