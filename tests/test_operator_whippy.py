@@ -1018,3 +1018,90 @@ def test_a_new_row_with_a_phone_an_earlier_night_sent_is_refused(whippy: Whippy)
     }
     assert [p.items for p in second.posts] == [1]
     assert Counter(whippy.sim.enrolments.values()) == Counter({1: 2})
+
+
+# -- what Whippy's own code shows (issue 12) ------------------------------------------------------
+
+
+def test_a_nightly_sync_is_read_back_by_phone_and_email_not_external_id(whippy: Whippy) -> None:
+    """Issue 12's finding: 2,415 rows against step contacts that carry no external_id (observed)
+    were all reported notEnrolled, and the next night would have sent them all again."""
+    export = [
+        *good_rows(2410),
+        *rows(*((f"bad-{i}", f"call {i}", None, f"Bad {i}") for i in range(5))),
+    ]
+    keys = [str(row["crm_id"]) for row in export]
+
+    night_1 = whippy.run("_1", upstream_rows=export, enrollment_timeout=10)
+
+    assert night_1.state == "success"
+    check_accounting(night_1.result, keys)
+    assert len(night_1.result["added"]) == 2410
+    assert set(reasons(night_1.result).values()) == {"invalidPhone"}
+    assert [p.items for p in night_1.posts] == [2410]
+    truth = in_step(whippy.sim, whippy.sequence_id, whippy.steps()[0])
+    assert truth == dict.fromkeys(night_1.result["added"], 1)
+
+    night_2 = whippy.run("_2", upstream_rows=export)
+    assert night_2.state == "success"
+    check_accounting(night_2.result, keys)
+    assert night_2.result["stats"]["unchanged"] == 2410
+    assert night_2.posts == []
+    assert Counter(whippy.sim.enrolments.values()) == Counter({1: 2410})
+
+
+def test_the_first_night_on_a_sequence_with_members_sends_none_of_them(whippy: Whippy) -> None:
+    """A sync state that knows nothing of the sequence (a first night, or a deleted state):
+    its members are read first and not sent again (Whippy would message them again)."""
+    sim, sequence = whippy.sim, whippy.sequence_id
+    first_step, second_step = whippy.steps()
+    hook = WhippyHook()
+    # Before the sync ever ran: 1 is in step 1 (the target), 2 in step 2, 3 went through step 1,
+    # and 4 is in step 1 under another phone but the email row 4 has (Whippy matches by email).
+    hook.create_sequence_contacts(sequence, [{"phone": "+14155550001", "external_id": "1"}])
+    hook.create_sequence_contacts(sequence, [{"phone": "+14155550002"}], step_id=second_step)
+    hook.create_sequence_contacts(sequence, [{"phone": "+14155550003"}])
+    hook.create_sequence_contacts(sequence, [{"phone": "+14155550099", "email": "C4@example.com"}])
+    sim.wait_idle()
+    finished = sim.contact_by(phone="+14155550003")
+    assert finished is not None
+    sim.set_step_contact_status(sequence, finished["id"], "complete")
+    before = sim.enrolments
+    export = good_rows(6)
+    keys = [str(i) for i in range(1, 7)]
+
+    first = whippy.run("_1", upstream_rows=export)
+
+    assert first.state == "success"
+    check_accounting(first.result, keys)
+    assert sorted(first.result["added"]) == ["1", "4", "5", "6"]
+    assert reasons(first.result) == {"2": "contactAlreadyInSequence", "3": "contactAlreadyInSequence"}
+    assert first.result["not_processed"]["2"]["detail"] == (
+        f"already active in step {second_step} of Whippy sequence {sequence} before this sync first "
+        "ran: not sent (Whippy ignores a contact active in another step)"
+    )
+    assert first.result["not_processed"]["3"]["detail"] == (
+        f"went through Whippy sequence {sequence} before this sync first ran (step {first_step}, "
+        "complete): not sent, so that nobody gets the sequence twice"
+    )
+    assert [p.items for p in first.posts] == [2]  # 5 and 6 only
+    members_after = sim.enrolments
+    assert {pair: members_after[pair] for pair in before} == before  # no member enrolled again
+    assert Counter(members_after.values()) == Counter({1: 6})
+
+    # The state deleted: the next night knows nothing again, reads the members, sends nobody.
+    whippy.state_path.unlink()
+    again = whippy.run("_2", upstream_rows=export)
+    assert again.state == "success"
+    check_accounting(again.result, keys)
+    assert sorted(again.result["added"]) == ["1", "4", "5", "6"]
+    assert set(reasons(again.result)) == {"2", "3"}
+    assert again.posts == []
+    assert sim.enrolments == members_after
+
+    # A later night with the state: nothing read first, nothing sent.
+    later = whippy.run("_3", upstream_rows=export)
+    assert later.posts == []
+    assert later.result["stats"]["unchanged"] == 4
+    assert later.result["stats"]["read_requests"] == 1  # the step's count, no members
+    assert sim.enrolments == members_after
