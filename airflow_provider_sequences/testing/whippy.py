@@ -41,7 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow_provider_sequences.testing.base import BEHAVIOURS, Behaviour, Simulator, json_response
+from airflow_provider_sequences.testing.base import DEFAULT_BEHAVIOUR, Behaviour, Simulator, json_response
 from airflow_provider_sequences.testing.faults import CannedResponse
 from airflow_provider_sequences.testing.ratelimit import Limit
 from airflow_provider_sequences.testing.whippy_state import (
@@ -116,15 +116,12 @@ class WhippySimulator(WhippyState, Simulator):
         enforce_rate_limits: bool = True,
         processing_delay: float = 0.0,
         max_list_limit: int = 500,
-        behaviour: Behaviour = "documented",
+        behaviour: Behaviour = DEFAULT_BEHAVIOUR,
     ) -> None:
-        if behaviour not in BEHAVIOURS:
-            raise ValueError(f"behaviour must be one of {BEHAVIOURS}, not {behaviour!r}")
-        self.behaviour = behaviour
         self.processing_delay = processing_delay
         self.max_list_limit = max_list_limit
         self._init_state()
-        super().__init__(time_scale=time_scale, enforce_rate_limits=enforce_rate_limits)
+        super().__init__(time_scale=time_scale, enforce_rate_limits=enforce_rate_limits, behaviour=behaviour)
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> WhippySimulator:
         """Serve on loopback in a background thread; ``port=0`` picks a free port."""
@@ -133,10 +130,6 @@ class WhippySimulator(WhippyState, Simulator):
 
     def __enter__(self) -> WhippySimulator:
         return self.start()
-
-    @property
-    def observed(self) -> bool:
-        return self.behaviour == "observed"
 
     # -- canned answers for the fault injector ------------------------------------------------
 

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 
+from airflow_provider_sequences.testing.base import Behaviour
+
 log = logging.getLogger(__name__)
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -203,7 +205,7 @@ class WhippyState:
     lock: threading.RLock
     processing_delay: float
     #: ``observed``: answer as Whippy's own clients report the live service does.
-    behaviour: str
+    behaviour: Behaviour
 
     def _init_state(self) -> None:
         self._keys: dict[str, str] = {}
