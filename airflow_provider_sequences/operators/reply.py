@@ -127,6 +127,7 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
     def execute(self, context: Context) -> dict[str, Any]:
         run = self.start_run(context)
         self.read_and_push(run)
-        # Batches whose answer was lost: the sequence is read once and only absent contacts sent.
-        run.confirm()
+        if not run.options.dry_run:
+            # Batches whose answer was lost: the sequence is read once and only absent contacts sent.
+            run.confirm()
         return self.complete(context, run.finish(), run)
