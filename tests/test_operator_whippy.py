@@ -25,7 +25,7 @@ import pandas as pd
 import pytest
 
 from airflow_provider_sequences.hooks.whippy import WhippyHook
-from airflow_provider_sequences.sync.state import Scope, SyncState, create_state_engine
+from airflow_provider_sequences.sync.state import ADDED, KeyOutcome, Scope, SyncState, create_state_engine
 from airflow_provider_sequences.testing import WhippyAccount, connection_env_var, connection_json
 from airflow_provider_sequences.testing.base import BEHAVIOURS
 from airflow_provider_sequences.testing.dags import load_dag, run_dag, task_states, task_xcom
@@ -76,13 +76,22 @@ class Whippy:
     def observed(self) -> bool:
         return self.sim.behaviour == "observed"
 
+    def before_first_write(self) -> list[None]:
+        """One ``None`` per request a first night sends before its first write, for
+        ``sim.faults.force``: the sequence, its members (observed: pages of 500 refused, then
+        read at 100), the step's count."""
+        return [None] * (4 if self.observed else 3)
+
     def known_sequence(self, sequence_id: str | None = None) -> None:
-        """Record a finished night in the sync state, as if the sync had run on this sequence
-        before: a run then does not read the sequence's members first (only a first night does)."""
+        """Record a finished night that enrolled someone else in the sync state, as if the sync
+        had run on this sequence before: a run then does not read the sequence's members first
+        (only a first night does)."""
         engine = create_state_engine(f"sqlite:///{self.state_path}")
         try:
             scope = Scope("whippy", "whippy_default", sequence_id or self.sequence_id)
-            SyncState(engine, scope).save_run("an-earlier-night", {}, finished=True)
+            state = SyncState(engine, scope)
+            state.record([KeyOutcome("someone-earlier", ADDED)], "an-earlier-night")
+            state.save_run("an-earlier-night", {}, finished=True)
         finally:
             engine.dispose()
 
@@ -424,9 +433,8 @@ def test_a_batch_that_keeps_failing_is_request_failed_and_the_rest_is_sent(
         connection_env_var("whippy_default"),
         connection_json("whippy", sim.url, whippy.account.api_key, max_attempts=2),
     )
-    # preflight read, the members (first night), step count, then both attempts of the first
-    # batch's POST fail.
-    sim.faults.force(None, None, None, "server_error", "server_error")
+    # Both attempts of the first batch's POST fail.
+    sim.faults.force(*whippy.before_first_write(), "server_error", "server_error")
     run = whippy.run(upstream_rows=good_rows(4), batch_size=2)
 
     assert run.state == "success"  # 2 of 4 failed: not more than max_not_processed_share (50%)
@@ -697,7 +705,7 @@ def test_inline_wait_reads_back_every_poll_interval_until_the_timeout(whippy: Wh
     reads = [r for r in run.requests[last_post + 1 :] if r.method == "GET"]
     assert 3 <= len(reads) <= 6  # after 0, 0.2, 0.6 and 1.4 s (the interval doubles)
     # And before sending: the members (a first night) and the step's count.
-    assert run.result["stats"]["read_requests"] == len(reads) + 2
+    assert run.result["stats"]["read_requests"] == len(reads) + 2 + whippy.observed
 
 
 @pytest.mark.whippy_simulator(processing_delay=0.5)
@@ -765,9 +773,8 @@ def test_pending_contacts_stored_by_an_earlier_version_are_still_confirmed(whipp
 
 
 def test_a_lost_response_is_not_retried_blindly_and_the_read_back_finds_the_contacts(whippy: Whippy) -> None:
-    # preflight read, the members (first night), step count, then the POST is applied and its
-    # answer lost.
-    whippy.sim.faults.force(None, None, None, "lost_response")
+    # The POST is applied and its answer lost.
+    whippy.sim.faults.force(*whippy.before_first_write(), "lost_response")
     run = whippy.run(upstream_rows=good_rows(6))
 
     assert run.state == "success"
@@ -803,9 +810,8 @@ def test_a_lost_response_for_contacts_whippy_ignored_says_so(whippy: Whippy) -> 
 def test_a_write_whose_connection_was_reset_is_sent_again_once_in_the_same_run(whippy: Whippy) -> None:
     """Whippy never saw the reset write: once its work is over and a read of the whole step
     proves the contacts absent, the run sends them again itself; no task retry is needed."""
-    # preflight read, the members (first night), step count, then the first batch's connection
-    # is reset before Whippy sees it.
-    whippy.sim.faults.force(None, None, None, "reset")
+    # The first batch's connection is reset before Whippy sees it.
+    whippy.sim.faults.force(*whippy.before_first_write(), "reset")
     run = whippy.run(upstream_rows=good_rows(6), batch_size=3)
 
     assert run.state == "success"
@@ -819,7 +825,7 @@ def test_a_write_whose_connection_was_reset_is_sent_again_once_in_the_same_run(w
     ]
     assert run.result["stats"]["write_requests"] == 3
     # Preflight, the members, the step's count, then polls: each reads only past what was read before.
-    assert run.result["stats"]["read_requests"] <= 7
+    assert run.result["stats"]["read_requests"] <= 7 + whippy.observed
     assert in_step(whippy.sim, whippy.sequence_id, whippy.steps()[0]) == dict.fromkeys(keys, 1)
     assert enrolments_in(whippy.sim, whippy.sequence_id) == 6
 
@@ -829,7 +835,7 @@ def test_a_lost_answer_is_not_sent_again_while_whippy_may_still_apply_it(whippy:
     """The second write's 202 is lost after a retry made it a second later than the first: when
     the first batch shows up, the second's job is still queued. Sending it then would enrol its
     contacts twice; the run waits (twice as long as Whippy took for the first) and finds them."""
-    whippy.sim.faults.force(None, None, None, None, "server_error", "lost_response")
+    whippy.sim.faults.force(*whippy.before_first_write(), None, "server_error", "lost_response")
     run = whippy.run(upstream_rows=good_rows(6), batch_size=3, poll_interval=0.1, enrollment_timeout=10)
 
     assert run.state == "success"

@@ -83,29 +83,33 @@ def to_items(columns: Mapping[str, list[Any]], rows: int) -> list[dict[str, Any]
     return items
 
 
+#: Separates the parts of a stored identity (see :func:`whippy_identity`).
+_SEP = "\x1f"
+
+
 def _identities(
     keys: Sequence[str | None], columns: Mapping[str, list[Any]]
-) -> Iterator[WhippyIdentity | None]:
-    """:meth:`WhippyAdapter.identity` of every row, from the batch's columns."""
+) -> Iterator[str | WhippyIdentity | None]:
+    """:meth:`WhippyAdapter.identity` of every row, from the batch's columns: one string,
+    ``phone<US>email<US>external_id`` (a run may hold a million pending keys: a string costs a
+    third of a tuple of three), or the tuple when a value holds the separator."""
     missing = [None] * len(keys)
     external_ids = columns.get("external_id", missing)
     phones = columns.get("phone", missing)
     emails = columns.get("email", missing)
-    for key, external_id, phone, email in zip(keys, external_ids, phones, emails, strict=True):
+    for external_id, phone, email in zip(external_ids, phones, emails, strict=True):
         if phone is None and email is None and external_id is None:
             yield None
             continue
-        # A value equal to the key is the key's own string: a million pending keys hold less.
-        if external_id is not None:
-            external_id = external_id if type(external_id) is str else str(external_id)
-            external_id = key if external_id == key else external_id
-        if phone is not None:
-            phone = str(phone)
-            phone = key if phone == key else phone
-        if email is not None:
-            email = str(email).lower()
-            email = key if email == key else email
-        yield phone, email, external_id
+        parts = (
+            "" if phone is None else str(phone),
+            "" if email is None else str(email).lower(),
+            "" if external_id is None else str(external_id),
+        )
+        if any(_SEP in part for part in parts):
+            yield parts[0] or None, parts[1] or None, parts[2] or None
+        else:
+            yield _SEP.join(parts)
 
 
 #: What identifies a pending contact in a read-back: its (E.164 phone, lowercase email, external
@@ -116,13 +120,17 @@ WhippyIdentity = tuple[str | None, str | None, str | None]
 
 
 def whippy_identity(value: Any) -> WhippyIdentity | None:
-    """An identity in its compact form, from what the state stores too: the list JSON makes of
-    the triple, and the forms of earlier versions (an external id alone, a (phone, email) pair,
-    a ``{phone, email, external_id}`` dict)."""
+    """An identity as (phone, lowercase email, external id), from what :meth:`WhippyAdapter.identity`
+    makes and the state stores: the joined string, the list JSON makes of a triple, and the forms
+    of earlier versions (an external id alone, a (phone, email) pair, a ``{phone, email,
+    external_id}`` dict)."""
+    if isinstance(value, str):
+        if _SEP in value:
+            parts = value.split(_SEP, 2)
+            return parts[0] or None, parts[1] or None, parts[2] or None
+        return (None, None, value) if value else None
     if isinstance(value, tuple) and len(value) == 3:
         return value  # as :meth:`WhippyAdapter.identity` made it (lowering the email again would copy it)
-    if isinstance(value, str):
-        return (None, None, value) if value else None
     if isinstance(value, Mapping):
         value = (value.get("phone"), value.get("email"), value.get("external_id"))
     if isinstance(value, (list, tuple)) and len(value) in (2, 3):
@@ -595,10 +603,9 @@ class WhippyAdapter(ServiceAdapter):
                 )
         return batch if all(keep) else batch[keep]
 
-    def identity(self, row: Mapping[str, Any]) -> WhippyIdentity | None:
-        """The external id, else (phone, lowercase email): see :class:`_Waiting`. A value equal to
-        the row's ``key`` is that same string, so that a key that is its own external id or
-        phone costs nothing more while it waits."""
+    def identity(self, row: Mapping[str, Any]) -> str | WhippyIdentity | None:
+        """The row's phone, lowercase email and external id, as one string (see
+        :func:`whippy_identity`); :class:`_Waiting` says how a read-back matches them."""
         columns = {
             name: [row[name] if name in row and present(row[name]) else None]
             for name in ("external_id", "phone", "email")
