@@ -25,6 +25,7 @@ import pandas as pd
 import pytest
 
 from airflow_provider_sequences.hooks.whippy import WhippyHook
+from airflow_provider_sequences.sync.schema import META_TABLE, VERSION_TABLE
 from airflow_provider_sequences.sync.state import ADDED, KeyOutcome, Scope, SyncState, create_state_engine
 from airflow_provider_sequences.testing import WhippyAccount, connection_env_var, connection_json
 from airflow_provider_sequences.testing.base import BEHAVIOURS
@@ -115,12 +116,15 @@ class Whippy:
         )
 
     def state_rows(self) -> int:
-        """Rows in the sync state tables (the file may not exist: then nothing was written)."""
+        """Rows in the sync state tables (the file may not exist: then nothing was written), but
+        for the schema's own version and facts."""
         if not self.state_path.exists():
             return 0
         with sqlite3.connect(self.state_path) as connection:
             tables = [
-                row[0] for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                row[0]
+                for row in connection.execute("SELECT name FROM sqlite_master WHERE type='table'")
+                if row[0] not in (VERSION_TABLE, META_TABLE)
             ]
             return sum(connection.execute(f"SELECT COUNT(*) FROM {t}").fetchone()[0] for t in tables)  # noqa: S608
 
