@@ -1108,3 +1108,28 @@ def test_the_first_night_on_a_sequence_with_members_sends_none_of_them(whippy: W
     assert later.result["stats"]["unchanged"] == 4
     assert later.result["stats"]["read_requests"] == 1  # the step's count, no members
     assert sim.enrolments == members_after
+
+
+@pytest.mark.whippy_simulator(processing_delay=2.0)
+def test_a_trigger_that_fires_early_does_not_make_enrolled_contacts_not_enrolled(
+    whippy: Whippy, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Mapped shards of one sequence share its step: a sibling's contacts bring the step's count
+    to what this task waits for before its own are in, and the trigger fires. The resumed task
+    must keep reading for the rest of ``enrollment_timeout``: contacts it called notEnrolled
+    would be sent again the next night, and messaged twice."""
+    from airflow.triggers.base import TriggerEvent
+
+    from airflow_provider_sequences.triggers.whippy import WhippyEnrollmentTrigger
+
+    async def fires_at_once(self: WhippyEnrollmentTrigger) -> Any:
+        yield TriggerEvent(
+            {"status": "complete", "total": self.expected_total, "waited": 0.0, "tail_from": self.tail_from}
+        )
+
+    monkeypatch.setattr(WhippyEnrollmentTrigger, "run", fires_at_once)
+    run = whippy.run(upstream_rows=good_rows(5), deferrable=True, enrollment_timeout=30)
+
+    assert run.state == "success"
+    assert sorted(run.result["added"]) == ["1", "2", "3", "4", "5"]
+    assert [p.items for p in run.posts] == [5]

@@ -181,8 +181,13 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         return self.complete(context, result, run)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume after the trigger: read the step back once and finish the run's result."""
-        run = self.start_run(context, enrollment_timeout=self.poll_interval)
+        """Resume after the trigger: read the step back and finish the run's result."""
+        # The trigger may fire before this task's contacts are in: mapped shards of one sequence
+        # share the step, so a sibling's contacts count too. Read back for what is left of
+        # enrollment_timeout; a contact wrongly called notEnrolled would be sent (messaged) again.
+        waited = float((event or {}).get("waited") or 0.0)
+        remaining = max(float(self.enrollment_timeout) - waited, float(self.poll_interval))
+        run = self.start_run(context, enrollment_timeout=remaining)
         try:
             return self._resume(context, event, run)
         finally:
