@@ -1,0 +1,380 @@
+"""The contract check (``python -m airflow_provider_sequences.check``) against both simulators,
+in both behaviours, through Airflow connections from ``AIRFLOW_CONN_...`` variables."""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import os
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from airflow_provider_sequences.check import main
+from airflow_provider_sequences.hooks.reply import ReplyHook
+from airflow_provider_sequences.hooks.whippy import WhippyHook
+from airflow_provider_sequences.testing import (
+    ReplyAccount,
+    WhippyAccount,
+    connection_env_var,
+    connection_json,
+    seed_reply_account,
+    seed_whippy_account,
+)
+from airflow_provider_sequences.testing.reply import ReplySimulator
+from airflow_provider_sequences.testing.whippy import WhippySimulator
+
+REPLY_CONN = "check_reply"
+WHIPPY_CONN = "check_whippy"
+BEHAVIOURS = ["documented", "observed"]
+
+#: People already in the sequences: none of their values may reach the shapes file.
+REPLY_MEMBERS = [
+    {"email": "grace.hopper@example.org", "firstName": "Grace", "lastName": "Hopper", "company": "Navy"},
+    {"email": "Alan.Turing@example.org", "firstName": "Alan", "lastName": "Turing", "company": "NPL"},
+]
+WHIPPY_MEMBERS = [
+    {
+        "phone": "+14155550101",
+        "email": "grace.hopper@example.org",
+        "name": "Grace Hopper",
+        "external_id": "crm-1",
+    },
+    {
+        "phone": "+442079460018",
+        "email": "alan.turing@example.org",
+        "name": "Alan Turing",
+        "external_id": "crm-2",
+    },
+]
+REPLY_TEST_CONTACT = "ada.lovelace@example.org"
+WHIPPY_TEST_CONTACT = "+14155550123"
+
+_VERDICT_LINE = re.compile(r"^  (held|violated|not seen) +(\S+)  ", re.M)
+
+
+def _simulator(cls: type[Any], behaviour: str, **options: Any) -> Any:
+    """A simulator of ``behaviour``; the observed one needs the behaviour switch (branch i12-reply)."""
+    if "behaviour" in inspect.signature(cls).parameters:
+        return cls(behaviour=behaviour, **options)
+    if behaviour != "documented":
+        pytest.skip(f"{cls.__name__} has no behaviour switch yet")
+    return cls(**options)
+
+
+@dataclass
+class Run:
+    status: int
+    stdout: str
+    stderr: str
+    shapes: str
+
+    @property
+    def verdicts(self) -> dict[str, str]:
+        return {name: verdict for verdict, name in _VERDICT_LINE.findall(self.stdout)}
+
+    def ids(self, verdict: str) -> set[str]:
+        return {name for name, seen in self.verdicts.items() if seen == verdict}
+
+
+def run_check(tmp_path: Path, conn_id: str, *args: str) -> Run:
+    out, err = io.StringIO(), io.StringIO()
+    shapes = tmp_path / "shapes.json"
+    status = main(["--conn-id", conn_id, "--out", str(shapes), *args], out=out, err=err)
+    return Run(status, out.getvalue(), err.getvalue(), shapes.read_text() if shapes.exists() else "")
+
+
+@dataclass
+class ReplyWorld:
+    sim: ReplySimulator
+    account: ReplyAccount
+    behaviour: str
+
+
+@dataclass
+class WhippyWorld:
+    sim: WhippySimulator
+    account: WhippyAccount
+    behaviour: str
+
+
+@pytest.fixture(params=BEHAVIOURS)
+def reply(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ReplyWorld]:
+    with _simulator(ReplySimulator, request.param) as sim:
+        account = seed_reply_account(sim)
+        monkeypatch.setenv(connection_env_var(REPLY_CONN), connection_json("reply", sim.url, account.api_key))
+        yield ReplyWorld(sim, account, request.param)
+
+
+@pytest.fixture(params=BEHAVIOURS)
+def whippy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[WhippyWorld]:
+    with _simulator(WhippySimulator, request.param) as sim:
+        account = seed_whippy_account(sim)
+        monkeypatch.setenv(
+            connection_env_var(WHIPPY_CONN), connection_json("whippy", sim.url, account.api_key)
+        )
+        yield WhippyWorld(sim, account, request.param)
+
+
+def _enrol_reply_members(world: ReplyWorld) -> None:
+    hook = ReplyHook(REPLY_CONN)
+    imported = hook.import_contacts(REPLY_MEMBERS)
+    ids = [item["id"] for item in imported["items"]]
+    assert all(isinstance(i, int) for i in ids)
+    hook.add_contacts_to_sequence(world.account.sequence_id, ids)
+
+
+def _enrol_whippy_members(world: WhippyWorld) -> None:
+    WhippyHook(WHIPPY_CONN).create_sequence_contacts(world.account.sequence_id, WHIPPY_MEMBERS)
+    world.sim.wait_idle()
+    assert len(world.sim.step_contacts(world.account.sequence_id)) == len(WHIPPY_MEMBERS)
+
+
+def _assert_no_values(run: Run, values: list[str]) -> None:
+    """Neither the shapes file nor what was printed holds a value of the account's data."""
+    assert run.shapes, "no shapes file was written"
+    json.loads(run.shapes)
+    for value in values:
+        for where, text in (("shapes file", run.shapes), ("output", run.stdout + run.stderr)):
+            assert value.lower() not in text.lower(), f"{value!r} is in the {where}"
+
+
+def _reply_values(world: ReplyWorld) -> list[str]:
+    people = [str(v) for member in REPLY_MEMBERS for v in member.values()]
+    return [*people, REPLY_TEST_CONTACT, "owner@example.com", "Nightly onboarding", world.account.api_key]
+
+
+def _whippy_values(world: WhippyWorld) -> list[str]:
+    people = [str(v) for member in WHIPPY_MEMBERS for v in member.values()]
+    return [
+        *people,
+        WHIPPY_TEST_CONTACT,
+        world.account.channel_phone,
+        "Sales line",
+        "Nightly onboarding",
+        world.account.api_key,
+    ]
+
+
+# -- Reply ------------------------------------------------------------------------------------
+
+#: What the observed Reply departs from, read-only (reply.md, "added 2026-12").
+REPLY_OBSERVED_READ = {"sequenceContacts.fields", "errors.missingSequence"}
+#: ... and what a test contact shows besides.
+REPLY_OBSERVED_WRITE = {"import.firstNameOptional", "import.statuses", "bulkAdd.alreadyInSequence"}
+
+
+def test_reply_read_only(reply: ReplyWorld, tmp_path: Path) -> None:
+    _enrol_reply_members(reply)
+    before, start = reply.sim.enrolments, len(reply.sim.requests)
+    run = run_check(tmp_path, REPLY_CONN, "--sequence-id", str(reply.account.sequence_id))
+    verdicts = run.verdicts
+    for held in (
+        "auth.whoami",
+        "identity.actingUser",
+        "auth.wrongKey",
+        "scopes.contactsWrite",
+        "sequence.ready",
+    ):
+        assert verdicts[held] == "held", run.stdout
+    assert verdicts["rateLimit.header"] == "not seen"
+    if reply.behaviour == "documented":
+        assert run.ids("violated") == set(), run.stdout
+        assert run.status == 0
+        assert verdicts["sequenceContacts.fields"] == "held"
+        assert verdicts["errors.problemJson"] == "held"
+    else:
+        assert run.ids("violated") >= REPLY_OBSERVED_READ, run.stdout
+        assert run.status == 1
+    # Read-only: nobody was enrolled, nothing imported.
+    assert reply.sim.enrolments == before
+    assert [r for r in reply.sim.requests[start:] if r.method == "POST" and (r.status or 0) < 300] == []
+    _assert_no_values(run, _reply_values(reply))
+
+
+def test_reply_write_test_contact(reply: ReplyWorld, tmp_path: Path) -> None:
+    _enrol_reply_members(reply)
+    sequence_id = reply.account.sequence_id
+    run = run_check(
+        tmp_path, REPLY_CONN, "--sequence-id", str(sequence_id), "--write-test-contact", REPLY_TEST_CONTACT
+    )
+    assert run.verdicts["write.readBack"] == "held", run.stdout
+    assert "recognisable by contactId and email" in run.stdout
+    contact = reply.sim.contact_by_email(REPLY_TEST_CONTACT)
+    assert contact is not None
+    # Enrolled exactly once, though the check also tried to add it again.
+    assert reply.sim.enrolments[(sequence_id, contact["id"])] == 1
+    if reply.behaviour == "documented":
+        assert run.ids("violated") == set(), run.stdout
+        assert run.status == 0
+    else:
+        assert run.ids("violated") >= REPLY_OBSERVED_READ | REPLY_OBSERVED_WRITE, run.stdout
+        assert run.status == 1
+    _assert_no_values(run, _reply_values(reply))
+
+
+@pytest.mark.parametrize("reply", ["documented"], indirect=True)
+def test_reply_missing_scope_is_a_violation(reply: ReplyWorld, tmp_path: Path, monkeypatch) -> None:
+    reply.sim.add_api_key(
+        "read-only-key", reply.account.user_id, scopes={"contacts:read", "sequences:read", "contacts:write"}
+    )
+    monkeypatch.setenv(
+        connection_env_var(REPLY_CONN), connection_json("reply", reply.sim.url, "read-only-key")
+    )
+    run = run_check(tmp_path, REPLY_CONN)
+    assert run.ids("violated") == {"scopes.sequencesOperate"}, run.stdout
+    assert "the key may not add contacts to sequences" in run.stdout
+    assert run.status == 1
+    assert "read-only-key" not in run.stdout + run.stderr + run.shapes
+
+
+@pytest.mark.parametrize("reply", ["documented"], indirect=True)
+def test_reply_retry_after_is_judged_when_a_429_comes(reply: ReplyWorld, tmp_path: Path) -> None:
+    reply.sim.faults.force(None, None, "rate_limit")
+    run = run_check(tmp_path, REPLY_CONN)
+    assert run.verdicts["rateLimit.header"] == "held", run.stdout
+    assert run.status == 0
+    assert "retry-after" in json.loads(run.shapes)["endpoints"]["GET /v3/sequences?top=1000"]["headers"]
+
+
+# -- Whippy -----------------------------------------------------------------------------------
+
+#: What the observed Whippy departs from, read-only (whippy.md, "added 2026-12").
+WHIPPY_OBSERVED_READ = {
+    "stepContacts.externalId",
+    "pageSize.stepContacts",
+    "channels.email",
+    "sequence.details",
+    "errors.itemNamed",
+}
+
+
+def test_whippy_read_only(whippy: WhippyWorld, tmp_path: Path) -> None:
+    _enrol_whippy_members(whippy)
+    before, start = whippy.sim.enrolments, len(whippy.sim.requests)
+    run = run_check(tmp_path, WHIPPY_CONN, "--sequence-id", whippy.account.sequence_id)
+    verdicts = run.verdicts
+    for held in ("auth.wrongKey", "stepContacts.phoneE164", "stepContacts.email", "sequence.ready"):
+        assert verdicts[held] == "held", run.stdout
+    if whippy.behaviour == "documented":
+        assert run.ids("violated") == set(), run.stdout
+        assert run.status == 0
+        assert verdicts["stepContacts.externalId"] == "held"
+        assert verdicts["errors.itemNamed"] == "held"
+    else:
+        assert run.ids("violated") >= WHIPPY_OBSERVED_READ, run.stdout
+        assert run.status == 1
+    whippy.sim.wait_idle()
+    assert whippy.sim.enrolments == before
+    assert [r for r in whippy.sim.requests[start:] if r.method == "POST" and (r.status or 0) < 300] == []
+    _assert_no_values(run, _whippy_values(whippy))
+
+
+def test_whippy_write_test_contact(whippy: WhippyWorld, tmp_path: Path) -> None:
+    sequence_id = whippy.account.sequence_id
+    run = run_check(
+        tmp_path, WHIPPY_CONN, "--sequence-id", sequence_id, "--write-test-contact", "+1 415 555 0123"
+    )
+    assert run.verdicts["create.accepted"] == "held", run.stdout
+    assert run.verdicts["write.readBack"] == "held", run.stdout
+    contact = whippy.sim.contact_by(phone=WHIPPY_TEST_CONTACT)
+    assert contact is not None
+    assert whippy.sim.enrolments == {(sequence_id, contact["id"]): 1}
+    if whippy.behaviour == "documented":
+        assert "recognisable by phone (E.164) and external_id" in run.stdout
+        assert run.ids("violated") == set(), run.stdout
+        assert run.status == 0
+    else:
+        assert "recognisable by phone (E.164)" in run.stdout
+        assert run.verdicts["stepContacts.externalId"] == "violated"
+        assert run.status == 1
+    _assert_no_values(run, _whippy_values(whippy))
+
+    # Run again: the contact is a member now, and is not sent (messaged) again.
+    again = run_check(
+        tmp_path, WHIPPY_CONN, "--sequence-id", sequence_id, "--write-test-contact", WHIPPY_TEST_CONTACT
+    )
+    assert again.verdicts["write.readBack"] == "held", again.stdout
+    assert "already in the sequence: it was not sent again" in again.stdout
+    whippy.sim.wait_idle()
+    assert whippy.sim.enrolments == {(sequence_id, contact["id"]): 1}
+
+
+@pytest.mark.parametrize("whippy", ["documented"], indirect=True)
+def test_whippy_draft_sequence_is_a_violation(whippy: WhippyWorld, tmp_path: Path) -> None:
+    draft = whippy.sim.add_sequence("Not ready", status="draft")
+    run = run_check(tmp_path, WHIPPY_CONN, "--sequence-id", draft)
+    assert run.verdicts["sequence.ready"] == "violated"
+    assert "the sequence is a draft" in run.stdout
+    assert run.status == 1
+
+
+# -- usage and connection errors: exit status 2, never the key ---------------------------------
+
+
+@pytest.mark.parametrize("reply", ["documented"], indirect=True)
+def test_usage_errors(reply: ReplyWorld, tmp_path: Path, monkeypatch) -> None:
+    assert run_check(tmp_path, "no_such_connection").status == 2
+    monkeypatch.setenv(connection_env_var("check_http"), json.dumps({"conn_type": "http", "host": "x"}))
+    unknown = run_check(tmp_path, "check_http")
+    assert unknown.status == 2
+    assert "the check knows 'reply' and 'whippy'" in unknown.stderr
+    no_sequence = run_check(tmp_path, REPLY_CONN, "--write-test-contact", REPLY_TEST_CONTACT)
+    assert no_sequence.status == 2
+    assert "--write-test-contact needs --sequence-id" in no_sequence.stderr
+    by_phone = run_check(tmp_path, REPLY_CONN, "--sequence-id", "1", "--write-test-contact", "+14155550123")
+    assert by_phone.status == 2
+    assert "by email" in by_phone.stderr
+    assert reply.sim.requests == []
+
+
+@pytest.mark.parametrize("whippy", ["documented"], indirect=True)
+def test_wrong_key_and_no_answer(whippy: WhippyWorld, tmp_path: Path, monkeypatch) -> None:
+    secret = "whippy-key-that-was-revoked"
+    monkeypatch.setenv(connection_env_var(WHIPPY_CONN), connection_json("whippy", whippy.sim.url, secret))
+    refused = run_check(tmp_path, WHIPPY_CONN)
+    assert refused.status == 2
+    assert "Whippy refused the API key (401)" in refused.stderr
+    assert secret not in refused.stdout + refused.stderr + refused.shapes
+    url = whippy.sim.url
+    whippy.sim.stop()
+    monkeypatch.setenv(
+        connection_env_var(WHIPPY_CONN),
+        connection_json("whippy", url, whippy.account.api_key, max_attempts=1),
+    )
+    gone = run_check(tmp_path, WHIPPY_CONN)
+    assert gone.status == 2
+    assert "could not reach Whippy" in gone.stderr
+    assert whippy.account.api_key not in gone.stdout + gone.stderr
+
+
+@pytest.mark.parametrize("reply", ["documented"], indirect=True)
+def test_runs_as_a_module(reply: ReplyWorld, tmp_path: Path) -> None:
+    shapes = tmp_path / "reply-shapes.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "airflow_provider_sequences.check",
+            "--conn-id",
+            REPLY_CONN,
+            "--out",
+            str(shapes),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=os.environ.copy(),
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"^  held +auth\.whoami ", done.stdout, re.M)
+    assert json.loads(shapes.read_text())["service"] == "reply"
+    assert reply.account.api_key not in done.stdout + done.stderr + shapes.read_text()
