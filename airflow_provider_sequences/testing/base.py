@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from abc import ABC, abstractmethod
 from types import TracebackType
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import msgspec
 from starlette.responses import Response
@@ -13,6 +13,20 @@ from starlette.responses import Response
 from airflow_provider_sequences.testing.faults import CannedResponse, FaultInjector, RequestRecord
 from airflow_provider_sequences.testing.ratelimit import SimClock, SlidingWindowLimiter
 from airflow_provider_sequences.testing.server import SimulatorServer
+
+#: How a simulator answers: ``documented`` follows the services' reference docs;
+#: ``observed`` does what the services' own clients report the real servers do (the
+#: "added 2026-12" sections of the API notes). The sync must be correct under both.
+Behaviour = Literal["documented", "observed"]
+BEHAVIOURS: tuple[Behaviour, ...] = get_args(Behaviour)
+DEFAULT_BEHAVIOUR: Behaviour = "documented"
+
+
+def check_behaviour(value: str) -> Behaviour:
+    """``value`` as a :data:`Behaviour`, or ``ValueError`` naming the choices."""
+    if value not in BEHAVIOURS:
+        raise ValueError(f"behaviour must be one of {', '.join(BEHAVIOURS)}, not {value!r}")
+    return value  # type: ignore[return-value]
 
 
 def json_response(content: dict[str, Any]) -> Response:
@@ -35,9 +49,18 @@ class Simulator(ABC):
     :param time_scale: simulated seconds per real second for the rate limits; 60 makes a
         per-minute limit a per-second one.
     :param enforce_rate_limits: refuse requests over the documented limits with 429s.
+    :param behaviour: ``documented`` (the reference docs) or ``observed`` (what the service's
+        own clients report); see :data:`Behaviour`.
     """
 
-    def __init__(self, *, time_scale: float = 1.0, enforce_rate_limits: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        time_scale: float = 1.0,
+        enforce_rate_limits: bool = True,
+        behaviour: Behaviour = DEFAULT_BEHAVIOUR,
+    ) -> None:
+        self.behaviour: Behaviour = check_behaviour(behaviour)
         self.clock = SimClock(time_scale)
         self.limiter = SlidingWindowLimiter(self.clock)
         self.enforce_rate_limits = enforce_rate_limits
@@ -56,6 +79,11 @@ class Simulator(ABC):
     @abstractmethod
     def server_error_response(self) -> CannedResponse:
         """The service's own 500 answer."""
+
+    @property
+    def observed(self) -> bool:
+        """Whether the simulator answers as the service's own clients report it does."""
+        return self.behaviour == "observed"
 
     @property
     def time_scale(self) -> float:
