@@ -3,17 +3,14 @@ in both behaviours, through Airflow connections from ``AIRFLOW_CONN_...`` variab
 
 from __future__ import annotations
 
-import inspect
 import io
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -25,15 +22,21 @@ from airflow_provider_sequences.testing import (
     WhippyAccount,
     connection_env_var,
     connection_json,
-    seed_reply_account,
-    seed_whippy_account,
 )
+from airflow_provider_sequences.testing import whippy as whippy_module
+from airflow_provider_sequences.testing.base import BEHAVIOURS
 from airflow_provider_sequences.testing.reply import ReplySimulator
 from airflow_provider_sequences.testing.whippy import WhippySimulator
 
 REPLY_CONN = "check_reply"
 WHIPPY_CONN = "check_whippy"
-BEHAVIOURS = ["documented", "observed"]
+
+#: Until branch i12-whippy lands Whippy's observed behaviour, the switch exists but changes
+#: nothing there; those cases are skipped rather than asserted against documented answers.
+WHIPPY_OBSERVED_MODELLED = "observed" in (whippy_module.__doc__ or "")
+
+both_behaviours = pytest.mark.parametrize("simulator_behaviour", BEHAVIOURS)
+documented_only = pytest.mark.parametrize("simulator_behaviour", ["documented"])
 
 #: People already in the sequences: none of their values may reach the shapes file.
 REPLY_MEMBERS = [
@@ -58,15 +61,6 @@ REPLY_TEST_CONTACT = "ada.lovelace@example.org"
 WHIPPY_TEST_CONTACT = "+14155550123"
 
 _VERDICT_LINE = re.compile(r"^  (held|violated|not seen) +(\S+)  ", re.M)
-
-
-def _simulator(cls: type[Any], behaviour: str, **options: Any) -> Any:
-    """A simulator of ``behaviour``; the observed one needs the behaviour switch (branch i12-reply)."""
-    if "behaviour" in inspect.signature(cls).parameters:
-        return cls(behaviour=behaviour, **options)
-    if behaviour != "documented":
-        pytest.skip(f"{cls.__name__} has no behaviour switch yet")
-    return cls(**options)
 
 
 @dataclass
@@ -95,32 +89,41 @@ def run_check(tmp_path: Path, conn_id: str, *args: str) -> Run:
 class ReplyWorld:
     sim: ReplySimulator
     account: ReplyAccount
-    behaviour: str
+
+    @property
+    def observed(self) -> bool:
+        return self.sim.behaviour == "observed"
 
 
 @dataclass
 class WhippyWorld:
     sim: WhippySimulator
     account: WhippyAccount
-    behaviour: str
+
+    @property
+    def observed(self) -> bool:
+        return self.sim.behaviour == "observed"
 
 
-@pytest.fixture(params=BEHAVIOURS)
-def reply(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[ReplyWorld]:
-    with _simulator(ReplySimulator, request.param) as sim:
-        account = seed_reply_account(sim)
-        monkeypatch.setenv(connection_env_var(REPLY_CONN), connection_json("reply", sim.url, account.api_key))
-        yield ReplyWorld(sim, account, request.param)
+@pytest.fixture
+def reply(reply_simulator: ReplySimulator, reply_account: ReplyAccount, monkeypatch) -> ReplyWorld:
+    """The Reply simulator (of the test's ``simulator_behaviour``) behind connection ``check_reply``."""
+    monkeypatch.setenv(
+        connection_env_var(REPLY_CONN), connection_json("reply", reply_simulator.url, reply_account.api_key)
+    )
+    return ReplyWorld(reply_simulator, reply_account)
 
 
-@pytest.fixture(params=BEHAVIOURS)
-def whippy(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[WhippyWorld]:
-    with _simulator(WhippySimulator, request.param) as sim:
-        account = seed_whippy_account(sim)
-        monkeypatch.setenv(
-            connection_env_var(WHIPPY_CONN), connection_json("whippy", sim.url, account.api_key)
-        )
-        yield WhippyWorld(sim, account, request.param)
+@pytest.fixture
+def whippy(whippy_simulator: WhippySimulator, whippy_account: WhippyAccount, monkeypatch) -> WhippyWorld:
+    """The Whippy simulator (of the test's ``simulator_behaviour``) behind connection ``check_whippy``."""
+    if whippy_simulator.behaviour == "observed" and not WHIPPY_OBSERVED_MODELLED:
+        pytest.skip("the Whippy simulator does not model its observed behaviour yet (branch i12-whippy)")
+    monkeypatch.setenv(
+        connection_env_var(WHIPPY_CONN),
+        connection_json("whippy", whippy_simulator.url, whippy_account.api_key),
+    )
+    return WhippyWorld(whippy_simulator, whippy_account)
 
 
 def _enrol_reply_members(world: ReplyWorld) -> None:
@@ -171,6 +174,7 @@ REPLY_OBSERVED_READ = {"sequenceContacts.fields", "errors.missingSequence"}
 REPLY_OBSERVED_WRITE = {"import.firstNameOptional", "import.statuses", "bulkAdd.alreadyInSequence"}
 
 
+@both_behaviours
 def test_reply_read_only(reply: ReplyWorld, tmp_path: Path) -> None:
     _enrol_reply_members(reply)
     before, start = reply.sim.enrolments, len(reply.sim.requests)
@@ -185,7 +189,7 @@ def test_reply_read_only(reply: ReplyWorld, tmp_path: Path) -> None:
     ):
         assert verdicts[held] == "held", run.stdout
     assert verdicts["rateLimit.header"] == "not seen"
-    if reply.behaviour == "documented":
+    if not reply.observed:
         assert run.ids("violated") == set(), run.stdout
         assert run.status == 0
         assert verdicts["sequenceContacts.fields"] == "held"
@@ -199,6 +203,7 @@ def test_reply_read_only(reply: ReplyWorld, tmp_path: Path) -> None:
     _assert_no_values(run, _reply_values(reply))
 
 
+@both_behaviours
 def test_reply_write_test_contact(reply: ReplyWorld, tmp_path: Path) -> None:
     _enrol_reply_members(reply)
     sequence_id = reply.account.sequence_id
@@ -211,7 +216,7 @@ def test_reply_write_test_contact(reply: ReplyWorld, tmp_path: Path) -> None:
     assert contact is not None
     # Enrolled exactly once, though the check also tried to add it again.
     assert reply.sim.enrolments[(sequence_id, contact["id"])] == 1
-    if reply.behaviour == "documented":
+    if not reply.observed:
         assert run.ids("violated") == set(), run.stdout
         assert run.status == 0
     else:
@@ -220,7 +225,7 @@ def test_reply_write_test_contact(reply: ReplyWorld, tmp_path: Path) -> None:
     _assert_no_values(run, _reply_values(reply))
 
 
-@pytest.mark.parametrize("reply", ["documented"], indirect=True)
+@both_behaviours
 def test_reply_missing_scope_is_a_violation(reply: ReplyWorld, tmp_path: Path, monkeypatch) -> None:
     reply.sim.add_api_key(
         "read-only-key", reply.account.user_id, scopes={"contacts:read", "sequences:read", "contacts:write"}
@@ -229,19 +234,85 @@ def test_reply_missing_scope_is_a_violation(reply: ReplyWorld, tmp_path: Path, m
         connection_env_var(REPLY_CONN), connection_json("reply", reply.sim.url, "read-only-key")
     )
     run = run_check(tmp_path, REPLY_CONN)
-    assert run.ids("violated") == {"scopes.sequencesOperate"}, run.stdout
+    expected = {"scopes.sequencesOperate"} | ({"errors.missingSequence"} if reply.observed else set())
+    assert run.ids("violated") == expected, run.stdout
     assert "the key may not add contacts to sequences" in run.stdout
     assert run.status == 1
     assert "read-only-key" not in run.stdout + run.stderr + run.shapes
 
 
-@pytest.mark.parametrize("reply", ["documented"], indirect=True)
+@documented_only
 def test_reply_retry_after_is_judged_when_a_429_comes(reply: ReplyWorld, tmp_path: Path) -> None:
     reply.sim.faults.force(None, None, "rate_limit")
     run = run_check(tmp_path, REPLY_CONN)
     assert run.verdicts["rateLimit.header"] == "held", run.stdout
     assert run.status == 0
     assert "retry-after" in json.loads(run.shapes)["endpoints"]["GET /v3/sequences?top=1000"]["headers"]
+
+
+@both_behaviours
+def test_reply_organization_key_without_acting_user(reply: ReplyWorld, tmp_path: Path, monkeypatch) -> None:
+    reply.sim.add_api_key("org-key", reply.account.user_id, kind="organization")
+    monkeypatch.setenv(connection_env_var(REPLY_CONN), connection_json("reply", reply.sim.url, "org-key"))
+    run = run_check(tmp_path, REPLY_CONN)
+    assert run.verdicts == {"identity.actingUser": "violated"}, run.stdout
+    assert "set the connection's acting_user_id or acting_user_email" in run.stdout
+    code = "USER_REQUIRED" if reply.observed else "user.notSpecified"
+    assert f"answered {400 + 3 * reply.observed} {code}" in run.stdout
+    assert run.status == 1
+    assert "org-key" not in run.stdout + run.stderr + run.shapes
+
+    # With the acting user named by email: the observed server wants the team too.
+    monkeypatch.setenv(
+        connection_env_var(REPLY_CONN),
+        connection_json("reply", reply.sim.url, "org-key", acting_user_email="owner@example.com"),
+    )
+    run = run_check(tmp_path, REPLY_CONN)
+    if reply.observed:
+        assert run.verdicts == {"identity.actingUser": "violated"}, run.stdout
+        assert "TEAM_REQUIRED" in run.stdout
+        assert "X-Team-Id" in run.stdout
+        assert run.status == 1
+    else:
+        assert run.verdicts["identity.actingUser"] == "held"
+        assert "Reply accepted the key with X-User-Email" in run.stdout
+        assert run.status == 0
+
+
+@both_behaviours
+def test_reply_page_cap_shows_on_a_long_sequence(reply: ReplyWorld, tmp_path: Path) -> None:
+    hook = ReplyHook(REPLY_CONN)
+    people = [{"email": f"lead{i}@example.org", "firstName": f"Lead{i}"} for i in range(120)]
+    ids = [item["id"] for item in hook.import_contacts(people)["items"]]
+    hook.add_contacts_to_sequence(reply.account.sequence_id, ids)
+    run = run_check(tmp_path, REPLY_CONN, "--sequence-id", str(reply.account.sequence_id))
+    if reply.observed:
+        assert run.verdicts["pageSize.sequenceContacts"] == "violated", run.stdout
+        assert "top=1000 answers pages of 100 items with hasMore true" in run.stdout
+    else:
+        assert run.verdicts["pageSize.sequenceContacts"] == "held", run.stdout
+    assert run.verdicts["paging.sequenceContacts"] == "held"
+    _assert_no_values(run, [p["email"] for p in people])
+
+
+@both_behaviours
+@pytest.mark.reply_simulator(import_async_threshold=0)
+def test_reply_background_import(reply: ReplyWorld, tmp_path: Path) -> None:
+    run = run_check(
+        tmp_path,
+        REPLY_CONN,
+        "--sequence-id",
+        str(reply.account.sequence_id),
+        "--write-test-contact",
+        REPLY_TEST_CONTACT,
+    )
+    assert run.verdicts["write.readBack"] == "held", run.stdout
+    if reply.observed:
+        assert run.verdicts["import.backgroundJob"] == "violated", run.stdout
+        assert "jsonDataResult" in run.stdout
+    else:
+        assert run.verdicts["import.backgroundJob"] == "held", run.stdout
+    assert "background-jobs" not in run.shapes  # labelled by the endpoint asked, not its job id
 
 
 # -- Whippy -----------------------------------------------------------------------------------
@@ -256,6 +327,7 @@ WHIPPY_OBSERVED_READ = {
 }
 
 
+@both_behaviours
 def test_whippy_read_only(whippy: WhippyWorld, tmp_path: Path) -> None:
     _enrol_whippy_members(whippy)
     before, start = whippy.sim.enrolments, len(whippy.sim.requests)
@@ -263,7 +335,7 @@ def test_whippy_read_only(whippy: WhippyWorld, tmp_path: Path) -> None:
     verdicts = run.verdicts
     for held in ("auth.wrongKey", "stepContacts.phoneE164", "stepContacts.email", "sequence.ready"):
         assert verdicts[held] == "held", run.stdout
-    if whippy.behaviour == "documented":
+    if not whippy.observed:
         assert run.ids("violated") == set(), run.stdout
         assert run.status == 0
         assert verdicts["stepContacts.externalId"] == "held"
@@ -277,6 +349,7 @@ def test_whippy_read_only(whippy: WhippyWorld, tmp_path: Path) -> None:
     _assert_no_values(run, _whippy_values(whippy))
 
 
+@both_behaviours
 def test_whippy_write_test_contact(whippy: WhippyWorld, tmp_path: Path) -> None:
     sequence_id = whippy.account.sequence_id
     run = run_check(
@@ -287,7 +360,7 @@ def test_whippy_write_test_contact(whippy: WhippyWorld, tmp_path: Path) -> None:
     contact = whippy.sim.contact_by(phone=WHIPPY_TEST_CONTACT)
     assert contact is not None
     assert whippy.sim.enrolments == {(sequence_id, contact["id"]): 1}
-    if whippy.behaviour == "documented":
+    if not whippy.observed:
         assert "recognisable by phone (E.164) and external_id" in run.stdout
         assert run.ids("violated") == set(), run.stdout
         assert run.status == 0
@@ -307,7 +380,7 @@ def test_whippy_write_test_contact(whippy: WhippyWorld, tmp_path: Path) -> None:
     assert whippy.sim.enrolments == {(sequence_id, contact["id"]): 1}
 
 
-@pytest.mark.parametrize("whippy", ["documented"], indirect=True)
+@documented_only
 def test_whippy_draft_sequence_is_a_violation(whippy: WhippyWorld, tmp_path: Path) -> None:
     draft = whippy.sim.add_sequence("Not ready", status="draft")
     run = run_check(tmp_path, WHIPPY_CONN, "--sequence-id", draft)
@@ -319,7 +392,7 @@ def test_whippy_draft_sequence_is_a_violation(whippy: WhippyWorld, tmp_path: Pat
 # -- usage and connection errors: exit status 2, never the key ---------------------------------
 
 
-@pytest.mark.parametrize("reply", ["documented"], indirect=True)
+@documented_only
 def test_usage_errors(reply: ReplyWorld, tmp_path: Path, monkeypatch) -> None:
     assert run_check(tmp_path, "no_such_connection").status == 2
     monkeypatch.setenv(connection_env_var("check_http"), json.dumps({"conn_type": "http", "host": "x"}))
@@ -335,7 +408,7 @@ def test_usage_errors(reply: ReplyWorld, tmp_path: Path, monkeypatch) -> None:
     assert reply.sim.requests == []
 
 
-@pytest.mark.parametrize("whippy", ["documented"], indirect=True)
+@documented_only
 def test_wrong_key_and_no_answer(whippy: WhippyWorld, tmp_path: Path, monkeypatch) -> None:
     secret = "whippy-key-that-was-revoked"
     monkeypatch.setenv(connection_env_var(WHIPPY_CONN), connection_json("whippy", whippy.sim.url, secret))
@@ -355,7 +428,7 @@ def test_wrong_key_and_no_answer(whippy: WhippyWorld, tmp_path: Path, monkeypatc
     assert whippy.account.api_key not in gone.stdout + gone.stderr
 
 
-@pytest.mark.parametrize("reply", ["documented"], indirect=True)
+@documented_only
 def test_runs_as_a_module(reply: ReplyWorld, tmp_path: Path) -> None:
     shapes = tmp_path / "reply-shapes.json"
     done = subprocess.run(

@@ -7,6 +7,7 @@ of no contacts (they show the error shape and whether the key holds the write sc
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from airflow_provider_sequences.check.base import Call, CheckAborted, ServiceCheck, first_missing
@@ -75,7 +76,7 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
         call = self.first_call("GET /v3/whoami", self.hook.whoami)
         if call.error is not None:
             code = call.error.code or ""
-            if call.error.status == 403 and code in IDENTITY_CODES:
+            if call.error.status in (400, 403) and code in IDENTITY_CODES:
                 advice = {
                     "USER_REQUIRED": "set the connection's acting_user_id or acting_user_email",
                     "user.notSpecified": "set the connection's acting_user_id or acting_user_email",
@@ -116,8 +117,9 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
         return self.call(label, self.hook.request_json, "GET", path, params={"top": top, "skip": 0})
 
     def _judge_page(self, id: str, label: str, path: str) -> tuple[Call, int]:
-        """Ask for a page of ``top=1000``; when refused, of 100. Judges the page size and the
-        list's shape (``items`` and ``hasMore``)."""
+        """Ask for a page of ``top=1000``; when refused, of 100. Judges the page size (refused,
+        or capped silently: fewer items than asked while ``hasMore`` is true) and the list's
+        shape (``items`` and ``hasMore``)."""
         call = self._page(f"{label}?top={REPLY_MAX_PAGE}", path, REPLY_MAX_PAGE)
         top = REPLY_MAX_PAGE
         if call.status == 400:
@@ -126,20 +128,33 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
                 f"top={REPLY_MAX_PAGE} {call.describe()}; the hooks page at top={REPLY_MAX_PAGE}",
             )
             call, top = self._page(f"{label}?top={FALLBACK_PAGE}", path, FALLBACK_PAGE), FALLBACK_PAGE
-        elif call.ok:
-            self.report.held(f"pageSize.{id}", f"top={REPLY_MAX_PAGE} is accepted")
-        if call.ok:
-            body = call.result
-            ok = isinstance(body, dict) and isinstance(body.get("items"), list)
-            has_more = ok and isinstance(body.get("hasMore"), bool)
-            self.report.judge(
-                f"paging.{id}",
-                has_more,
-                "answers {items: [...], hasMore: boolean}",
-                "answers without items and a boolean hasMore: the hooks read one page and stop"
-                if ok
-                else "the answer is not {items: [...], hasMore}",
+        if not call.ok:
+            return call, top
+        body = call.result
+        ok = isinstance(body, dict) and isinstance(body.get("items"), list)
+        has_more = ok and isinstance(body.get("hasMore"), bool)
+        served = len(body["items"]) if ok else 0
+        if top == REPLY_MAX_PAGE and has_more and body["hasMore"] and served < top:
+            self.report.violated(
+                f"pageSize.{id}",
+                f"top={top} answers pages of {served} items with hasMore true: pages are capped "
+                "silently, so only hasMore (never a short page) says the list ended",
             )
+        elif top == REPLY_MAX_PAGE:
+            more = (
+                ""
+                if has_more and body["hasMore"]
+                else " (the list fits one page: a lower cap would not show)"
+            )
+            self.report.held(f"pageSize.{id}", f"top={REPLY_MAX_PAGE} is accepted{more}")
+        self.report.judge(
+            f"paging.{id}",
+            has_more,
+            "answers {items: [...], hasMore: boolean}",
+            "answers without items and a boolean hasMore: the hooks read one page and stop"
+            if ok
+            else "the answer is not {items: [...], hasMore}",
+        )
         return call, top
 
     def check_sequences(self) -> None:
@@ -377,7 +392,7 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
             [{"email": email}],
         )
         self._judge_background_job(call)
-        item = _first_item(call.result)
+        item = _first_item(_import_result(call))
         status = item.get("status") if item else None
         accepted = call.ok and item is not None and isinstance(item.get("id"), int) and _status_ok(status)
         if call.ok and item is not None:
@@ -398,7 +413,7 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
             [{"email": email, "firstName": TEST_FIRST_NAME}],
         )
         self._judge_background_job(call)
-        item = _first_item(call.result)
+        item = _first_item(_import_result(call))
         if call.ok and item is not None:
             self._judge_import_item(item)
             if isinstance(item.get("id"), int) and _status_ok(item.get("status")):
@@ -509,6 +524,21 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
             if not call.result.get("hasMore") or not items:
                 return members
             skip += len(items)
+
+
+def _import_result(call: Call) -> Any:
+    """The import's answer; from a finished job's ``jsonDataResult`` when the hook found no
+    ``result`` there, so the check can go on to the enrolment."""
+    if _first_item(call.result) is not None or not call.ok:
+        return call.result
+    for exchange in reversed(call.exchanges):
+        text = exchange.body.get("jsonDataResult") if isinstance(exchange.body, dict) else None
+        if isinstance(text, str):
+            try:
+                return json.loads(text)
+            except ValueError:
+                return call.result
+    return call.result
 
 
 def _first_item(answer: Any) -> dict[str, Any] | None:
