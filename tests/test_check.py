@@ -319,6 +319,7 @@ def test_reply_background_import(reply: ReplyWorld, tmp_path: Path) -> None:
 
 #: What the observed Whippy departs from, read-only (whippy.md, "added 2026-12").
 WHIPPY_OBSERVED_READ = {
+    "paging.channels",
     "stepContacts.externalId",
     "pageSize.stepContacts",
     "channels.email",
@@ -378,6 +379,25 @@ def test_whippy_write_test_contact(whippy: WhippyWorld, tmp_path: Path) -> None:
     assert "already in the sequence: it was not sent again" in again.stdout
     whippy.sim.wait_idle()
     assert whippy.sim.enrolments == {(sequence_id, contact["id"]): 1}
+
+
+@both_behaviours
+def test_whippy_read_back_pages_a_long_step(whippy: WhippyWorld, tmp_path: Path) -> None:
+    sequence_id = whippy.account.sequence_id
+    people = [{"phone": f"+1415555{i:04d}", "name": f"Lead {i}"} for i in range(200, 330)]
+    WhippyHook(WHIPPY_CONN).create_sequence_contacts(sequence_id, people)
+    whippy.sim.wait_idle()
+    run = run_check(
+        tmp_path, WHIPPY_CONN, "--sequence-id", sequence_id, "--write-test-contact", WHIPPY_TEST_CONTACT
+    )
+    # The test contact is the 131st: with pages of 100 it is found on the second.
+    assert run.verdicts["write.readBack"] == "held", run.stdout
+    if whippy.observed:
+        assert run.verdicts["pageSize.stepContacts"] == "violated", run.stdout
+        assert "limit=500 (the documented maximum) answered 422; limit=100 works" in run.stdout
+    else:
+        assert run.verdicts["pageSize.stepContacts"] == "held", run.stdout
+    _assert_no_values(run, [p["phone"] for p in people])
 
 
 @documented_only

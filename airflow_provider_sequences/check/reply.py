@@ -12,10 +12,12 @@ from typing import Any
 
 from airflow_provider_sequences.check.base import Call, CheckAborted, ServiceCheck, first_missing
 from airflow_provider_sequences.check.report import Exchange
-from airflow_provider_sequences.hooks.reply import REPLY_MAX_PAGE, ReplyHook
+from airflow_provider_sequences.hooks.reply import ReplyHook
 
 #: A sequence id no account holds (Reply ids are 32-bit integers counted up from 1).
 MISSING_SEQUENCE_ID = 2_147_483_000
+#: The largest page documented; Reply's n8n node asks for at most 100.
+REPLY_MAX_PAGE = 1000
 FALLBACK_PAGE = 100
 IDENTITY_HEADERS = ("X-User-Id", "X-User-Email", "X-Team-Id")
 IDENTITY_CODES = {"USER_REQUIRED", "TEAM_REQUIRED", "user.notSpecified", "user.forbidden", "user.ambiguous"}
@@ -125,7 +127,7 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
         if call.status == 400:
             self.report.violated(
                 f"pageSize.{id}",
-                f"top={REPLY_MAX_PAGE} {call.describe()}; the hooks page at top={REPLY_MAX_PAGE}",
+                f"top={REPLY_MAX_PAGE} (the documented maximum) {call.describe()}: page at {FALLBACK_PAGE}",
             )
             call, top = self._page(f"{label}?top={FALLBACK_PAGE}", path, FALLBACK_PAGE), FALLBACK_PAGE
         if not call.ok:
@@ -151,7 +153,7 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
             f"paging.{id}",
             has_more,
             "answers {items: [...], hasMore: boolean}",
-            "answers without items and a boolean hasMore: the hooks read one page and stop"
+            "answers without items and a boolean hasMore: nothing says whether more pages follow"
             if ok
             else "the answer is not {items: [...], hasMore}",
         )

@@ -14,8 +14,10 @@ from typing import Any
 
 from airflow_provider_sequences.check.base import Call, CheckAborted, ServiceCheck, first_missing
 from airflow_provider_sequences.exceptions import OutcomeUnknownError
-from airflow_provider_sequences.hooks.whippy import WHIPPY_MAX_PAGE, WhippyHook
+from airflow_provider_sequences.hooks.whippy import WhippyHook
 
+#: The largest page documented (for another list); a Whippy-written client says 1 to 100.
+DOCUMENTED_MAX_PAGE = 500
 FALLBACK_PAGE = 100
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 RATE_LIMIT_HEADER = "X-RateLimit-Remaining-Interval-Milliseconds"
@@ -46,7 +48,8 @@ class WhippyCheck(ServiceCheck[WhippyHook]):
         self.sequence_id = sequence_id
         self.test_phone = test_phone
         self.wait = wait
-        self.page = WHIPPY_MAX_PAGE
+        #: The step-contact page size that works (judged before any read-back).
+        self.page = FALLBACK_PAGE
         self.step_contacts: list[dict[str, Any]] = []
 
     def run(self) -> None:
@@ -69,38 +72,52 @@ class WhippyCheck(ServiceCheck[WhippyHook]):
 
     # -- lists -------------------------------------------------------------------------------
 
-    def _judge_page(self, id: str, label: str, fn: Any, *args: Any, **kwargs: Any) -> Call:
+    def _judge_page(self, id: str, label: str, fn: Any, *args: Any, **kwargs: Any) -> tuple[Call, int]:
         """Ask for a page of ``limit=500``; when refused, of 100. Judges the page size and the
         list's shape (``data`` and ``total``)."""
-        call = self.call(f"{label}?limit={WHIPPY_MAX_PAGE}", fn, *args, limit=WHIPPY_MAX_PAGE, **kwargs)
+        limit = DOCUMENTED_MAX_PAGE
+        call = self.call(f"{label}?limit={limit}", fn, *args, limit=limit, **kwargs)
         if call.status in (400, 422):
+            fallback = self.call(f"{label}?limit={FALLBACK_PAGE}", fn, *args, limit=FALLBACK_PAGE, **kwargs)
+            works = f"; limit={FALLBACK_PAGE} works" if fallback.ok else ""
             self.report.violated(
                 f"pageSize.{id}",
-                f"limit={WHIPPY_MAX_PAGE} {call.describe()}; the hooks page at limit={WHIPPY_MAX_PAGE}",
+                f"limit={limit} (the documented maximum) {call.describe()}{works}: page at {FALLBACK_PAGE}",
             )
-            call = self.call(f"{label}?limit={FALLBACK_PAGE}", fn, *args, limit=FALLBACK_PAGE, **kwargs)
-            if call.ok:
-                self.page = FALLBACK_PAGE
-        elif call.ok:
-            self.report.held(f"pageSize.{id}", f"limit={WHIPPY_MAX_PAGE} is accepted")
-        if call.ok:
-            body = call.result
-            ok = isinstance(body, dict) and isinstance(body.get("data"), list)
-            total = ok and isinstance(body.get("total"), int) and not isinstance(body.get("total"), bool)
-            self.report.judge(
-                f"paging.{id}",
-                total,
-                "answers {data: [...], total: integer}",
-                "answers without an integer total: the hooks stop after the first page"
-                if ok
-                else "the answer is not {data: [...], total}",
+            call, limit = fallback, FALLBACK_PAGE
+        if not call.ok:
+            return call, limit
+        body = call.result
+        ok = isinstance(body, dict) and isinstance(body.get("data"), list)
+        total = ok and isinstance(body.get("total"), int) and not isinstance(body.get("total"), bool)
+        served = len(body["data"]) if ok else 0
+        if limit == DOCUMENTED_MAX_PAGE and total and served < min(limit, body["total"]):
+            self.report.violated(
+                f"pageSize.{id}",
+                f"limit={limit} answers pages of {served} items of {body['total']}: pages are capped "
+                "silently, so only total (never a short page) says the list ended",
             )
-        return call
+        elif limit == DOCUMENTED_MAX_PAGE:
+            more = (
+                ""
+                if total and body["total"] > served
+                else " (the list fits one page: a lower cap would not show)"
+            )
+            self.report.held(f"pageSize.{id}", f"limit={limit} is accepted{more}")
+        self.report.judge(
+            f"paging.{id}",
+            total,
+            "answers {data: [...], total: integer}",
+            "answers without an integer total: only a page shorter than the limit says the list ended"
+            if ok
+            else "the answer is not {data: [...], total}",
+        )
+        return call, limit
 
     def check_channels(self) -> None:
         # The Test button's call proves the key first; the page size is judged by the next one.
         self.first_call("GET /v1/channels?limit=1", self.hook.list_channels, limit=1)
-        call = self._judge_page("channels", "GET /v1/channels", self.hook.list_channels)
+        call, _ = self._judge_page("channels", "GET /v1/channels", self.hook.list_channels)
         if not call.ok:
             self.report.violated("channels.fields", f"GET /v1/channels {call.describe()}")
             return
@@ -133,7 +150,7 @@ class WhippyCheck(ServiceCheck[WhippyHook]):
         )
 
     def check_sequences(self) -> None:
-        call = self._judge_page("sequences", "GET /v1/sequences", self.hook.list_sequences)
+        call, _ = self._judge_page("sequences", "GET /v1/sequences", self.hook.list_sequences)
         if not call.ok:
             self.report.violated("sequences.fields", f"GET /v1/sequences {call.describe()}")
             return
@@ -199,13 +216,14 @@ class WhippyCheck(ServiceCheck[WhippyHook]):
 
     def check_step_contacts(self) -> None:
         assert self.sequence_id is not None
-        call = self._judge_page(
+        call, limit = self._judge_page(
             "stepContacts",
             "GET /v1/sequences/{id}/contacts",
             self.hook.list_sequence_contacts,
             self.sequence_id,
         )
         if call.ok:
+            self.page = limit
             self.step_contacts += [i for i in (call.result or {}).get("data") or [] if isinstance(i, dict)]
 
     def judge_step_contacts(self) -> None:
