@@ -72,6 +72,12 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["string", "null"]},
                         "description": "Act as this team member by email (X-User-Email), if no id is set.",
                     },
+                    "acting_team_id": {
+                        "label": "Acting team id",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "The team to act in (X-Team-Id): needed with an acting user email, "
+                        "or a key that reaches several teams.",
+                    },
                     "requests_per_minute": _number(
                         "Requests per minute", 100, "Reply allows 100 per user; lower it to leave room."
                     ),

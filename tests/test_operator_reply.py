@@ -29,11 +29,17 @@ from airflow_provider_sequences.testing import (
     connection_env_var,
     connection_json,
 )
+from airflow_provider_sequences.testing.base import BEHAVIOURS
 from airflow_provider_sequences.testing.crm import crm_frame, write_crm_sqlite
 from airflow_provider_sequences.testing.dags import load_dag, run_dag, task_states, task_xcom
 from tests.dag_files import REPLY_OPERATOR, write_operator_dag
 
-pytestmark = pytest.mark.usefixtures("reply_connection")
+# Every test runs against both behaviours of the simulator: as Reply's reference documents it,
+# and as Reply's own CLI reports the real server answers.
+pytestmark = [
+    pytest.mark.usefixtures("reply_connection"),
+    pytest.mark.parametrize("simulator_behaviour", BEHAVIOURS),
+]
 
 TASK = "enrol"
 IMPORT = "/v3/contacts/import"
@@ -72,6 +78,9 @@ class ReplyWorld:
         """Write a DAG with one Reply task (defaults: the account's sequence, this test's state)."""
         kwargs.setdefault("sequence_id", self.account.sequence_id)
         kwargs.setdefault("state_conn_id", STATE_CONN)
+        if "firstName" not in kwargs.get("column_map", {}).values() and "contact_id_column" not in kwargs:
+            # Reply imports need a first name; these tests' rows are about other things.
+            kwargs.setdefault("first_name_fallback", "there")
         dag_id = self.dag_id + suffix
         write_operator_dag(self.folder, dag_id, REPLY_OPERATOR, task_id=TASK, **kwargs)
         return load_dag(dag_id, self.folder)
@@ -142,8 +151,10 @@ def check_accounting(result: dict[str, Any], keys: set[str] | None = None) -> No
 
 
 def check_enrolled(world: ReplyWorld, result: dict[str, Any], email_of: dict[str, str]) -> None:
-    """The simulator enrolled exactly the added keys' contacts, each once."""
+    """The simulator enrolled exactly the added keys' contacts, each once, and no bulk add
+    named a contact already in the sequence."""
     assert world.enrolled_emails() == Counter({email_of[key]: 1 for key in result["added"]})
+    assert world.sim.readds == {}
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -304,10 +315,19 @@ def test_rows_rejected_before_sending_and_by_the_import(world: ReplyWorld) -> No
         "reason": "fieldTooLong",
         "detail": "firstName is 300 characters; Reply accepts at most 255",
     }
-    assert not_processed["crm-7"] == {
-        "reason": "invalidInput",
-        "detail": "Reply could not import this contact: a contact with this email belongs to another user",
-    }
+    if world.sim.observed:
+        # Reply skips the email a teammate's contact holds and names that contact: never added.
+        assert not_processed["crm-7"] == {
+            "reason": "contactSkipped",
+            "detail": "Reply's import skipped this contact (contactOwnedByTeammate)",
+        }
+        assert world.sim.foreign_adds == {}
+    else:
+        assert not_processed["crm-7"] == {
+            "reason": "invalidInput",
+            "detail": "Reply could not import this contact: "
+            "a contact with this email belongs to another user",
+        }
     check_accounting(result, {"crm-1", "row:1", "crm-3", "crm-4", "crm-5", "crm-6", "crm-7"})
     check_enrolled(world, result, {"crm-1": "ok@example.com"})
     # Rows rejected by prepare never reach the API: the import carries the two others only.
@@ -326,6 +346,9 @@ def test_rows_with_contact_ids_and_the_services_own_reasons(world: ReplyWorld) -
     theirs = sim.add_contact("theirs@example.com", owner_user_id=colleague)
     # Someone enrolled this contact by hand before the run.
     assert ReplyHook().add_contacts_to_sequence(sequence, [already])["added"] == [already]
+    if sim.observed:
+        # Observed, the plan limit refuses the whole request (see the test of its own below).
+        sim.state.contact_limit = None
     seen = len(sim.requests)
     rows: list[dict[str, Any]] = [
         {"crm_id": "crm-ok1", "reply_id": ok1},
@@ -349,6 +372,29 @@ def test_rows_with_contact_ids_and_the_services_own_reasons(world: ReplyWorld) -
 
     assert run.states[TASK] == "success"
     result = run.result
+    already_detail = (
+        f"contact {already} is already in Reply sequence {sequence} (read from the sequence before "
+        "sending); not sent again"
+    )
+    if sim.observed:
+        # Every refusal is the same invalidInput; the member was read first and never sent.
+        assert sorted(result["added"]) == ["crm-ok1", "crm-ok2", "crm-over"]
+        refused = {"reason": "invalidInput", "detail": "Contact could not be added to sequence"}
+        assert result["not_processed"] == {
+            "crm-empty": {"reason": "invalidContactId", "detail": "the id column 'reply_id' is empty"},
+            "crm-abc": {
+                "reason": "invalidContactId",
+                "detail": "contact id 'abc' in column 'reply_id' is not a positive integer",
+            },
+            "crm-ghost": refused,
+            "crm-theirs": refused,
+            "crm-flagged": refused,
+            "crm-already": {"reason": "contactAlreadyInSequence", "detail": already_detail},
+        }
+        assert world.enrolled_ids() == Counter({already: 1, ok1: 1, ok2: 1, over: 1})
+        assert [(r.path, r.items) for r in world.writes(seen)] == [(world.bulk_path, 6)]
+        assert sim.readds == {}
+        return
     assert sorted(result["added"]) == ["crm-ok1", "crm-ok2"]
     user = owner
     assert result["not_processed"] == {
@@ -363,10 +409,7 @@ def test_rows_with_contact_ids_and_the_services_own_reasons(world: ReplyWorld) -
             "detail": f"user {user} may not act for the owner of contact {theirs}",
         },
         "crm-flagged": {"reason": "invalidInput", "detail": f"contact {flagged} is marked invalid"},
-        "crm-already": {
-            "reason": "contactAlreadyInSequence",
-            "detail": f"contact {already} is already in sequence {sequence}",
-        },
+        "crm-already": {"reason": "contactAlreadyInSequence", "detail": already_detail},
         "crm-over": {
             "reason": "contactLimitExceeded",
             "detail": "the plan allows 3 contacts in sequences",
@@ -375,8 +418,9 @@ def test_rows_with_contact_ids_and_the_services_own_reasons(world: ReplyWorld) -
     check_accounting(result, {row["crm_id"] for row in rows})
     # The hand enrolment stays the only one of "already"; the run added exactly its two.
     assert world.enrolled_ids() == Counter({already: 1, ok1: 1, ok2: 1})
-    # Rows with ids go straight to one bulk add: no import.
-    assert [(r.path, r.items) for r in world.writes(seen)] == [(world.bulk_path, 7)]
+    # Rows with ids go straight to one bulk add: no import, and not the member.
+    assert [(r.path, r.items) for r in world.writes(seen)] == [(world.bulk_path, 6)]
+    assert sim.readds == {}
     assert result["stats"]["write_requests"] == 1
 
 
@@ -396,8 +440,9 @@ def test_a_batch_that_fails_after_retries_is_request_failed_and_retried_next_run
         batch_size=2,
         max_not_processed_share=None,
     )
-    # The preflight read passes; both attempts of the first bulk add meet a 500.
-    world.sim.faults.force(None, "server_error", "server_error")
+    # The preflight read and the read of the sequence's contacts (the state is new) pass; both
+    # attempts of the first bulk add meet a 500.
+    world.sim.faults.force(None, None, "server_error", "server_error")
     run = world.run(dag)
 
     assert run.states[TASK] == "success"
@@ -507,8 +552,9 @@ def test_a_batch_the_import_rejects_whole_is_split_until_the_bad_row_stands_alon
 def test_a_lost_answer_to_the_bulk_add_still_ends_added_once(world: ReplyWorld) -> None:
     emails = ["ada@example.com", "grace@example.com", "alan@example.com"]
     dag = world.dag(upstream_rows=[{"email": e} for e in emails], column_map={"email": "email"})
-    # Requests: the preflight read, the import, then the bulk add, whose answer is lost.
-    world.sim.faults.force(None, None, "lost_response")
+    # Requests: the preflight read, the import, the read of the sequence's contacts (the state is
+    # new), then the bulk add, whose answer is lost.
+    world.sim.faults.force(None, None, None, "lost_response")
     run = world.run(dag)
 
     assert run.states[TASK] == "success"
@@ -517,12 +563,11 @@ def test_a_lost_answer_to_the_bulk_add_still_ends_added_once(world: ReplyWorld) 
     assert result["not_processed"] == {}
     check_accounting(result, set(emails))
     check_enrolled(world, result, {e: e for e in emails})
-    assert [(r.path, r.fault) for r in world.writes()] == [
-        (IMPORT, None),
-        (world.bulk_path, "lost_response"),
-        (world.bulk_path, None),
-    ]
-    assert result["stats"]["write_requests"] == 3
+    # The bulk add is not sent again: reading the sequence shows its contacts in it.
+    assert [(r.path, r.fault) for r in world.writes()] == [(IMPORT, None), (world.bulk_path, "lost_response")]
+    assert result["stats"]["write_requests"] == 2
+    contacts_path = f"/v3/sequences/{world.account.sequence_id}/contacts"
+    assert [r.path for r in world.sim.requests].count(contacts_path) == 2  # before, and after the loss
 
 
 def test_new_contacts_with_emails_cost_two_writes_per_batch(world: ReplyWorld, tmp_path, monkeypatch) -> None:

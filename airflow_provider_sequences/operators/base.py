@@ -12,7 +12,11 @@ from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.exceptions import SyncAbortedError
 from airflow_provider_sequences.state import state_engine
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
-from airflow_provider_sequences.sync.outcomes import ENROLLMENT_UNCONFIRMED, SyncResult
+from airflow_provider_sequences.sync.outcomes import (
+    CONTACT_ALREADY_IN_SEQUENCE,
+    ENROLLMENT_UNCONFIRMED,
+    SyncResult,
+)
 from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
 from airflow_provider_sequences.sync.source import read_file_chunks, read_sql_chunks, records_chunks
 from airflow_provider_sequences.sync.state import Scope, SyncState
@@ -262,9 +266,11 @@ class SequenceSyncOperator(BaseOperator):
             self.log.info("Not processed, by reason:\n%s", table)
         # Every distinct key counts, enrolled on an earlier night or now: a night where a
         # few known-bad rows are reported again is not a failing night. Contacts accepted but
-        # not read back yet (wait_for_enrollment=False) are on their way, not failures.
+        # not read back yet (wait_for_enrollment=False) are on their way, and contacts already
+        # in the sequence are where they should be: neither is a failure.
         keys = stats["rows"] - stats["duplicates"]
         failed = stats["not_processed"] - reasons[ENROLLMENT_UNCONFIRMED]
+        failed -= reasons[CONTACT_ALREADY_IN_SEQUENCE]
         share = failed / keys if keys else 0.0
         limit = self.max_not_processed_share
         if limit is not None and not run.options.dry_run and keys and share > limit:

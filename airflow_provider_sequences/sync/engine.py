@@ -154,6 +154,10 @@ class SyncRun:
         # Batches an earlier attempt left in flight, read before this run marks any of its own.
         self._left_in_flight = self.state.in_flight() if self.state is not None else {}
         self._left_in_flight_keys = {key for keys in self._left_in_flight.values() for key in keys}
+        if not self.options.dry_run:
+            # Without a record of this sequence, contacts already in it are someone else's doing
+            # (or a lost state's): the adapter may read them before sending anything.
+            self.adapter.start(fresh_state=self.state is None or self.state.is_empty())
         try:
             for chunk in chunks:
                 # An upstream task that returned no rows hands over a frame without columns: an

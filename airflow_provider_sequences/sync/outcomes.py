@@ -24,6 +24,11 @@ INVALID_INPUT = "invalidInput"
 CONTACT_ALREADY_IN_SEQUENCE = "contactAlreadyInSequence"
 #: Another row of the run has the same phone, email or external id: the service would merge them.
 SHARED_CONTACT = "sharedContact"
+#: The service's plan allows no more contacts in sequences (retried by later runs).
+CONTACT_LIMIT_EXCEEDED = "contactLimitExceeded"
+#: The service's import skipped the contact (e.g. it is deleted, or a teammate's): not enrolled,
+#: retried by later runs.
+CONTACT_SKIPPED = "contactSkipped"
 
 #: Reasons about the row's data: sending the same data again will fail again.
 DATA_REASONS = frozenset(

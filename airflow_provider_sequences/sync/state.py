@@ -389,6 +389,15 @@ class SyncState:
             finally:
                 cursor.close()
 
+    def is_empty(self) -> bool:
+        """Whether nothing at all is recorded for this scope (no key, no batch in flight)."""
+        for table in (STATE_TABLE, IN_FLIGHT_TABLE):
+            # Only constant names and placeholders are formatted in; the scope is bound.
+            sql = f"SELECT 1 FROM {table} WHERE {self._scope_sql} LIMIT 1"  # noqa: S608
+            if self._fetch(sql, self._scope_params):
+                return False
+        return True
+
     def pending_identities(self, run_id: str) -> dict[str, Any]:
         """Keys ``run_id`` left pending, with their identity (the stored JSON, loaded; ``{}``
         when none was stored).
