@@ -11,6 +11,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -398,6 +399,59 @@ def test_whippy_read_back_pages_a_long_step(whippy: WhippyWorld, tmp_path: Path)
     else:
         assert run.verdicts["pageSize.stepContacts"] == "held", run.stdout
     _assert_no_values(run, [p["phone"] for p in people])
+
+
+@both_behaviours
+@pytest.mark.whippy_simulator(processing_delay=0.5)
+def test_whippy_lost_answer_is_read_back_not_resent(whippy: WhippyWorld, tmp_path: Path, monkeypatch) -> None:
+    sequence_id = whippy.account.sequence_id
+    send = WhippyHook.create_sequence_contacts
+
+    def lose_the_answer(hook: WhippyHook, sequence: str, to: list[dict[str, Any]], **options: Any) -> Any:
+        if to[0].get("phone") == WHIPPY_TEST_CONTACT:
+            # Whippy takes the contact; its answer never arrives.
+            whippy.sim.faults.force("lost_response")
+        return send(hook, sequence, to, **options)
+
+    monkeypatch.setattr(WhippyHook, "create_sequence_contacts", lose_the_answer)
+    run = run_check(
+        tmp_path, WHIPPY_CONN, "--sequence-id", sequence_id, "--write-test-contact", WHIPPY_TEST_CONTACT
+    )
+    assert "the test contact's answer was lost; reading back whether it arrived" in run.stdout, run.stdout
+    assert run.verdicts["write.readBack"] == "held", run.stdout
+    whippy.sim.wait_idle()
+    contact = whippy.sim.contact_by(phone=WHIPPY_TEST_CONTACT)
+    assert contact is not None
+    assert whippy.sim.enrolments == {(sequence_id, contact["id"]): 1}
+
+
+@both_behaviours
+def test_whippy_ignored_contact_is_a_violation(whippy: WhippyWorld, tmp_path: Path) -> None:
+    # An email step silently ignores a contact without an email.
+    run = run_check(
+        tmp_path,
+        WHIPPY_CONN,
+        "--sequence-id",
+        whippy.account.email_sequence_id,
+        "--write-test-contact",
+        WHIPPY_TEST_CONTACT,
+        "--wait",
+        "1",
+    )
+    assert run.verdicts["write.readBack"] == "violated", run.stdout
+    assert "Whippy may have ignored it" in run.stdout
+    assert run.status == 1
+    whippy.sim.wait_idle()
+    assert len(whippy.sim.ignored) == 1
+
+
+@both_behaviours
+def test_whippy_rate_limit_header_is_judged_when_a_429_comes(whippy: WhippyWorld, tmp_path: Path) -> None:
+    whippy.sim.faults.force(None, "rate_limit")
+    run = run_check(tmp_path, WHIPPY_CONN)
+    assert run.verdicts["rateLimit.header"] == "held", run.stdout
+    headers = json.loads(run.shapes)["endpoints"]["GET /v1/channels?limit=500"]["headers"]
+    assert "x-ratelimit-remaining-interval-milliseconds" in headers
 
 
 @documented_only
