@@ -316,6 +316,29 @@ def test_reply_background_import(reply: ReplyWorld, tmp_path: Path) -> None:
     assert "background-jobs" not in run.shapes  # labelled by the endpoint asked, not its job id
 
 
+@both_behaviours
+def test_reply_archived_or_stepless_sequence_is_a_violation(reply: ReplyWorld, tmp_path: Path) -> None:
+    reply.sim.archive_sequence(reply.account.sequence_id)
+    run = run_check(
+        tmp_path,
+        REPLY_CONN,
+        "--sequence-id",
+        str(reply.account.sequence_id),
+        "--write-test-contact",
+        REPLY_TEST_CONTACT,
+    )
+    assert run.verdicts["sequence.ready"] == "violated", run.stdout
+    assert "the sequence is archived" in run.stdout
+    assert "the test contact was not sent" in run.stdout
+    assert reply.sim.contact_by_email(REPLY_TEST_CONTACT) is None
+    assert run.status == 1
+
+    stepless = reply.sim.add_sequence("No steps", owner_user_id=reply.account.user_id, steps=0)
+    run = run_check(tmp_path, REPLY_CONN, "--sequence-id", str(stepless))
+    assert run.verdicts["sequence.ready"] == "violated", run.stdout
+    assert "the sequence has no steps" in run.stdout
+
+
 # -- Whippy -----------------------------------------------------------------------------------
 
 #: What the observed Whippy departs from, read-only (whippy.md, "added 2026-12").
@@ -457,9 +480,13 @@ def test_whippy_rate_limit_header_is_judged_when_a_429_comes(whippy: WhippyWorld
 @documented_only
 def test_whippy_draft_sequence_is_a_violation(whippy: WhippyWorld, tmp_path: Path) -> None:
     draft = whippy.sim.add_sequence("Not ready", status="draft")
-    run = run_check(tmp_path, WHIPPY_CONN, "--sequence-id", draft)
+    run = run_check(
+        tmp_path, WHIPPY_CONN, "--sequence-id", draft, "--write-test-contact", WHIPPY_TEST_CONTACT
+    )
     assert run.verdicts["sequence.ready"] == "violated"
     assert "the sequence is a draft" in run.stdout
+    assert "the test contact was not sent" in run.stdout
+    assert whippy.sim.contact_by(phone=WHIPPY_TEST_CONTACT) is None
     assert run.status == 1
 
 

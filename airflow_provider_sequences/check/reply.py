@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from airflow_provider_sequences.check.base import Call, CheckAborted, ServiceCheck, first_missing
-from airflow_provider_sequences.check.report import Exchange
+from airflow_provider_sequences.check.report import Exchange, Verdict
 from airflow_provider_sequences.hooks.reply import ReplyHook
 
 #: A sequence id no account holds (Reply ids are 32-bit integers counted up from 1).
@@ -65,7 +65,10 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
         if self.probes:
             self.check_write_probes()
         if self.test_email is not None and self.sequence_id is not None:
-            self.check_test_contact(self.sequence_id, self.test_email)
+            if self.report.verdict("sequence.ready") is Verdict.VIOLATED:
+                self.report.note("the test contact was not sent: the sequence cannot take contacts")
+            else:
+                self.check_test_contact(self.sequence_id, self.test_email)
         self.judge_members()
         self.check_error_shapes()
         self.judge_rate_limit_header("Retry-After", "seconds to wait")

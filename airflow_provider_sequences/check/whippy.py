@@ -13,6 +13,7 @@ import uuid
 from typing import Any
 
 from airflow_provider_sequences.check.base import Call, CheckAborted, ServiceCheck, first_missing
+from airflow_provider_sequences.check.report import Verdict
 from airflow_provider_sequences.exceptions import OutcomeUnknownError
 from airflow_provider_sequences.hooks.whippy import WhippyHook
 
@@ -65,7 +66,10 @@ class WhippyCheck(ServiceCheck[WhippyHook]):
         elif self.probes:
             self.report.not_seen("errors.itemNamed", "no sequence to probe a refused contact on")
         if self.test_phone is not None and self.sequence_id is not None:
-            self.check_test_contact(self.sequence_id, self.test_phone)
+            if self.report.verdict("sequence.ready") is Verdict.VIOLATED:
+                self.report.note("the test contact was not sent: the sequence cannot take contacts")
+            else:
+                self.check_test_contact(self.sequence_id, self.test_phone)
         self.judge_step_contacts()
         self.check_error_shapes()
         self.judge_rate_limit_header(RATE_LIMIT_HEADER, "milliseconds to wait")
