@@ -257,7 +257,7 @@ def test_reply_organization_key_without_acting_user(reply: ReplyWorld, tmp_path:
     monkeypatch.setenv(connection_env_var(REPLY_CONN), connection_json("reply", reply.sim.url, "org-key"))
     run = run_check(tmp_path, REPLY_CONN)
     assert run.verdicts == {"identity.actingUser": "violated"}, run.stdout
-    assert "set the connection's acting_user_id or acting_user_email" in run.stdout
+    assert "set the connection extra acting_user_id" in run.stdout
     code = "USER_REQUIRED" if reply.observed else "user.notSpecified"
     assert f"answered {400 + 3 * reply.observed} {code}" in run.stdout
     assert run.status == 1
@@ -272,12 +272,24 @@ def test_reply_organization_key_without_acting_user(reply: ReplyWorld, tmp_path:
     if reply.observed:
         assert run.verdicts == {"identity.actingUser": "violated"}, run.stdout
         assert "TEAM_REQUIRED" in run.stdout
-        assert "X-Team-Id" in run.stdout
+        assert "set the connection extra acting_team_id (X-Team-Id)" in run.stdout
         assert run.status == 1
     else:
         assert run.verdicts["identity.actingUser"] == "held"
         assert "Reply accepted the key with X-User-Email" in run.stdout
         assert run.status == 0
+
+    # ... and the team named too: both behaviours accept it.
+    monkeypatch.setenv(
+        connection_env_var(REPLY_CONN),
+        connection_json(
+            "reply", reply.sim.url, "org-key", acting_user_email="owner@example.com", acting_team_id="1"
+        ),
+    )
+    run = run_check(tmp_path, REPLY_CONN)
+    assert run.verdicts["identity.actingUser"] == "held", run.stdout
+    assert "Reply accepted the key with X-User-Email, X-Team-Id" in run.stdout
+    assert "owner@example.com" not in run.shapes
 
 
 @both_behaviours

@@ -11,7 +11,7 @@ import json
 from typing import Any
 
 from airflow_provider_sequences.check.base import Call, CheckAborted, ServiceCheck, first_missing
-from airflow_provider_sequences.check.report import Exchange, Verdict
+from airflow_provider_sequences.check.report import Exchange, Report, Verdict
 from airflow_provider_sequences.hooks.reply import ReplyHook
 
 #: A sequence id no account holds (Reply ids are 32-bit integers counted up from 1).
@@ -40,7 +40,7 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
     def __init__(
         self,
         hook: ReplyHook,
-        report: Any,
+        report: Report,
         *,
         sequence_id: int | None = None,
         test_email: str | None = None,
@@ -83,10 +83,11 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
             code = call.error.code or ""
             if call.error.status in (400, 403) and code in IDENTITY_CODES:
                 advice = {
-                    "USER_REQUIRED": "set the connection's acting_user_id or acting_user_email",
-                    "user.notSpecified": "set the connection's acting_user_id or acting_user_email",
-                    "TEAM_REQUIRED": "set the connection's team id (X-Team-Id) as well",
-                }.get(code, "check the connection's acting user extras")
+                    "USER_REQUIRED": "set the connection extra acting_user_id, "
+                    "or acting_user_email with acting_team_id",
+                    "user.notSpecified": "set the connection extra acting_user_id or acting_user_email",
+                    "TEAM_REQUIRED": "set the connection extra acting_team_id (X-Team-Id) as well",
+                }.get(code, "check the connection's acting_user_* and acting_team_id extras")
                 self.report.violated(
                     "identity.actingUser",
                     f"with {headers}, Reply {call.describe()}: this key needs an acting user; {advice}",

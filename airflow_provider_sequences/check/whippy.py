@@ -13,7 +13,7 @@ import uuid
 from typing import Any
 
 from airflow_provider_sequences.check.base import Call, CheckAborted, ServiceCheck, first_missing
-from airflow_provider_sequences.check.report import Verdict
+from airflow_provider_sequences.check.report import Report, Verdict
 from airflow_provider_sequences.exceptions import OutcomeUnknownError
 from airflow_provider_sequences.hooks.whippy import WhippyHook
 
@@ -38,7 +38,7 @@ class WhippyCheck(ServiceCheck[WhippyHook]):
     def __init__(
         self,
         hook: WhippyHook,
-        report: Any,
+        report: Report,
         *,
         sequence_id: str | None = None,
         test_phone: str | None = None,
