@@ -217,6 +217,11 @@ def test_reply_write_test_contact(reply: ReplyWorld, tmp_path: Path) -> None:
     assert contact is not None
     # Enrolled exactly once, though the check also tried to add it again.
     assert reply.sim.enrolments[(sequence_id, contact["id"])] == 1
+    # Contact ids keying notProcessed are data: the shape folds them into one "<key>".
+    again = json.loads(run.shapes)["endpoints"]["POST /v3/sequences/{id}/contact-links/bulk (a member again)"]
+    refused = again["bodies"]["200"]["fields"]["notProcessed"]["fields"]
+    assert list(refused) == ["<key>"]
+    assert refused["<key>"]["fields"]["error"] == {"type": ["string"]}
     if not reply.observed:
         assert run.ids("violated") == set(), run.stdout
         assert run.status == 0
