@@ -17,6 +17,11 @@ WHIPPY_SEQUENCE_WRITES_PER_MINUTE = 10
 WHIPPY_REQUESTS_PER_SECOND = 25
 #: Contacts per create-sequence-contacts call (``to``: 1 to 4000).
 WHIPPY_MAX_CONTACTS_PER_CALL = 4000
+#: The page size lists are read with: a Whippy-written client says the sequence-contacts list
+#: takes 1 to 100 (500 is documented only for another list), so 100 unless the connection's
+#: ``page_size`` extra says a larger page is known to work.
+WHIPPY_PAGE_SIZE = 100
+#: The largest ``limit`` documented for any list.
 WHIPPY_MAX_PAGE = 500
 
 _TIME_CONSUMING_PREFIXES = ("/v1/sequences", "/v1/campaigns", "/v1/contacts/lists")
@@ -45,6 +50,7 @@ class WhippyHook(SequencesHook):
     - ``sequence_writes_per_minute`` (10): writes to sequences, campaigns and contact lists;
     - ``requests_per_second`` (25): every other request;
     - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6);
+    - ``page_size`` (100): items per page when reading lists (at most 500);
     - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
 
     Methods map one to one to API endpoints and return the parsed JSON.
@@ -116,6 +122,12 @@ class WhippyHook(SequencesHook):
             retry_after=retry_after,
         )
 
+    @property
+    def page_size(self) -> int:
+        """Items per page when this hook reads a whole list (the ``page_size`` extra)."""
+        size = int(self.extra_number("page_size", WHIPPY_PAGE_SIZE))
+        return min(max(size, 1), WHIPPY_MAX_PAGE)
+
     def check_credentials(self) -> str:
         page = self.list_channels(limit=1)
         channels = page.get("total", "?")
@@ -137,7 +149,7 @@ class WhippyHook(SequencesHook):
 
     def iter_sequences(self, *, title: str | None = None) -> Iterator[dict[str, Any]]:
         """Every sequence of the organization, page by page."""
-        return self._pages("/v1/sequences", {"title": title})
+        return self.pages("/v1/sequences", {"title": title})
 
     def get_sequence(self, sequence_id: str) -> dict[str, Any]:
         """``GET /v1/sequences/{id}``: the sequence with its steps (the ``data`` object)."""
@@ -197,7 +209,7 @@ class WhippyHook(SequencesHook):
         self,
         sequence_id: str,
         *,
-        limit: int = WHIPPY_MAX_PAGE,
+        limit: int = WHIPPY_PAGE_SIZE,
         offset: int = 0,
         status: str | None = None,
         step_ids: Sequence[str] | None = None,
@@ -226,26 +238,58 @@ class WhippyHook(SequencesHook):
         self, sequence_id: str, *, status: str | None = None, step_ids: Sequence[str] | None = None
     ) -> Iterator[dict[str, Any]]:
         """Every step contact of a sequence, page by page."""
-        return self._pages(
+        return self.pages(
             f"/v1/sequences/{sequence_id}/contacts",
             {"status": status, "step_ids": ",".join(step_ids) if step_ids else None},
         )
 
+    def count_sequence_contacts(self, sequence_id: str, *, step_ids: Sequence[str] | None = None) -> int:
+        """How many step contacts the list holds: its ``total`` (one request), or, from an
+        answer without one, by reading every page."""
+        page = self.list_sequence_contacts(sequence_id, limit=1, step_ids=step_ids)
+        total = page_total(page)
+        if total is not None:
+            return total
+        return sum(1 for _ in self.iter_sequence_contacts(sequence_id, step_ids=step_ids))
+
     def list_channels(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        """``GET /v1/channels``: ``{"data": [{id, name, phone, type, ...}], "total": n}``."""
+        """``GET /v1/channels``: ``{"data": [{id, name, phone, type, ...}], "total": n}``;
+        Whippy's own client shows no ``email`` and maybe no ``total``."""
         result: dict[str, Any] = self.request_json(
             "GET", "/v1/channels", params={"limit": limit, "offset": offset}
         )
         return result
 
-    def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def iter_channels(self) -> Iterator[dict[str, Any]]:
+        """Every channel of the organization, page by page."""
+        return self.pages("/v1/channels", {})
+
+    def pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every item of a list, :attr:`page_size` at a time.
+
+        Whatever the real largest ``limit`` is, a page may hold fewer items than asked for
+        without being the last (a server that caps the limit silently). So the list ends when
+        the items read reach the page's ``total``, or, on an answer without a ``total``, at the
+        first empty page: one request more, never a list cut short.
+        """
         offset = 0
         while True:
-            page = self.request_json(
-                "GET", path, params={**params, "limit": WHIPPY_MAX_PAGE, "offset": offset}
-            )
+            window = {"limit": self.page_size, "offset": offset}
+            page = self.request_json("GET", path, params={**params, **window})
             items = page.get("data") or []
             yield from items
             offset += len(items)
-            if not items or offset >= int(page.get("total", 0)):
+            total = page_total(page)
+            if not items or (total is not None and offset >= total):
                 return
+
+
+def page_total(page: Any) -> int | None:
+    """A list answer's ``total``, or ``None`` when it has none (or not a whole number)."""
+    total = page.get("total") if isinstance(page, dict) else None
+    if isinstance(total, bool) or not isinstance(total, (int, str)):
+        return None
+    try:
+        return int(total)
+    except ValueError:
+        return None
