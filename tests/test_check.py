@@ -24,17 +24,12 @@ from airflow_provider_sequences.testing import (
     connection_env_var,
     connection_json,
 )
-from airflow_provider_sequences.testing import whippy as whippy_module
 from airflow_provider_sequences.testing.base import BEHAVIOURS
 from airflow_provider_sequences.testing.reply import ReplySimulator
 from airflow_provider_sequences.testing.whippy import WhippySimulator
 
 REPLY_CONN = "check_reply"
 WHIPPY_CONN = "check_whippy"
-
-#: Until branch i12-whippy lands Whippy's observed behaviour, the switch exists but changes
-#: nothing there; those cases are skipped rather than asserted against documented answers.
-WHIPPY_OBSERVED_MODELLED = "observed" in (whippy_module.__doc__ or "")
 
 both_behaviours = pytest.mark.parametrize("simulator_behaviour", BEHAVIOURS)
 documented_only = pytest.mark.parametrize("simulator_behaviour", ["documented"])
@@ -118,8 +113,6 @@ def reply(reply_simulator: ReplySimulator, reply_account: ReplyAccount, monkeypa
 @pytest.fixture
 def whippy(whippy_simulator: WhippySimulator, whippy_account: WhippyAccount, monkeypatch) -> WhippyWorld:
     """The Whippy simulator (of the test's ``simulator_behaviour``) behind connection ``check_whippy``."""
-    if whippy_simulator.behaviour == "observed" and not WHIPPY_OBSERVED_MODELLED:
-        pytest.skip("the Whippy simulator does not model its observed behaviour yet (branch i12-whippy)")
     monkeypatch.setenv(
         connection_env_var(WHIPPY_CONN),
         connection_json("whippy", whippy_simulator.url, whippy_account.api_key),
@@ -435,9 +428,13 @@ def test_whippy_read_back_pages_a_long_step(whippy: WhippyWorld, tmp_path: Path)
     assert run.verdicts["write.readBack"] == "held", run.stdout
     if whippy.observed:
         assert run.verdicts["pageSize.stepContacts"] == "violated", run.stdout
-        assert "limit=500 (the documented maximum) answered 422; limit=100 works" in run.stdout
+        assert (
+            "limit=500 (the documented maximum) answered 422; limit=100 works: keep the connection"
+            in run.stdout
+        )
     else:
         assert run.verdicts["pageSize.stepContacts"] == "held", run.stdout
+        assert "the connection extra page_size=500 reads a step in fewer requests" in run.stdout
     _assert_no_values(run, [p["phone"] for p in people])
 
 

@@ -20,6 +20,11 @@ from airflow_provider_sequences.hooks.whippy import WhippyHook
 #: The largest page documented (for another list); a Whippy-written client says 1 to 100.
 DOCUMENTED_MAX_PAGE = 500
 FALLBACK_PAGE = 100
+#: What the step-contact page size means for the connection's ``page_size`` extra.
+PAGE_ADVICE = {
+    True: f"the connection extra page_size={DOCUMENTED_MAX_PAGE} reads a step in fewer requests",
+    False: f"keep the connection extra page_size at {FALLBACK_PAGE} (the default)",
+}
 E164 = re.compile(r"^\+[1-9][0-9]{6,14}$")
 RATE_LIMIT_HEADER = "X-RateLimit-Remaining-Interval-Milliseconds"
 
@@ -84,9 +89,10 @@ class WhippyCheck(ServiceCheck[WhippyHook]):
         if call.status in (400, 422):
             fallback = self.call(f"{label}?limit={FALLBACK_PAGE}", fn, *args, limit=FALLBACK_PAGE, **kwargs)
             works = f"; limit={FALLBACK_PAGE} works" if fallback.ok else ""
+            advice = PAGE_ADVICE[False] if id == "stepContacts" else f"page at {FALLBACK_PAGE}"
             self.report.violated(
                 f"pageSize.{id}",
-                f"limit={limit} (the documented maximum) {call.describe()}{works}: page at {FALLBACK_PAGE}",
+                f"limit={limit} (the documented maximum) {call.describe()}{works}: {advice}",
             )
             call, limit = fallback, FALLBACK_PAGE
         if not call.ok:
@@ -107,7 +113,8 @@ class WhippyCheck(ServiceCheck[WhippyHook]):
                 if total and body["total"] > served
                 else " (the list fits one page: a lower cap would not show)"
             )
-            self.report.held(f"pageSize.{id}", f"limit={limit} is accepted{more}")
+            advice = f"; {PAGE_ADVICE[True]}" if id == "stepContacts" else ""
+            self.report.held(f"pageSize.{id}", f"limit={limit} is accepted{more}{advice}")
         self.report.judge(
             f"paging.{id}",
             total,
