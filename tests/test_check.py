@@ -504,6 +504,15 @@ def test_whippy_draft_sequence_is_a_violation(whippy: WhippyWorld, tmp_path: Pat
     assert run.status == 1
 
 
+@documented_only
+def test_no_probes_sends_only_reads(reply: ReplyWorld, whippy: WhippyWorld, tmp_path: Path) -> None:
+    for conn_id, sim in ((REPLY_CONN, reply.sim), (WHIPPY_CONN, whippy.sim)):
+        run = run_check(tmp_path, conn_id, "--no-probes")
+        assert run.status == 0, run.stdout
+        assert {r.method for r in sim.requests} == {"GET"}
+        assert not {"scopes.contactsWrite", "errors.itemNamed"} & set(run.verdicts)
+
+
 # -- usage and connection errors: exit status 2, never the key ---------------------------------
 
 
