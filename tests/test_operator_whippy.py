@@ -16,7 +16,7 @@ import math
 import re
 import sqlite3
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +31,8 @@ from airflow_provider_sequences.testing.base import BEHAVIOURS
 from airflow_provider_sequences.testing.dags import load_dag, run_dag, task_states, task_xcom
 from airflow_provider_sequences.testing.whippy import WhippySimulator
 from tests.dag_files import WHIPPY_OPERATOR, write_operator_dag
+
+pytestmark = pytest.mark.parametrize("simulator_behaviour", BEHAVIOURS)
 
 STATE_CONN_ID = "whippy_sync_state"
 COLUMN_MAP = {"crm_id": "external_id", "phone": "phone", "email": "email", "full_name": "name"}
@@ -123,15 +125,6 @@ class Run:
     @property
     def posts(self) -> list[Any]:
         return [r for r in self.requests if r.method == "POST"]
-
-
-@pytest.fixture(params=BEHAVIOURS)
-def whippy_simulator(request: pytest.FixtureRequest) -> Iterator[WhippySimulator]:
-    """The plugin's simulator, once per behaviour (``documented``, ``observed``)."""
-    marker = request.node.get_closest_marker("whippy_simulator")
-    options = {"behaviour": request.param, **(marker.kwargs if marker else {})}
-    with WhippySimulator(**options) as sim:
-        yield sim
 
 
 @pytest.fixture

@@ -548,11 +548,15 @@ class WhippyAdapter(ServiceAdapter):
         )
         return len(members)
 
+    def start(self, *, fresh_state: bool) -> None:
+        if fresh_state and self._members is None:
+            self.read_members()
+
     def read_members_unless_known(self, state: SyncState) -> bool:
         """:meth:`read_members` when no run of this sync state has finished yet: then the state
         may not know everyone in the sequence (a first night, a deleted state, or a retry of a
         first night that died). Returns whether they were read."""
-        if state.any_run_finished():
+        if self._members is not None or state.any_run_finished():
             return False
         self.read_members()
         return True
@@ -791,11 +795,7 @@ class WhippyAdapter(ServiceAdapter):
 
     def _fetch(self, fetcher: ThreadPoolExecutor, offset: int) -> Future[dict[str, Any]]:
         return fetcher.submit(
-            self.hook.list_sequence_contacts,
-            self.sequence_id,
-            limit=self.hook.page_size,
-            offset=offset,
-            step_ids=[str(self.step_id)],
+            self.hook.sequence_contacts_page, self.sequence_id, offset, step_ids=[str(self.step_id)]
         )
 
     def _take_page(self, waiting: _Waiting, items: list[Any], total: int, offset: int) -> int:

@@ -35,7 +35,6 @@ _HINTS = {
     "TEAM_REQUIRED": "this credential must name the team to act in: set the connection extra acting_team_id",
     "insufficient_scope": "the API key lacks a scope the sync needs (contacts:read, contacts:write, "
     "sequences:read, sequences:operate): grant it in Reply or use another key",
-    "auth.missingScope": "grant the scope in Reply or use another key",
     "sequenceContact.noStepsInSequence": "add at least one step to the sequence in Reply",
     "sequenceContact.contactLimitExceeded": "the Reply plan's limit of contacts in sequences is reached",
 }

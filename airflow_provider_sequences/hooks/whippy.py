@@ -17,11 +17,10 @@ WHIPPY_SEQUENCE_WRITES_PER_MINUTE = 10
 WHIPPY_REQUESTS_PER_SECOND = 25
 #: Contacts per create-sequence-contacts call (``to``: 1 to 4000).
 WHIPPY_MAX_CONTACTS_PER_CALL = 4000
-#: The page size lists are read with: a Whippy-written client says the sequence-contacts list
-#: takes 1 to 100 (500 is documented only for another list), so 100 unless the connection's
-#: ``page_size`` extra says a larger page is known to work.
+#: The page size a list is read with once a larger one was refused: a Whippy-written client
+#: says the sequence-contacts list takes 1 to 100 (500 is documented only for another list).
 WHIPPY_PAGE_SIZE = 100
-#: The largest ``limit`` documented for any list.
+#: The largest ``limit`` documented for any list: tried first, and kept while it works.
 WHIPPY_MAX_PAGE = 500
 
 _TIME_CONSUMING_PREFIXES = ("/v1/sequences", "/v1/campaigns", "/v1/contacts/lists")
@@ -50,7 +49,8 @@ class WhippyHook(SequencesHook):
     - ``sequence_writes_per_minute`` (10): writes to sequences, campaigns and contact lists;
     - ``requests_per_second`` (25): every other request;
     - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6);
-    - ``page_size`` (100): items per page when reading lists (at most 500);
+    - ``page_size``: items per page when reading lists (1 to 500); by default 500 until
+      Whippy refuses it, then 100;
     - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
 
     Methods map one to one to API endpoints and return the parsed JSON.
@@ -122,11 +122,39 @@ class WhippyHook(SequencesHook):
             retry_after=retry_after,
         )
 
+    #: Base URL -> the page size a list read fell back to in this process (a larger one was refused).
+    _refused_pages: ClassVar[dict[str, int]] = {}
+
     @property
     def page_size(self) -> int:
-        """Items per page when this hook reads a whole list (the ``page_size`` extra)."""
-        size = int(self.extra_number("page_size", WHIPPY_PAGE_SIZE))
-        return min(max(size, 1), WHIPPY_MAX_PAGE)
+        """Items per page when this hook reads a whole list: the ``page_size`` extra, else the
+        documented largest (500) until Whippy refuses it, then 100 (see :meth:`list_page`)."""
+        if "page_size" in self.extras:
+            return min(max(int(self.extra_number("page_size", WHIPPY_PAGE_SIZE)), 1), WHIPPY_MAX_PAGE)
+        return self._refused_pages.get(self.base_url, WHIPPY_MAX_PAGE)
+
+    def list_page(self, path: str, params: dict[str, Any], offset: int) -> dict[str, Any]:
+        """One page of a list, :attr:`page_size` items from ``offset``.
+
+        The largest ``limit`` of the sequence-contacts list is not documented (a Whippy-written
+        client says 100; 500 is documented for another list): a page size Whippy refuses (400 or
+        422) falls back to 100 for this base URL, in this process, and the page is asked again.
+        A page size that is accepted but capped silently is no problem: see :meth:`pages`.
+        """
+        while True:
+            size = self.page_size
+            try:
+                page: dict[str, Any] = self.request_json(
+                    "GET", path, params={**params, "limit": size, "offset": offset}
+                )
+                return page
+            except SequencesApiError as exc:
+                if exc.status not in (400, 422) or size <= WHIPPY_PAGE_SIZE or "page_size" in self.extras:
+                    raise
+                self.log.warning(
+                    "Whippy refused pages of %d (%s); reading pages of %d", size, exc.status, WHIPPY_PAGE_SIZE
+                )
+                self._refused_pages[self.base_url] = WHIPPY_PAGE_SIZE
 
     def check_credentials(self) -> str:
         page = self.list_channels(limit=1)
@@ -234,6 +262,13 @@ class WhippyHook(SequencesHook):
         )
         return result
 
+    def sequence_contacts_page(
+        self, sequence_id: str, offset: int, *, step_ids: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """One page of step contacts from ``offset``, :attr:`page_size` of them (see :meth:`list_page`)."""
+        params = {"step_ids": ",".join(step_ids) if step_ids else None}
+        return self.list_page(f"/v1/sequences/{sequence_id}/contacts", params, offset)
+
     def iter_sequence_contacts(
         self, sequence_id: str, *, status: str | None = None, step_ids: Sequence[str] | None = None
     ) -> Iterator[dict[str, Any]]:
@@ -274,8 +309,7 @@ class WhippyHook(SequencesHook):
         """
         offset = 0
         while True:
-            window = {"limit": self.page_size, "offset": offset}
-            page = self.request_json("GET", path, params={**params, **window})
+            page = self.list_page(path, params, offset)
             items = page.get("data") or []
             yield from items
             offset += len(items)

@@ -41,13 +41,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow_provider_sequences.testing.base import (
-    DEFAULT_BEHAVIOUR,
-    Behaviour,
-    Simulator,
-    check_behaviour,
-    json_response,
-)
+from airflow_provider_sequences.testing.base import DEFAULT_BEHAVIOUR, Behaviour, Simulator, json_response
 from airflow_provider_sequences.testing.faults import CannedResponse
 from airflow_provider_sequences.testing.ratelimit import Limit
 from airflow_provider_sequences.testing.whippy_state import (
@@ -111,7 +105,8 @@ class WhippySimulator(WhippyState, Simulator):
     :param processing_delay: real seconds between a 202 and its background job running; jobs
         run one at a time, in the order they were accepted.
     :param max_list_limit: the largest ``limit`` a list accepts.
-    :param behaviour: ``documented`` or ``observed`` (see :data:`~.base.Behaviour`).
+    :param behaviour: ``documented`` (the reference) or ``observed`` (what Whippy's own code
+        shows: see the module's docstring).
     """
 
     def __init__(
@@ -123,8 +118,6 @@ class WhippySimulator(WhippyState, Simulator):
         max_list_limit: int = 500,
         behaviour: Behaviour = DEFAULT_BEHAVIOUR,
     ) -> None:
-        # Set before the base builds the app, which reads it.
-        self.behaviour = check_behaviour(behaviour)
         self.processing_delay = processing_delay
         self.max_list_limit = max_list_limit
         self._init_state()
@@ -137,10 +130,6 @@ class WhippySimulator(WhippyState, Simulator):
 
     def __enter__(self) -> WhippySimulator:
         return self.start()
-
-    @property
-    def observed(self) -> bool:
-        return self.behaviour == "observed"
 
     # -- canned answers for the fault injector ------------------------------------------------
 
