@@ -23,6 +23,7 @@ import pytest
 from airflow_provider_sequences.hooks.reply import ReplyHook
 from airflow_provider_sequences.operators.reply import ReplyAddContactsToSequenceOperator
 from airflow_provider_sequences.testing import (
+    FaultPlan,
     ReplyAccount,
     ReplySimulator,
     RequestRecord,
@@ -808,3 +809,137 @@ def test_the_example_dags_import_without_errors(airflow_db) -> None:
     assert task.sequence_id == "{{ params.sequence_id }}"
     assert "start_from" in task.template_fields
     assert set(nightly.task_ids) == {"enrol_new_leads", "report"}
+
+
+# -- what Reply's own CLI reports about the real server ------------------------------------------
+
+
+def test_a_quarter_of_the_answers_lost_ends_with_everyone_added_once(world: ReplyWorld) -> None:
+    """The issue's night: 2,400 new contacts, a quarter of the answers lost on the way back.
+    Contacts a lost answer enrolled are added, never data failures, and nobody is named in a
+    bulk add twice (observed, Reply refuses a member as invalidInput or moves it on)."""
+    rows = [
+        {"crm_id": f"crm-{i}", "email": f"lead{i}@example.com", "first_name": f"Lead{i}"}
+        for i in range(2_400)
+    ]
+    email_of = {row["crm_id"]: row["email"] for row in rows}
+    dag = world.dag(
+        upstream_rows=rows,
+        key_column="crm_id",
+        column_map={"email": "email", "first_name": "firstName"},
+        batch_size=200,
+        max_not_processed_share=None,
+    )
+    world.sim.faults.configure(FaultPlan(seed=7, lost_response_rate=0.25))
+    added: set[str] = set()
+    for _night in range(3):
+        run = world.run(dag)
+        assert run.states[TASK] == "success"
+        check_accounting(run.result)
+        added |= set(run.result["added"])
+        # What is not processed is a request to retry, never a verdict on the contact.
+        assert {o["reason"] for o in run.result["not_processed"].values()} <= {"requestFailed"}
+        if not run.result["not_processed"]:
+            break
+    assert {r.fault for r in world.sim.requests} >= {"lost_response"}
+    assert added == set(email_of)
+    assert world.enrolled_emails() == Counter(dict.fromkeys(email_of.values(), 1))
+    assert world.sim.readds == {}
+
+
+@pytest.mark.parametrize("start_step", [None, 2], ids=["first-step", "second-step"])
+def test_a_first_night_on_a_sequence_with_members_sends_them_nothing(world: ReplyWorld, start_step) -> None:
+    sim, owner, sequence = world.sim, world.account.user_id, world.account.sequence_id
+    members = [
+        sim.add_contact(f"member{i}@example.com", owner_user_id=owner, firstName="M") for i in range(3)
+    ]
+    # Enrolled by hand before the sync's first night, at the first step.
+    assert sorted(ReplyHook().add_contacts_to_sequence(sequence, members)["added"]) == members
+    steps = [step["id"] for step in ReplyHook().list_steps(sequence)]
+    rows = [{"email": f"member{i}@example.com", "first_name": "Member"} for i in range(3)]
+    rows += [{"email": f"new{i}@example.com", "first_name": "New"} for i in range(5)]
+    kwargs: dict[str, Any] = {"start_step_id": steps[start_step - 1]} if start_step else {}
+    dag = world.dag(upstream_rows=rows, column_map={"email": "email", "first_name": "firstName"}, **kwargs)
+    seen = len(sim.requests)
+    run = world.run(dag)
+
+    # The members are where they should be: reported so, not failures, not sent.
+    assert run.states[TASK] == "success"
+    result = run.result
+    assert sorted(result["added"]) == [f"new{i}@example.com" for i in range(5)]
+    assert {k: o["reason"] for k, o in result["not_processed"].items()} == {
+        f"member{i}@example.com": "contactAlreadyInSequence" for i in range(3)
+    }
+    check_accounting(result, {row["email"] for row in rows})
+    assert sim.readds == {}
+    assert sim.moves == {}
+    # One read of the sequence's contacts, a page, before the first bulk add.
+    contacts_path = f"/v3/sequences/{sequence}/contacts"
+    assert [r.path for r in sim.requests[seen:]].count(contacts_path) == 1
+    assert [(r.path, r.items) for r in world.writes(seen)] == [(IMPORT, 8), (world.bulk_path, 5)]
+
+    # A later night: a teammate enrolled one more by hand. With a start step the sync reads the
+    # sequence first again, so the member is never moved on; without one, Reply's refusal of it
+    # is read as what it is.
+    late = sim.add_contact("late@example.com", owner_user_id=owner, firstName="L")
+    assert ReplyHook().add_contacts_to_sequence(sequence, [late])["added"] == [late]
+    dag = world.dag(
+        upstream_rows=[*rows, {"email": "late@example.com", "first_name": "Late"}],
+        column_map={"email": "email", "first_name": "firstName"},
+        **kwargs,
+    )
+    again = world.run(dag)
+    assert again.states[TASK] == "success"
+    assert again.result["added"] == []
+    assert again.result["not_processed"]["late@example.com"]["reason"] == "contactAlreadyInSequence"
+    assert sim.moves == {}
+    if start_step:
+        assert sim.readds == {}
+    enrolled = world.enrolled_ids()
+    assert set(enrolled.values()) == {1}
+    assert len(enrolled) == 9
+
+
+def test_rows_without_a_first_name_are_refused_before_anything_is_sent(world: ReplyWorld) -> None:
+    rows = [
+        {"email": "ada@example.com", "first_name": "Ada"},
+        {"email": "anon@example.com", "first_name": "  "},
+        {"email": "none@example.com", "first_name": None},
+    ]
+    dag = world.dag(upstream_rows=rows, column_map={"email": "email", "first_name": "firstName"})
+    run = world.run(dag)
+
+    result = task_xcom(run.dag_run, TASK)
+    assert result["added"] == ["ada@example.com"]
+    assert result["not_processed"] == {
+        email: {"reason": "missingField", "detail": "firstName is empty (column 'first_name')"}
+        for email in ("anon@example.com", "none@example.com")
+    }
+    assert [(r.path, r.items) for r in world.writes()] == [(IMPORT, 1), (world.bulk_path, 1)]
+
+    # The opt-in fallback imports them with it instead (rows refused earlier for their data are
+    # sent again when their data changes, or with full_resync).
+    fallback = world.dag(
+        "_fallback",
+        upstream_rows=rows,
+        column_map={"email": "email", "first_name": "firstName"},
+        first_name_fallback="there",
+        full_resync=True,
+    )
+    again = world.run(fallback)
+    assert sorted(again.result["added"]) == ["ada@example.com", "anon@example.com", "none@example.com"]
+    assert world.sim.readds == {}
+    anon = world.sim.contact_by_email("anon@example.com")
+    assert anon is not None
+    assert anon["firstName"] == "there"
+
+
+def test_a_column_map_without_a_first_name_is_a_clear_configuration_error() -> None:
+    from airflow_provider_sequences.adapters.reply import ReplyAdapter
+
+    operator = ReplyAddContactsToSequenceOperator(
+        task_id=TASK, sequence_id=1001, contacts=[], column_map={"email": "email"}
+    )
+    adapter = ReplyAdapter(ReplyHook(), 1001)
+    with pytest.raises(ValueError, match="column_map maps no column to 'firstName': Reply requires"):
+        operator.prepare_spec(adapter)
