@@ -137,6 +137,12 @@ def _is_number(value: str | None) -> bool:
     return True
 
 
+def objects(answer: Any, key: str) -> list[dict[str, Any]]:
+    """The objects of the list ``answer[key]``; none when the answer has another shape."""
+    found = answer.get(key) if isinstance(answer, dict) else None
+    return [item for item in found if isinstance(item, dict)] if isinstance(found, list) else []
+
+
 def missing_fields(item: Any, fields: dict[str, tuple[type, ...]]) -> list[str]:
     """Fields of ``fields`` that ``item`` lacks or holds with another JSON type."""
     if not isinstance(item, dict):

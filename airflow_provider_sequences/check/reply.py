@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from airflow_provider_sequences.check.base import Call, CheckAborted, ServiceCheck, first_missing
+from airflow_provider_sequences.check.base import Call, CheckAborted, ServiceCheck, first_missing, objects
 from airflow_provider_sequences.check.report import Exchange, Report, Verdict
 from airflow_provider_sequences.hooks.reply import ReplyHook
 
@@ -168,7 +168,7 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
         if not call.ok:
             self.report.violated("sequences.list", f"GET /v3/sequences {call.describe()}")
             return
-        items = [i for i in (call.result or {}).get("items") or [] if isinstance(i, dict)]
+        items = objects(call.result, "items")
         if items:
             wrong = first_missing(
                 items, {"id": (int,), "name": (str,), "status": (str,), "isArchived": (bool,)}
@@ -241,7 +241,7 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
                 "sequenceContacts.list", f"GET /v3/sequences/{{id}}/contacts {call.describe()}"
             )
             return
-        self.members += [i for i in (call.result or {}).get("items") or [] if isinstance(i, dict)]
+        self.members += objects(call.result, "items")
 
     def judge_members(self) -> None:
         items = self.members
@@ -274,7 +274,7 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
         )
         if call.status == 404:
             self.report.held("errors.missingSequence", "a sequence that does not exist answers 404")
-        elif call.ok and not ((call.result or {}).get("items") if isinstance(call.result, dict) else None):
+        elif call.ok and not objects(call.result, "items"):
             self.report.violated(
                 "errors.missingSequence",
                 "the contacts of a sequence that does not exist answer an empty 200, not 404: "
@@ -495,8 +495,10 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
                 f"adding a member again {call.describe()}, not a per-contact answer",
             )
             return
-        refused = (call.result.get("notProcessed") or {}).get(str(contact_id))
-        if refused is None and contact_id in (call.result.get("added") or []):
+        not_processed = call.result.get("notProcessed")
+        refused = not_processed.get(str(contact_id)) if isinstance(not_processed, dict) else None
+        added = call.result.get("added")
+        if refused is None and isinstance(added, list) and contact_id in added:
             self.report.violated(
                 "bulkAdd.alreadyInSequence", "a member added again is answered added: Reply enrolled it again"
             )

@@ -12,7 +12,7 @@ import time
 import uuid
 from typing import Any
 
-from airflow_provider_sequences.check.base import Call, CheckAborted, ServiceCheck, first_missing
+from airflow_provider_sequences.check.base import Call, CheckAborted, ServiceCheck, first_missing, objects
 from airflow_provider_sequences.check.report import Report, Verdict
 from airflow_provider_sequences.exceptions import OutcomeUnknownError
 from airflow_provider_sequences.hooks.whippy import WhippyHook
@@ -132,7 +132,7 @@ class WhippyCheck(ServiceCheck[WhippyHook]):
         if not call.ok:
             self.report.violated("channels.fields", f"GET /v1/channels {call.describe()}")
             return
-        channels = [c for c in (call.result or {}).get("data") or [] if isinstance(c, dict)]
+        channels = objects(call.result, "data")
         if not channels:
             self.report.not_seen("channels.fields", "the organization has no channel")
             return
@@ -165,7 +165,7 @@ class WhippyCheck(ServiceCheck[WhippyHook]):
         if not call.ok:
             self.report.violated("sequences.fields", f"GET /v1/sequences {call.describe()}")
             return
-        items = [s for s in (call.result or {}).get("data") or [] if isinstance(s, dict)]
+        items = objects(call.result, "data")
         if not items:
             self.report.not_seen("sequences.fields", "the organization has no sequence")
             return
@@ -235,7 +235,7 @@ class WhippyCheck(ServiceCheck[WhippyHook]):
         )
         if call.ok:
             self.page = limit
-            self.step_contacts += [i for i in (call.result or {}).get("data") or [] if isinstance(i, dict)]
+            self.step_contacts += objects(call.result, "data")
 
     def judge_step_contacts(self) -> None:
         items = self.step_contacts
