@@ -291,6 +291,25 @@ def test_reply_organization_key_without_acting_user(reply: ReplyWorld, tmp_path:
 
 
 @both_behaviours
+def test_reply_teammates_contact_is_never_enrolled(reply: ReplyWorld, tmp_path: Path) -> None:
+    teammate = reply.sim.add_user("teammate@example.com")
+    theirs = reply.sim.add_contact(REPLY_TEST_CONTACT, owner_user_id=teammate, firstName="Ada")
+    sequence_id = reply.account.sequence_id
+    run = run_check(
+        tmp_path, REPLY_CONN, "--sequence-id", str(sequence_id), "--write-test-contact", REPLY_TEST_CONTACT
+    )
+    assert (sequence_id, theirs) not in reply.sim.enrolments
+    if reply.observed:
+        # Skipped, naming the teammate's contact: the check does not add it.
+        assert run.verdicts["write.readBack"] == "not seen", run.stdout
+        assert "skipReason contactOwnedByTeammate" in run.stdout
+        assert reply.sim.foreign_adds == {}
+    else:
+        # The documented import fails the item: nothing to enrol either.
+        assert run.verdicts["write.readBack"] == "violated", run.stdout
+
+
+@both_behaviours
 def test_reply_page_cap_shows_on_a_long_sequence(reply: ReplyWorld, tmp_path: Path) -> None:
     hook = ReplyHook(REPLY_CONN)
     people = [{"email": f"lead{i}@example.org", "firstName": f"Lead{i}"} for i in range(120)]

@@ -52,6 +52,8 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
         self.contacts_page = REPLY_MAX_PAGE
         #: Members seen, judged together once every read is done.
         self.members: list[dict[str, Any]] = []
+        #: Why Reply skipped the test contact, when it did.
+        self.skip_reason: str | None = None
 
     def run(self) -> None:
         if not self.check_identity():
@@ -356,6 +358,14 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
 
     def check_test_contact(self, sequence_id: int, email: str) -> None:
         contact_id = self._import_test_contact(email)
+        if contact_id is None and self.skip_reason is not None:
+            # Its id names a contact the acting user does not own (or deleted): never enrol it.
+            self.report.not_seen(
+                "write.readBack",
+                f"Reply skipped the test contact (skipReason {self.skip_reason}): it was not enrolled; "
+                "name a contact of the acting user",
+            )
+            return
         if contact_id is None:
             self.report.violated("write.readBack", "the test contact was not imported, so not enrolled")
             return
@@ -403,6 +413,8 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
         accepted = call.ok and item is not None and isinstance(item.get("id"), int) and _status_ok(status)
         if call.ok and item is not None:
             self._judge_import_item(item)
+            if self._skipped(item):
+                return None
         if accepted:
             self.report.held("import.firstNameOptional", "an item without firstName was imported")
             assert item is not None
@@ -422,9 +434,18 @@ class ReplyCheck(ServiceCheck[ReplyHook]):
         item = _first_item(_import_result(call))
         if call.ok and item is not None:
             self._judge_import_item(item)
-            if isinstance(item.get("id"), int) and _status_ok(item.get("status")):
+            if not self._skipped(item) and isinstance(item.get("id"), int) and _status_ok(item.get("status")):
                 return int(item["id"])
         return None
+
+    def _skipped(self, item: dict[str, Any]) -> bool:
+        """A skipped item: remember why (the sync never enrols the contact it names)."""
+        status = item.get("status")
+        if not (isinstance(status, str) and status.lower() == "skipped"):
+            return False
+        reason = item.get("skipReason")
+        self.skip_reason = reason if isinstance(reason, str) and reason.isidentifier() else "not given"
+        return True
 
     def _judge_import_item(self, item: dict[str, Any]) -> None:
         if self.report.verdict("import.items") is not None:
@@ -556,7 +577,7 @@ def _first_item(answer: Any) -> dict[str, Any] | None:
 
 
 def _status_ok(status: Any) -> bool:
-    return isinstance(status, str) and status.lower() in {"created", "updated", "restored", "skipped"}
+    return isinstance(status, str) and status.lower() in {"created", "updated", "restored"}
 
 
 def _is_problem(exchange: Exchange) -> bool:
