@@ -85,11 +85,11 @@ def fan_out(deployment: Deployment, sims: Simulators, outcome: Outcome) -> None:
         added = sum(
             len(_added(deployment, "e2e_fanout", run_id, i)) for i in instances if i["task_id"] == service
         )
-        figures[service] = {**traffic, "enrolled": enrolled, "enrolled_twice": len(twice), "added": added}
+        figures[service] = {**traffic, "enrolments": enrolled, "enrolled_twice": len(twice), "added": added}
         outcome.check(
             f"fan-out {service}: 0 contacts enrolled twice",
             not twice,
-            f"{len(twice)} of {enrolled} enrolled more than once"
+            f"{len(twice)} contacts enrolled more than once, {enrolled} enrolments"
             + (f", e.g. {list(twice.items())[:3]}" if twice else ""),
         )
         outcome.check(
@@ -100,7 +100,7 @@ def fan_out(deployment: Deployment, sims: Simulators, outcome: Outcome) -> None:
         outcome.check(
             f"fan-out {service}: the tasks' added is what the service enrolled",
             added == enrolled,
-            f"added {added}, enrolled {enrolled}",
+            f"added {added}, enrolments {enrolled}",
         )
         ratio = traffic["ratio_to_floor"]
         print(
@@ -111,7 +111,24 @@ def fan_out(deployment: Deployment, sims: Simulators, outcome: Outcome) -> None:
             flush=True,
         )
     deferral(deployment, watcher, run_id, outcome, figures)
+    if deployment.executor == "celery":
+        celery_workers(deployment, outcome, figures)
     outcome.figures["fan_out"] = figures
+
+
+def celery_workers(deployment: Deployment, outcome: Outcome, figures: dict[str, Any]) -> None:
+    """With Celery, the fan-out's tasks were spread over both workers."""
+    received = {
+        name: deployment.processes.log(name).read_text(errors="replace").count("] received")
+        for name, _ in deployment.processes.running
+        if name.startswith("celery-worker-")
+    }
+    figures["celery_tasks_received"] = received
+    outcome.check(
+        "fan-out: both Celery workers ran tasks",
+        len(received) == 2 and all(received.values()),
+        f"workloads received per worker: {received}",
+    )
 
 
 def deferral(
@@ -192,7 +209,7 @@ def overlap(deployment: Deployment, sims: Simulators, outcome: Outcome) -> None:
             "tasks": {
                 r: {k: (len(v) if k == "added" else v) for k, v in p.items()} for r, p in per_run.items()
             },
-            "enrolled": enrolled,
+            "enrolments": enrolled,
             "enrolled_twice": len(twice),
             "added_by_both": len(both_added),
             "added_total": total_added,
@@ -207,12 +224,12 @@ def overlap(deployment: Deployment, sims: Simulators, outcome: Outcome) -> None:
         outcome.check(
             f"overlap {service}: 0 contacts enrolled twice",
             not twice,
-            f"{len(twice)} of {enrolled} enrolled more than once",
+            f"{len(twice)} contacts enrolled more than once, {enrolled} enrolments",
         )
         outcome.check(
             f"overlap {service}: no contact reported added by both runs; added sums to what was enrolled",
             not both_added and total_added == enrolled,
-            f"added {len(a['added'])} + {len(b['added'])} = {total_added}, enrolled {enrolled}, "
+            f"added {len(a['added'])} + {len(b['added'])} = {total_added}, enrolments {enrolled}, "
             f"added by both {len(both_added)}",
         )
         outcome.check(

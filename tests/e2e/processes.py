@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -36,7 +37,9 @@ class Processes:
         self.logdir = logdir
         self.pidfile = pidfile
         self.running: list[tuple[str, subprocess.Popen[bytes]]] = []
-        logdir.mkdir(parents=True, exist_ok=True)
+        # A run's logs are its own: the checks read them (the simulators' ports, the scheduler's).
+        shutil.rmtree(logdir, ignore_errors=True)
+        logdir.mkdir(parents=True)
         pidfile.write_text("")
 
     def log(self, name: str) -> Path:

@@ -146,11 +146,12 @@ class Simulators:
 def new_enrolments(
     before: dict[tuple[str, str], int], after: dict[tuple[str, str], int]
 ) -> tuple[int, dict[str, int]]:
-    """Contacts enrolled since ``before``, and those enrolled more than once overall among them
-    (contact -> times)."""
-    changed = {pair: n for pair, n in after.items() if n != before.get(pair, 0)}
-    twice = {f"{s}/{c}": n for (s, c), n in changed.items() if n > 1}
-    return len([p for p in changed if p not in before]), twice
+    """Enrolments since ``before`` (each time a contact was put into a sequence counts: that is
+    what the service really did), and the contacts among them now enrolled more than once
+    (``sequence/contact`` -> times)."""
+    events = sum(n - before.get(pair, 0) for pair, n in after.items())
+    twice = {f"{s}/{c}": n for (s, c), n in after.items() if n > 1 and n != before.get((s, c), 0)}
+    return events, twice
 
 
 def dump(figures: dict[str, Any]) -> str:
