@@ -86,7 +86,6 @@ class Deployment:
                 # Should a log server start after all, no fixed port: other Airflows may run here.
                 "AIRFLOW__LOGGING__WORKER_LOG_SERVER_PORT": str(free_port()),
                 "AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT": str(free_port()),
-                "AIRFLOW__SCHEDULER__ENABLE_HEALTH_CHECK": "False",
                 "SEQUENCES_E2E_CONFIG": str(config_path),
                 "AIRFLOW_CONN_E2E_STATE": json.dumps(
                     {
