@@ -18,6 +18,12 @@ def _number(label: str, default: float, description: str) -> dict[str, Any]:
 _COMMON_FIELDS: dict[str, Any] = {
     "timeout": _number("Read timeout (s)", 60, "Seconds to wait for an answer before retrying."),
     "max_attempts": _number("Attempts per request", 6, "Including the first; retries back off."),
+    "rate_limit_conn_id": {
+        "label": "Rate budget connection",
+        "schema": {"type": ["string", "null"]},
+        "description": "A postgres or redis connection holding this account's rate budget, shared by "
+        "every machine; empty: a file shared by this machine's processes.",
+    },
     "rate_limit_time_scale": _number(
         "Rate-limit time scale", 1, "Leave at 1. Simulators only: shortens the limit windows."
     ),
@@ -91,6 +97,12 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_provider_sequences.hooks.whippy.WhippyHook",
                 "hook-name": "Whippy",
                 "conn-fields": {
+                    "organization_id": {
+                        "label": "Organization id",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Connections naming the same organization share its sync state "
+                        "and rate budget.",
+                    },
                     "sequence_writes_per_minute": _number(
                         "Sequence writes per minute", 10, "Whippy allows 10 per key on sequence endpoints."
                     ),

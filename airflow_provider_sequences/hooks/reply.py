@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import requests
 
@@ -39,6 +40,8 @@ class ReplyHook(SequencesHook):
     - ``requests_per_minute`` (100), ``requests_per_hour`` (3000): client-side limits; lower
       them when other tools spend the same user's budget.
     - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6).
+    - ``acting_team_id``: the team acted in (part of the account's name).
+    - ``rate_limit_conn_id``: where the rate budget lives (see :mod:`.budget`).
     - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
 
     Methods map one to one to API endpoints and return the parsed JSON.
@@ -79,10 +82,18 @@ class ReplyHook(SequencesHook):
     def bucket_for(self, method: str, path: str) -> str:
         return "all"
 
-    def rate_limit_scope(self) -> str:
-        # Reply counts per acting user, whichever key acts for them.
-        user = self.extras.get("acting_user_id") or self.extras.get("acting_user_email") or ""
-        return f"{super().rate_limit_scope()}:{user}"
+    #: Reply counts per acting user, whichever key acts for them: learnt with ``whoami``.
+    account_needs_request = True
+
+    def resolve_account(self) -> str:
+        """``reply:<host>:user-<id>[:team-<id>]``: the acting user (the ``acting_user_id``
+        extra, else ``whoami``'s answer) and the team (the ``acting_team_id`` extra), if any."""
+        user = self.extras.get("acting_user_id")
+        if user is None or not str(user).strip().isdigit():
+            user = self.whoami().get("userId")
+        account = f"reply:{urlsplit(self.base_url).netloc}:user-{user}"
+        team = self.extras.get("acting_team_id")
+        return f"{account}:team-{team}" if team else account
 
     def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:
         body: dict[str, Any] = {}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -12,6 +13,7 @@ from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.exceptions import SyncAbortedError
 from airflow_provider_sequences.state import state_engine
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
+from airflow_provider_sequences.sync.lease import DEFAULT_LOCK_TIMEOUT, ScopeLease
 from airflow_provider_sequences.sync.outcomes import ENROLLMENT_UNCONFIRMED, SyncResult
 from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
 from airflow_provider_sequences.sync.source import read_file_chunks, read_sql_chunks, records_chunks
@@ -64,6 +66,14 @@ class SequenceSyncOperator(BaseOperator):
     :param state_conn_id: a database connection (SQLite or PostgreSQL) for the sync state;
         by default a SQLite file under ``AIRFLOW_HOME``.
     :param default_region: ISO 3166 region for phone numbers written without a country code.
+    :param lock_timeout: seconds (or a timedelta) to wait while another run syncs the same
+        sequence of the same account; then the task fails, naming that run, having sent
+        nothing. The mapped shards of one task in one DAG run share the sequence instead.
+    :param rate_limit_conn_id: where the account's rate budget lives, shared by every task
+        using the account: a ``postgres`` or ``redis`` connection (across machines) or a
+        ``sqlite`` one. By default the service connection's ``rate_limit_conn_id`` extra, else
+        ``state_conn_id`` when it is PostgreSQL, else a file under ``AIRFLOW_HOME`` shared by
+        the processes of one machine.
     """
 
     template_fields: Sequence[str] = (
@@ -99,6 +109,8 @@ class SequenceSyncOperator(BaseOperator):
         max_attempts: int = 5,
         state_conn_id: str | None = None,
         default_region: str | None = None,
+        lock_timeout: float | timedelta = DEFAULT_LOCK_TIMEOUT,
+        rate_limit_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -129,6 +141,10 @@ class SequenceSyncOperator(BaseOperator):
         self.max_attempts = max_attempts
         self.state_conn_id = state_conn_id
         self.default_region = default_region
+        self.lock_timeout = (
+            lock_timeout.total_seconds() if isinstance(lock_timeout, timedelta) else float(lock_timeout)
+        )
+        self.rate_limit_conn_id = rate_limit_conn_id
 
     # -- what each service provides -----------------------------------------------------------
 
@@ -181,9 +197,41 @@ class SequenceSyncOperator(BaseOperator):
             return len(self.contacts)
         return None
 
+    def hook_kwargs(self) -> dict[str, Any]:
+        """What every service hook of this operator is built with: where the budget lives."""
+        return {"rate_limit_conn_id": self.budget_conn_id()}
+
+    def budget_conn_id(self) -> str | None:
+        """``rate_limit_conn_id``; else ``None`` when the service connection names one (its
+        hook reads it); else ``state_conn_id`` when that is PostgreSQL (the budget is then
+        shared by every machine that shares the state)."""
+        if self.rate_limit_conn_id:
+            return self.rate_limit_conn_id
+        extra = BaseHook.get_connection(self.connection_id()).extra_dejson or {}
+        if any(name.endswith("rate_limit_conn_id") and value for name, value in extra.items()):
+            return None
+        if self.state_conn_id:
+            conn_type = str(BaseHook.get_connection(self.state_conn_id).conn_type or "")
+            if conn_type.lower() in ("postgres", "postgresql"):
+                return self.state_conn_id
+        return None
+
     def sync_state(self, adapter: ServiceAdapter) -> SyncState:
-        scope = Scope(adapter.service, self.connection_id(), str(self.sequence_id))
-        return SyncState(state_engine(self.state_conn_id), scope)
+        """The state of this sequence of the account the connection reaches; rows an earlier
+        version kept under the connection id join it."""
+        scope = Scope(adapter.service, adapter.hook.account, str(self.sequence_id))
+        state = SyncState(state_engine(self.state_conn_id), scope)
+        if state.merge_scope(self.connection_id()):
+            self.log.info(
+                "The sync state kept under connection %r now belongs to its account", self.connection_id()
+            )
+        return state
+
+    @staticmethod
+    def lease_group(context: Mapping[str, Any]) -> str:
+        """The shards of one task in one DAG run share the sequence's lease."""
+        ti = context["ti"]
+        return f"{ti.dag_id}.{ti.task_id}:{context['run_id']}"
 
     def options(self, adapter: ServiceAdapter, **extra: Any) -> SyncOptions:
         batch_size = int(self.batch_size or adapter.max_batch_size)
@@ -207,17 +255,22 @@ class SequenceSyncOperator(BaseOperator):
 
     def start_run(self, context: Mapping[str, Any], **extra_options: Any) -> SyncRun:
         adapter = self.make_adapter()
+        # The account first: it names the state's scope, and every later request draws from
+        # its rate budget.
+        adapter.hook.account  # noqa: B018
         adapter.preflight()
         spec = self.prepare_spec(adapter)
         state = self.sync_state(adapter)
+        run_id = self.run_key(context)
         return SyncRun(
             adapter,
             spec,
             state,
-            self.run_key(context),
+            run_id,
             self.options(adapter, **extra_options),
             total_rows=self.total_rows(),
             logger=self.log,
+            lease=ScopeLease(state, run_id, group=self.lease_group(context), lock_timeout=self.lock_timeout),
         )
 
     def read_and_push(self, run: SyncRun) -> None:

@@ -96,7 +96,7 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
 
     def make_adapter(self) -> ReplyAdapter:
         return ReplyAdapter(
-            ReplyHook(self.reply_conn_id),
+            ReplyHook(self.reply_conn_id, **self.hook_kwargs()),
             int(self.sequence_id),
             enrolment=ReplyEnrolment(
                 remove_from_existing=bool(self.remove_from_existing),
@@ -110,5 +110,8 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         run = self.start_run(context)
-        self.read_and_push(run)
-        return self.complete(context, run.finish(), run)
+        try:
+            self.read_and_push(run)
+            return self.complete(context, run.finish(), run)
+        finally:
+            run.release()

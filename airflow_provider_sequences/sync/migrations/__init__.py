@@ -1,0 +1,1 @@
+"""Alembic migrations of the sync state's schema (see :mod:`..schema`)."""
