@@ -83,9 +83,15 @@ def run_worker(module: str, spec: dict[str, Any], timeout: float = 3600) -> dict
     raise RuntimeError(f"{module} failed (exit {done.returncode}):\n{done.stderr[-3000:]}")
 
 
-def run_workers(module: str, specs: list[dict[str, Any]], timeout: float = 3600) -> list[dict[str, Any]]:
+def run_workers(
+    module: str, specs: list[dict[str, Any]], *, airflow_home: Path, timeout: float = 3600
+) -> list[dict[str, Any]]:
     """Run ``python -m <module> SPEC`` once per spec, all at the same time; their results, in
-    order. A worker that failed gives ``{"error": ...}`` rather than stopping the others."""
+    order. A worker that failed gives ``{"error": ...}`` rather than stopping the others.
+
+    ``airflow_home``: the workers' ``AIRFLOW_HOME``, where the machine's shared rate budget
+    lives by default: the bench's own, not that of whatever else runs on the machine."""
+    env = {**os.environ, "AIRFLOW_HOME": str(airflow_home)}
     processes = [
         subprocess.Popen(  # noqa: S603 - our own interpreter and module
             [sys.executable, "-m", module, json.dumps(spec)],
@@ -93,6 +99,7 @@ def run_workers(module: str, specs: list[dict[str, Any]], timeout: float = 3600)
             stderr=subprocess.PIPE,
             text=True,
             cwd=ROOT,
+            env=env,
         )
         for spec in specs
     ]
