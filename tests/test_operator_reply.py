@@ -396,8 +396,9 @@ def test_a_batch_that_fails_after_retries_is_request_failed_and_retried_next_run
         batch_size=2,
         max_not_processed_share=None,
     )
-    # The preflight read passes; both attempts of the first bulk add meet a 500.
-    world.sim.faults.force(None, "server_error", "server_error")
+    # whoami (the account) and the preflight read pass; both attempts of the first bulk add
+    # meet a 500.
+    world.sim.faults.force(None, None, "server_error", "server_error")
     run = world.run(dag)
 
     assert run.states[TASK] == "success"
@@ -507,8 +508,9 @@ def test_a_batch_the_import_rejects_whole_is_split_until_the_bad_row_stands_alon
 def test_a_lost_answer_to_the_bulk_add_still_ends_added_once(world: ReplyWorld) -> None:
     emails = ["ada@example.com", "grace@example.com", "alan@example.com"]
     dag = world.dag(upstream_rows=[{"email": e} for e in emails], column_map={"email": "email"})
-    # Requests: the preflight read, the import, then the bulk add, whose answer is lost.
-    world.sim.faults.force(None, None, "lost_response")
+    # Requests: whoami (the account), the preflight read, the import, then the bulk add, whose
+    # answer is lost.
+    world.sim.faults.force(None, None, None, "lost_response")
     run = world.run(dag)
 
     assert run.states[TASK] == "success"
