@@ -95,7 +95,8 @@ def fan_out(deployment: Deployment, sims: Simulators, outcome: Outcome) -> None:
         outcome.check(
             f"fan-out {service}: 0 responses 429",
             traffic["responses_429"] == 0,
-            f"{traffic['responses_429']} of {traffic['requests']} requests answered 429",
+            f"{traffic['responses_429']} of {traffic['requests']} requests answered 429"
+            + (f", e.g. {traffic['first_429s'][:3]}" if traffic["first_429s"] else ""),
         )
         outcome.check(
             f"fan-out {service}: the tasks' added is what the service enrolled",

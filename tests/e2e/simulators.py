@@ -129,6 +129,22 @@ class Simulators:
             what = "sequence writes (10 a minute)"
         span = bound[-1]["at"] - bound[0]["at"] if len(bound) > 1 else 0.0
         floor = floor_seconds(len(bound), limits, self.time_scale)
+        # For each 429 (the first few): how many answered requests of its kind the service
+        # had counted in the window before it; the documented count means a client over-sent.
+        count, period = limits[0]
+        window = period / self.time_scale
+        refused = [
+            {
+                "at_s": round(r["at"] - records[0]["at"], 3),
+                "request": f"{r['method']} {r['path']}",
+                f"answered_in_the_{window:g}_s_before": sum(
+                    1 for b in bound if r["at"] - window < b["at"] <= r["at"]
+                ),
+                "limit": count,
+            }
+            for r in records
+            if r["status"] == 429
+        ][:8]
         return {
             "requests": len(records),
             "writes": sum(1 for r in answered if r["method"] != "GET"),
@@ -140,6 +156,7 @@ class Simulators:
             "span_s": round(span, 2),
             "floor_s": round(floor, 2),
             "ratio_to_floor": round(span / floor, 3) if floor else None,
+            "first_429s": refused,
         }
 
 
