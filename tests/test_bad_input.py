@@ -629,9 +629,8 @@ def test_reply_refused_key_stops_the_run_before_sending(world: World, case: str)
             world.execute(world.reply_op(contacts=[ok_row(0)], column_map={"email": "email"}))
     seq = world.reply_account.sequence_id
     expected = {
-        "bad key (401)": (
-            f"Reply API GET /v3/sequences/{seq} failed: 401: the API key is missing, wrong or revoked"
-        ),
+        # The first request asks whoami for the account the key acts as (it names the state).
+        "bad key (401)": "Reply API GET /v3/whoami failed: 401: the API key is missing, wrong or revoked",
         "key without the read scope (403)": (
             f"Reply API GET /v3/sequences/{seq} failed: 403 auth.missingScope: "
             "this API key lacks the scope 'sequences:read'"

@@ -10,6 +10,8 @@ sent nothing, and together the processes stay under the account's documented rat
 from __future__ import annotations
 
 import json
+import shutil
+import socket
 import subprocess
 import sys
 import time
@@ -245,17 +247,64 @@ def test_mapped_shards_run_in_parallel_and_never_send_a_key_twice(
 # -- one rate budget per account -------------------------------------------------------------
 
 
+@pytest.fixture(params=["file", "postgres", "redis"])
+def budget_connection(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """Where the processes' rate budget lives: the machine's default file, or a connection
+    (``rate_limit_conn_id``) to PostgreSQL or Redis; the extras and variables that say so."""
+    if request.param == "file":
+        yield {}
+        return
+    if request.param == "postgres":
+        url = request.getfixturevalue("postgres_url")
+        yield {"rate_limit_conn_id": "budget", connection_env_var("budget"): url}
+        return
+    server = shutil.which("redis-server")
+    if server is None:
+        pytest.skip("redis-server is not installed")
+    port = _free_port()
+    process = subprocess.Popen(
+        [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        connection = json.dumps({"conn_type": "redis", "host": "127.0.0.1", "port": port})
+        yield {"rate_limit_conn_id": "budget", connection_env_var("budget"): connection}
+    finally:
+        process.terminate()
+        process.wait(timeout=10)
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
 @pytest.mark.reply_simulator(time_scale=60)
 def test_processes_on_one_account_share_its_rate_budget(
-    tmp_path: Path, reply_simulator: ReplySimulator, reply_account: ReplyAccount
+    tmp_path: Path,
+    reply_simulator: ReplySimulator,
+    reply_account: ReplyAccount,
+    budget_connection: dict[str, str],
 ) -> None:
     # Two connection ids, one key: one account, one budget (100 requests a simulated minute).
+    extra = {k: v for k, v in budget_connection.items() if not k.startswith("AIRFLOW_CONN_")}
     env = {
         connection_env_var(name): connection_json(
-            "reply", reply_simulator.url, reply_account.api_key, rate_limit_time_scale=60
+            "reply", reply_simulator.url, reply_account.api_key, rate_limit_time_scale=60, **extra
         )
         for name in ("reply_a", "reply_b")
     }
+    env.update({k: v for k, v in budget_connection.items() if k.startswith("AIRFLOW_CONN_")})
     started = [
         _start(tmp_path, f"worker{i}", {"service": "reply", "env": env, "conn_id": conn, "requests": 120})
         for i, conn in enumerate(["reply_a", "reply_b", "reply_a", "reply_b"])
@@ -416,3 +465,40 @@ def test_a_live_runs_in_flight_batch_is_not_another_runs_to_resolve(
     finally:
         sibling.release()
     assert max(reply_simulator.enrolments.values()) == 1
+
+
+# -- leases ----------------------------------------------------------------------------------
+
+
+def test_a_killed_workers_lease_expires_and_a_waiting_run_names_the_holder(tmp_path: Path) -> None:
+    from airflow_provider_sequences.exceptions import ScopeBusyError
+    from airflow_provider_sequences.sync.lease import ScopeLease
+
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    state = SyncState(engine, Scope("reply", "reply:api.reply.io:user-7", "1001"))
+    # A worker took the lease and was killed: nothing renews it.
+    assert state.take_lease("crm.sync[-1]:night-1", "crm.sync:night-1", "worker-a:42", ttl=1.5) is None
+
+    other = ScopeLease(state, "crm.sync[-1]:night-2", group="crm.sync:night-2", lock_timeout=0)
+    with pytest.raises(ScopeBusyError) as busy:
+        other.acquire()
+    assert busy.value.holder == "crm.sync[-1]:night-1"
+    assert "crm.sync[-1]:night-1" in str(busy.value)
+    assert "sent nothing" in str(busy.value)
+
+    # Within lock_timeout the dead worker's lease expires and the waiting run goes on.
+    waiting = ScopeLease(state, "crm.sync[-1]:night-2", group="crm.sync:night-2", lock_timeout=10)
+    started = time.monotonic()
+    waiting.acquire()
+    try:
+        assert 0.5 < time.monotonic() - started < 10
+        assert state.live_runs() == {"crm.sync[-1]:night-2"}
+        # A shard of the same group joins at once; a third run still waits.
+        shard = ScopeLease(state, "crm.sync[3]:night-2", group="crm.sync:night-2", lock_timeout=0)
+        shard.acquire()
+        shard.release()
+        with pytest.raises(ScopeBusyError):
+            ScopeLease(state, "crm.sync[-1]:night-3", group="crm.sync:night-3", lock_timeout=0).acquire()
+    finally:
+        waiting.release()
+    assert state.live_runs() == set()
