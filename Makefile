@@ -5,7 +5,7 @@ AIRFLOW_VERSION ?= 3.3.2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 
-.PHONY: demo test lint bench venv clean e2e-ui
+.PHONY: demo test lint bench venv clean e2e-ui e2e e2e-celery
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -32,6 +32,18 @@ test: lint
 ## missing) against airflow api-server on the demo's state; saves docs/sequence-syncs.png
 e2e-ui: $(STAMP)
 	SEQUENCES_E2E_UI=1 $(BIN)/python -m pytest tests/test_ui_browser.py -v
+## e2e: a real Airflow deployment on loopback (PostgreSQL, api-server, scheduler, dag-processor,
+## triggerer, LocalExecutor) against the simulators; asserts and prints its figures
+e2e: $(STAMP)
+	bash scripts/e2e.sh local
+
+## e2e-celery: the same checks with the CeleryExecutor, Redis and two Celery workers
+e2e-celery: $(VENV)/.installed-e2e-celery
+	bash scripts/e2e.sh celery
+
+$(VENV)/.installed-e2e-celery: $(STAMP)
+	$(BIN)/python -m pip install --quiet "apache-airflow==$(AIRFLOW_VERSION)" -e ".[dev,e2e-celery]"
+	touch $@
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -39,4 +51,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .demo .e2e .pytest_cache .mypy_cache .ruff_cache

@@ -14,7 +14,15 @@ from typing import Any
 
 from bench.harness import ROOT, machine
 from bench.report import draw_chart, table
-from bench.scenarios import CASES, baseline, rate_limit_fit, requests_per_thousand, throughput, workdir
+from bench.scenarios import (
+    CASES,
+    baseline,
+    multi_worker,
+    rate_limit_fit,
+    requests_per_thousand,
+    throughput,
+    workdir,
+)
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -44,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["requests", "throughput", "baseline", "ratelimits"],
+        choices=["requests", "throughput", "baseline", "ratelimits", "multiworker"],
         help="run only these",
     )
     parser.add_argument("--output", type=Path, help="JSON to write (default bench/results/latest.json)")
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     request_rows = args.request_rows or (2_000 if quick else 12_000)
     baseline_rows = args.baseline_rows or (300 if quick else 10_000)
     output = args.output or RESULTS / ("quick.json" if quick else "latest.json")
-    wanted = set(args.only or ["requests", "throughput", "baseline", "ratelimits"])
+    wanted = set(args.only or ["requests", "throughput", "baseline", "ratelimits", "multiworker"])
     work = workdir()
     started = time.perf_counter()
     results: dict[str, Any] = {
@@ -107,6 +115,12 @@ def main(argv: list[str] | None = None) -> int:
             run("baseline", "6. hand-written baseline", lambda: baseline(baseline_rows, repeats, work))
         if "ratelimits" in wanted:
             run("rate_limit_fit", "2. fit to the rate limits", lambda: rate_limit_fit(quick, work))
+        if "multiworker" in wanted:
+            run(
+                "multi_worker",
+                "7. several workers on one account",
+                lambda: multi_worker(quick, work),
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
     results["duration_s"] = round(time.perf_counter() - started, 1)

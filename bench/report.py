@@ -157,6 +157,19 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     _mark(f["met"]) + (f" ({f['note']})" if f["note"] else ""),
                 )
             )
+    multi = scenarios.get("multi_worker")
+    if multi:
+        for service, f in multi["cases"].items():
+            rows.append(
+                (
+                    f"7. {service}: {multi['workers']} workers on one account "
+                    f"(time scale {multi['time_scale']:g})",
+                    f"{f['requests']} requests in {f['span_s']:.2f} s, floor {f['floor_s']:.2f} s "
+                    f"({f['ratio_to_floor']:.3f}x), {f['rate_limited_429']} 429s, {f['added']} added",
+                    "<= 1.10x floor, 0 429s",
+                    _mark(f["met"]) + (f" ({f['note']})" if f["note"] else ""),
+                )
+            )
     return rows
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from airflow_provider_sequences.testing.crm import crm_frame, write_crm_sqlite
-from bench.harness import SimProcess, export, night_two_frame, run_worker, summary
+from bench.harness import SimProcess, export, night_two_frame, run_worker, run_workers, summary
 
 REPLY_LIMITS = [(100, 60.0), (3000, 3600.0)]
 WHIPPY_WRITE_LIMITS = [(10, 60.0)]
@@ -367,6 +367,83 @@ def rate_limit_fit(quick: bool, workdir: Path) -> dict[str, Any]:
                 "floor_s": round(floor, 3),
                 "ratio_to_floor": round(ratio, 4),
                 "met": ratio <= 1.05 and not seen["rate_limited"],
+                "note": "; ".join(notes),
+            }
+    return figures
+
+
+# -- 7. several workers on one account ---------------------------------------------------------
+
+#: Worker processes syncing at once on one account, as mapped shards of one sequence do.
+WORKERS = 4
+MULTI_WORKER_TARGET = 1.10
+
+
+def multi_worker(quick: bool, workdir: Path) -> dict[str, Any]:
+    """``WORKERS`` processes, each with a shard of its own, into one sequence of one account,
+    on one sync state, under the documented limits on a scaled clock. One contact per request
+    so that the limits bind: the span of the requests the service counted is then judged
+    against the floor their number allows, and every 429 means the processes together spent
+    more than the account's budget.
+
+    The time scale is 4 (a limit "minute" is 15 real seconds), as for scenario 2, in quick mode
+    too (with fewer contacts): on a faster clock the workers' own pace, one request and one
+    state write at a time each, would bind before the limit does.
+    """
+    time_scale = 4.0
+    reply_contacts, whippy_contacts = (40, 5) if quick else (100, 11)
+    figures: dict[str, Any] = {"time_scale": time_scale, "workers": WORKERS, "cases": {}}
+    with SimProcess(time_scale=time_scale, rate_limits=True) as sim:
+        sequences = sim.call("new_sequences")
+        for service, per_worker, limits in (
+            ("reply", reply_contacts, REPLY_LIMITS),
+            ("whippy", whippy_contacts, WHIPPY_WRITE_LIMITS),
+        ):
+            state = workdir / f"state-multi-{service}.db"
+            specs = []
+            for worker in range(WORKERS):
+                first_id = 8_000_000 + worker * 100_000 + (0 if service == "reply" else 50_000)
+                frame = crm_frame(per_worker, seed=40 + worker, bad_share=0.0, first_id=first_id)
+                if service == "reply":
+                    emails = frame["email"].tolist()
+                    frame["reply_id"] = sim.call("seed_reply_contacts", emails=emails)["ids"]
+                path = write_crm_sqlite(workdir / f"multi-{service}-{worker}.db", frame)
+                spec = _spec(sim, service, sequences[service], path, state)
+                spec.update(
+                    time_scale=time_scale, batch_size=1, mode="ids" if service == "reply" else "emails"
+                )
+                specs.append(spec)
+            sim.call("reset")
+            started = time.perf_counter()
+            results = run_workers("bench.worker", specs, airflow_home=workdir / f"airflow-{service}")
+            wall = time.perf_counter() - started
+            seen = sim.call("stats")[service]
+            if service == "reply":
+                counted, span = seen["requests"] - seen["rate_limited"], seen["last_at"] - seen["first_at"]
+            else:
+                counted = seen["writes"]
+                span = seen["writes_last_at"] - seen["writes_first_at"]
+            floor = floor_seconds(counted, limits) / time_scale
+            ratio = span / floor if floor else float("nan")
+            errors = [r["error"] for r in results if "error" in r]
+            notes = []
+            if ratio > MULTI_WORKER_TARGET:
+                notes.append(f"missed: {ratio:.3f}x the floor (target {MULTI_WORKER_TARGET:.2f}x)")
+            if seen["rate_limited"]:
+                notes.append(f"{seen['rate_limited']} 429s received")
+            if errors:
+                notes.append(f"{len(errors)} of {WORKERS} workers failed: {errors[0][-300:]}")
+            figures["cases"][service] = {
+                "contacts": per_worker * WORKERS,
+                "added": sum(int(r.get("added", 0)) for r in results),
+                "requests": counted,
+                "rate_limited_429": seen["rate_limited"],
+                "span_s": round(span, 3),
+                "wall_s": round(wall, 3),
+                "floor_s": round(floor, 3),
+                "ratio_to_floor": round(ratio, 4),
+                "worker_wall_s": [round(r["wall_s"], 3) for r in results if "wall_s" in r],
+                "met": ratio <= MULTI_WORKER_TARGET and not seen["rate_limited"] and not errors,
                 "note": "; ".join(notes),
             }
     return figures

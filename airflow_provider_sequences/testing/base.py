@@ -16,6 +16,7 @@ from airflow_provider_sequences.testing.behaviour import DEFAULT_BEHAVIOUR as DE
 from airflow_provider_sequences.testing.behaviour import Behaviour as Behaviour
 from airflow_provider_sequences.testing.behaviour import check_behaviour as check_behaviour
 from airflow_provider_sequences.testing.faults import CannedResponse, FaultInjector, RequestRecord
+from airflow_provider_sequences.testing.ground_truth import GroundTruthApp
 from airflow_provider_sequences.testing.ratelimit import SimClock, SlidingWindowLimiter
 from airflow_provider_sequences.testing.server import SimulatorServer
 
@@ -88,7 +89,9 @@ class Simulator(ABC):
 
     def start(self: _S, host: str = "127.0.0.1", port: int = 0) -> _S:
         """Serve on loopback in a background thread; ``port=0`` picks a free port."""
-        self._server = SimulatorServer(self.faults, host=host, port=port).start()
+        # Ground truth under /_sim/ for tests whose simulator runs in another process.
+        app = GroundTruthApp(self, self.faults)
+        self._server = SimulatorServer(app, host=host, port=port).start()
         return self
 
     def stop(self) -> None:
