@@ -64,6 +64,10 @@ class SequenceSyncOperator(BaseOperator):
     :param state_conn_id: a database connection (SQLite or PostgreSQL) for the sync state;
         by default a SQLite file under ``AIRFLOW_HOME``.
     :param default_region: ISO 3166 region for phone numbers written without a country code.
+    :param mask_values: keep people's values out of the details of not-processed keys (in
+        XCom and in the sync state): ``'a•••@example.com' in column 'email'`` instead of the
+        address. Off by default, since those values are what the person fixing the CRM acts
+        on; keys are not masked (key by a CRM id to keep emails out of results altogether).
     """
 
     template_fields: Sequence[str] = (
@@ -75,6 +79,7 @@ class SequenceSyncOperator(BaseOperator):
         "key_column",
         "dry_run",
         "full_resync",
+        "mask_values",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"sql": "sql", "column_map": "json"}
     ui_color = "#e8f4ff"
@@ -99,6 +104,7 @@ class SequenceSyncOperator(BaseOperator):
         max_attempts: int = 5,
         state_conn_id: str | None = None,
         default_region: str | None = None,
+        mask_values: bool = False,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -129,6 +135,7 @@ class SequenceSyncOperator(BaseOperator):
         self.max_attempts = max_attempts
         self.state_conn_id = state_conn_id
         self.default_region = default_region
+        self.mask_values = mask_values
 
     # -- what each service provides -----------------------------------------------------------
 
@@ -157,6 +164,7 @@ class SequenceSyncOperator(BaseOperator):
             rules=adapter.rules,
             default_region=self.default_region,
             id_column=self.id_column(),
+            mask_values=_flag("mask_values", self.mask_values),
         )
 
     def source_chunks(self) -> Iterator[pd.DataFrame]:
@@ -195,6 +203,7 @@ class SequenceSyncOperator(BaseOperator):
             incremental=bool(self.incremental),
             full_resync=_flag("full_resync", self.full_resync),
             max_attempts=self.max_attempts,
+            mask_values=_flag("mask_values", self.mask_values),
             **extra,
         )
 

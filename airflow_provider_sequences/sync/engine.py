@@ -25,6 +25,7 @@ import pandas as pd
 from airflow_provider_sequences.adapters.base import BatchOutcome, Identity, ServiceAdapter
 from airflow_provider_sequences.sync.hashes import HashIndex, hash_strings
 from airflow_provider_sequences.sync.identities import SharedIdentities
+from airflow_provider_sequences.sync.masking import mask_text
 from airflow_provider_sequences.sync.outcomes import (
     ENROLLMENT_UNCONFIRMED,
     MISSING_KEY,
@@ -62,6 +63,8 @@ class SyncOptions:
     :param enrollment_timeout: seconds to wait for a service that confirms in the background.
     :param max_failed_batches: consecutive failed batches before the run stops sending.
     :param progress_interval: seconds between progress lines in the log.
+    :param mask_values: mask emails and phones in the details of not-processed keys, in the
+        result and in the state (see :mod:`~airflow_provider_sequences.sync.masking`).
     """
 
     batch_size: int
@@ -72,6 +75,7 @@ class SyncOptions:
     enrollment_timeout: float = 600.0
     max_failed_batches: int = 3
     progress_interval: float = 30.0
+    mask_values: bool = False
 
 
 @dataclass
@@ -519,7 +523,9 @@ class SyncRun:
         added = AddedKeys(outcome.added, fingerprints, sent)
         pending = PendingKeys(outcome.pending, fingerprints, sent)
         outcomes = [
-            KeyOutcome(key, NOT_PROCESSED, reason, detail, fingerprint=fingerprints.get(key), sent=sent)
+            KeyOutcome(
+                key, NOT_PROCESSED, reason, self._shown(detail), fingerprint=fingerprints.get(key), sent=sent
+            )
             for key, (reason, detail) in outcome.failed.items()
         ]
         if self.writes_state:
@@ -558,7 +564,7 @@ class SyncRun:
             for key in outcome.added:
                 self.result.add(key)
             for key, (reason, detail) in outcome.failed.items():
-                self.result.reject(key, reason, detail)
+                self.result.reject(key, reason, self._shown(detail))
 
     def _reject(self, rejected: pd.DataFrame) -> None:
         if rejected.empty:
@@ -567,7 +573,7 @@ class SyncRun:
             zip(
                 rejected["key"].tolist(),
                 rejected["reason"].tolist(),
-                rejected["detail"].tolist(),
+                [self._shown(detail) for detail in rejected["detail"].tolist()],
                 rejected["fingerprint"].tolist(),
                 strict=True,
             )
@@ -583,6 +589,10 @@ class SyncRun:
                 return
             for key, reason, detail, _ in rows:
                 self.result.reject(key, reason, detail)
+
+    def _shown(self, detail: str) -> str:
+        """A detail as the result and the state hold it: masked when the options say so."""
+        return mask_text(detail) if self.options.mask_values and detail else detail
 
     # -- confirm ------------------------------------------------------------------------------
 
