@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, ClassVar
 
 import pandas as pd
-from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator
 
 from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.exceptions import SyncAbortedError
@@ -43,8 +43,11 @@ class SequenceSyncOperator(BaseOperator):
     JSON Lines; local or any object store ``ObjectStoragePath`` reaches, with
     ``source_conn_id`` for its credentials) or ``contacts`` (rows from an upstream task).
 
-    :param sequence_id: the sequence to enrol into.
-    :param column_map: source column -> contact field (dotted for nested and custom fields).
+    :param sequence_id: the sequence to enrol into. A literal id declares the sequence's Asset
+        as an outlet; a templated or mapped id declares the service's AssetAlias, and the run
+        emits the Asset of the id it resolved.
+    :param column_map: source column -> contact field (dotted for nested and custom fields);
+        Reply rows that carry only contact ids (``contact_id_column``) need none.
     :param key_column: the source column that names a row in results and in the sync state.
     :param sql: a query returning one row per contact.
     :param source_conn_id: the database connection for ``sql``, or the object-store
@@ -84,11 +87,16 @@ class SequenceSyncOperator(BaseOperator):
     template_fields_renderers: ClassVar[dict[str, str]] = {"sql": "sql", "column_map": "json"}
     ui_color = "#e8f4ff"
 
+    #: The service's display name (its hook's ``hook_name``), in messages.
+    service_name: ClassVar[str]
+    #: The AssetAlias a templated or mapped sequence id emits its sequence's Asset through.
+    sequence_alias: ClassVar[AssetAlias]
+
     def __init__(
         self,
         *,
         sequence_id: Any,
-        column_map: Mapping[str, str],
+        column_map: Mapping[str, str] | None = None,
         key_column: str | None = None,
         sql: str | None = None,
         source_conn_id: str | None = None,
@@ -107,6 +115,10 @@ class SequenceSyncOperator(BaseOperator):
         mask_values: bool = False,
         **kwargs: Any,
     ) -> None:
+        if "outlets" not in kwargs:
+            # Known at parse time: the scheduler sees the Asset itself. Otherwise the run names it.
+            templated = sequence_id is None or "{{" in str(sequence_id)
+            kwargs["outlets"] = [self.sequence_alias if templated else self.sequence_asset(sequence_id)]
         super().__init__(**kwargs)
         given = [name for name, value in (("sql", sql), ("source_path", source_path)) if value is not None]
         if contacts is not None:
@@ -119,7 +131,7 @@ class SequenceSyncOperator(BaseOperator):
         if sql is not None and not source_conn_id:
             raise ValueError("sql needs source_conn_id: the Airflow connection of the database to query")
         self.sequence_id = sequence_id
-        self.column_map = dict(column_map)
+        self.column_map = dict(column_map or {})
         self.key_column = key_column
         self.sql = sql
         self.source_conn_id = source_conn_id
@@ -137,7 +149,18 @@ class SequenceSyncOperator(BaseOperator):
         self.default_region = default_region
         self.mask_values = mask_values
 
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """Mapped tasks resolve their sequence ids at run time: they emit through the alias."""
+        kwargs.setdefault("outlets", [cls.sequence_alias])
+        return super().partial(**kwargs)
+
     # -- what each service provides -----------------------------------------------------------
+
+    @staticmethod
+    def sequence_asset(sequence_id: Any) -> Asset:
+        """The Asset a sync into this sequence updates, for data-aware scheduling."""
+        raise NotImplementedError
 
     def make_adapter(self) -> ServiceAdapter:
         raise NotImplementedError
@@ -217,9 +240,10 @@ class SequenceSyncOperator(BaseOperator):
     def start_run(self, context: Mapping[str, Any], **extra_options: Any) -> SyncRun:
         adapter = self.make_adapter()
         adapter.preflight()
+        preflight_requests = sum(adapter.request_counts)
         spec = self.prepare_spec(adapter)
         state = self.sync_state(adapter)
-        return SyncRun(
+        run = SyncRun(
             adapter,
             spec,
             state,
@@ -228,12 +252,14 @@ class SequenceSyncOperator(BaseOperator):
             total_rows=self.total_rows(),
             logger=self.log,
         )
+        run.preflight_requests = preflight_requests
+        return run
 
     def read_and_push(self, run: SyncRun) -> None:
         mode = "dry run: nothing is sent" if run.options.dry_run else "sending"
         self.log.info(
             "Syncing into %s sequence %s (%s); batches of %d; %s",
-            run.adapter.service,
+            self.service_name,
             self.sequence_id,
             self.sequence_url(),
             run.options.batch_size,
@@ -245,6 +271,14 @@ class SequenceSyncOperator(BaseOperator):
             self.log.error("Stopped: every outcome so far is recorded, so a retry resumes from here")
             raise
 
+    def emit_sequence_asset(self, context: Mapping[str, Any], dry_run: bool) -> None:
+        """Through the alias, the Asset of the sequence this run resolved (a dry run changes none)."""
+        if dry_run or "outlet_events" not in context:
+            return
+        for outlet in self.outlets:
+            if isinstance(outlet, AssetAlias) and outlet.name == self.sequence_alias.name:
+                context["outlet_events"][outlet].add(self.sequence_asset(self.sequence_id))
+
     def complete(self, context: Mapping[str, Any], result: SyncResult, run: SyncRun) -> dict[str, Any]:
         """Log the summary, push the result and apply the partial-failure policy."""
         value = result.to_xcom()
@@ -253,14 +287,15 @@ class SequenceSyncOperator(BaseOperator):
         stats = value["stats"]
         self.log.info(
             "%s sequence %s: %d rows; %d added, %d not processed, %d unchanged, %d duplicates; "
-            "%d write and %d read requests",
-            run.adapter.service,
+            "%d requests (%d write, %d read)",
+            self.service_name,
             self.sequence_id,
             stats["rows"],
             stats["added"],
             stats["not_processed"],
             stats.get("unchanged", 0),
             stats["duplicates"],
+            stats["requests"],
             stats["write_requests"],
             stats["read_requests"],
         )
@@ -282,4 +317,5 @@ class SequenceSyncOperator(BaseOperator):
                 f"{failed} of {keys} contacts ({share:.0%}) were not processed, more "
                 f"than max_not_processed_share={limit:.0%}; the result with every reason is in XCom"
             )
+        self.emit_sequence_asset(context, run.options.dry_run)
         return value

@@ -130,6 +130,9 @@ class SyncRun:
         self._resent: set[str] = set()
         self._progress = _Progress()
         self._requests_before = adapter.request_counts
+        #: Requests made before the run (reading the sequence, its steps, the channels): not
+        #: reads or writes of the run, but the service counts them against the budget too.
+        self.preflight_requests = 0
         self._sender: ThreadPoolExecutor | None = None
         self._left_in_flight: dict[str, list[str]] = {}
         self._left_in_flight_keys: set[str] = set()
@@ -683,7 +686,7 @@ class SyncRun:
         self.result.stats["write_requests"] = writes - self._requests_before[0]
         self.result.stats["read_requests"] = reads - self._requests_before[1]
         self.result.stats["requests"] = (
-            self.result.stats["write_requests"] + self.result.stats["read_requests"]
+            self.result.stats["write_requests"] + self.result.stats["read_requests"] + self.preflight_requests
         )
         self.result.stats["split_batches"] = self.pusher.splits
 
