@@ -5,7 +5,17 @@ AIRFLOW_VERSION ?= 3.3.2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 
-.PHONY: demo test lint bench venv clean
+# The supported range, tested: the lowest Airflow pyproject.toml claims (its latest patch) and
+# the newest, each on the lowest and a recent Python. Each combination has its own venv.
+# pyenv's interpreters when present (its shims fail for versions not selected), else PATH's.
+PYTHON_LOW ?= $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python)),python3.10)
+PYTHON_HIGH ?= $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python)),python3.12)
+AIRFLOW_LOW ?= 3.1.8
+AIRFLOW_HIGH ?= 3.3.2
+MATRIX ?= $(PYTHON_LOW):$(AIRFLOW_LOW) $(PYTHON_HIGH):$(AIRFLOW_LOW) $(PYTHON_LOW):$(AIRFLOW_HIGH) \
+	$(PYTHON_HIGH):$(AIRFLOW_HIGH)
+
+.PHONY: demo test lint bench venv clean suite test-matrix
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -25,8 +35,24 @@ bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
 ## test: lint, type-check and run the whole test suite
-test: lint
-	$(BIN)/python -m pytest
+test: lint suite
+
+## suite: the whole test suite, without lint (PYTEST_ARGS to narrow it)
+suite: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-matrix: lint once, then the whole suite on every Python x Airflow of MATRIX, each in
+## its own venv (.venv-py<version>-af<version>); stops at the first combination that fails
+test-matrix: lint
+	@set -e; for combo in $(MATRIX); do \
+		python="$${combo%%:*}"; airflow="$${combo##*:}"; \
+		version="$$($$python -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; \
+		echo "== Python $$version, Airflow $$airflow"; \
+		start=$$(date +%s); \
+		$(MAKE) --no-print-directory suite PYTHON="$$python" AIRFLOW_VERSION="$$airflow" \
+			VENV=".venv-py$$version-af$$airflow"; \
+		echo "== Python $$version, Airflow $$airflow: passed in $$(( $$(date +%s) - start )) s"; \
+	done
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
@@ -34,4 +60,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .demo .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-py* .demo .pytest_cache .mypy_cache .ruff_cache
