@@ -318,4 +318,32 @@ class SequenceSyncOperator(BaseOperator):
                 f"than max_not_processed_share={limit:.0%}; the result with every reason is in XCom"
             )
         self.emit_sequence_asset(context, run.options.dry_run)
+        self._lineage_run = {
+            "service": run.adapter.service,
+            "api_url": getattr(run.adapter.hook, "base_url", ""),
+            "added": 0 if run.options.dry_run else stats["added"],
+        }
         return value
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the source read, the sequence written, column lineage, rows added."""
+        from airflow_provider_sequences.lineage import file_dataset, sequence_lineage, sql_lineage
+
+        inputs: list[Any] = []
+        job_facets: dict[str, Any] = {}
+        if self.sql is not None:
+            source = sql_lineage(str(self.source_conn_id), self.sql)
+            inputs, job_facets = list(source.inputs), dict(source.job_facets)
+        elif self.source_path is not None:
+            inputs = [file_dataset(str(self.source_path))]
+        done = getattr(self, "_lineage_run", None) or {}
+        return sequence_lineage(
+            service=done.get("service") or self.service_name.lower().removesuffix(".io"),
+            api_url=done.get("api_url", ""),
+            account=self.connection_id(),
+            sequence_id=self.sequence_id,
+            column_map=self.column_map,
+            inputs=inputs,
+            added=done.get("added"),
+            job_facets=job_facets,
+        )
