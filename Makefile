@@ -15,7 +15,7 @@ AIRFLOW_HIGH ?= 3.3.2
 MATRIX ?= $(PYTHON_LOW):$(AIRFLOW_LOW) $(PYTHON_HIGH):$(AIRFLOW_LOW) $(PYTHON_LOW):$(AIRFLOW_HIGH) \
 	$(PYTHON_HIGH):$(AIRFLOW_HIGH)
 
-.PHONY: demo test lint bench venv clean suite test-matrix
+.PHONY: demo test lint bench venv clean suite test-matrix e2e-ui
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -53,6 +53,11 @@ test-matrix: lint
 			VENV=".venv-py$$version-af$$airflow"; \
 		echo "== Python $$version, Airflow $$airflow: passed in $$(( $$(date +%s) - start )) s"; \
 	done
+
+## e2e-ui: the Sequence syncs view in Debian's Chromium (installed by scripts/chromium.sh when
+## missing) against airflow api-server on the demo's state; saves docs/sequence-syncs.png
+e2e-ui: $(STAMP)
+	SEQUENCES_E2E_UI=1 $(BIN)/python -m pytest tests/test_ui_browser.py -v
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -84,6 +84,33 @@ class OutcomeUnknownError(SequencesApiError):
     """
 
 
+class UnexpectedAnswerError(SequencesApiError):
+    """The service answered, but not in a shape the provider knows: an empty body, ``null``,
+    ``{}``, missing ids, values of the wrong type, an answer too large, a 202 without the job
+    it announces, pages that contradict each other.
+
+    Transient: the batch becomes ``requestFailed`` and a later run sends it again; it is never
+    a verdict about the contacts. The detail describes the answer's shape, never its values.
+    """
+
+    @property
+    def is_retryable(self) -> bool:
+        return True
+
+    @property
+    def rejects_request(self) -> bool:
+        return False
+
+
+class RetryWaitTooLongError(SequencesApiError):
+    """The service asked to wait longer before retrying than the connection's
+    ``max_retry_wait`` allows; the run stops (every outcome recorded) and a later run resumes."""
+
+    @property
+    def is_retryable(self) -> bool:
+        return False
+
+
 def _rebuild(cls: type[SequencesApiError], state: dict[str, Any]) -> SequencesApiError:
     error = cls.__new__(cls)
     error.__dict__.update(state)

@@ -18,6 +18,15 @@ def _number(label: str, default: float, description: str) -> dict[str, Any]:
 _COMMON_FIELDS: dict[str, Any] = {
     "timeout": _number("Read timeout (s)", 60, "Seconds to wait for an answer before retrying."),
     "max_attempts": _number("Attempts per request", 6, "Including the first; retries back off."),
+    "request_deadline": _number(
+        "Request deadline (s)", 300, "One request, from connecting to the answer's last byte."
+    ),
+    "max_answer_mb": _number("Largest answer (MB)", 64, "A larger answer is a transient failure."),
+    "max_retry_wait": _number(
+        "Longest wait asked for (s)",
+        900,
+        "When the service asks to wait longer before retrying, the run stops; a later run resumes.",
+    ),
     "rate_limit_time_scale": _number(
         "Rate-limit time scale", 1, "Leave at 1. Simulators only: shortens the limit windows."
     ),
@@ -55,7 +64,10 @@ def get_provider_info() -> dict[str, Any]:
                 "python-modules": ["airflow_provider_sequences.triggers.whippy"],
             }
         ],
-        "extra-links": ["airflow_provider_sequences.links.SequenceLink"],
+        "extra-links": [
+            "airflow_provider_sequences.links.SequenceLink",
+            "airflow_provider_sequences.links.SyncReportLink",
+        ],
         "connection-types": [
             {
                 "connection-type": "reply",

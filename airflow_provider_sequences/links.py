@@ -1,8 +1,9 @@
-"""Extra links from a task to its sequence in the service's web app."""
+"""Extra links from a task: its sequence in the service's web app, its run in the Sequence syncs view."""
 
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from airflow.sdk import BaseOperatorLink
 
@@ -15,3 +16,28 @@ class SequenceLink(BaseOperatorLink):
     def get_link(self, operator: Any, *, ti_key: Any) -> str:
         url = getattr(operator, "sequence_url", None)
         return str(url()) if callable(url) else ""
+
+
+class SyncReportLink(BaseOperatorLink):
+    """Opens the Sequence syncs view at this task's run: its counts and not-processed rows."""
+
+    name = "Sync report"
+
+    def get_link(self, operator: Any, *, ti_key: Any) -> str:
+        from airflow_provider_sequences.ui.paths import view_path
+
+        service = getattr(operator, "service_name", "")
+        connection = getattr(operator, "connection_id", None)
+        if not service or not callable(connection):
+            return ""
+        # The run id the operator records its run under (SequenceSyncOperator.run_key).
+        run_key = f"{ti_key.dag_id}.{ti_key.task_id}[{ti_key.map_index}]:{ti_key.run_id}"
+        query = urlencode(
+            {
+                "service": service,
+                "connection": connection(),
+                "sequence": str(operator.sequence_id),
+                "run": run_key,
+            }
+        )
+        return f"{view_path('/sequence')}?{query}#not-processed"

@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-WORK = ROOT / ".demo"
+# SEQUENCES_DEMO_DIR: somewhere else than .demo (the browser test writes its demo state there).
+WORK = Path(os.environ.get("SEQUENCES_DEMO_DIR") or ROOT / ".demo")
 
 from airflow_provider_sequences.testing.dags import prepare_airflow_home
 

@@ -15,13 +15,21 @@ import itertools
 import json
 import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from airflow.sdk.exceptions import AirflowFailException
 
-from airflow_provider_sequences.exceptions import SequencesApiError, SyncAbortedError, SyncConfigurationError
+from airflow_provider_sequences.adapters.whippy import WhippyAdapter
+from airflow_provider_sequences.exceptions import (
+    SequencesApiError,
+    SyncAbortedError,
+    SyncConfigurationError,
+    UnexpectedAnswerError,
+)
+from airflow_provider_sequences.hooks.whippy import WhippyHook
 from airflow_provider_sequences.operators.base import SyncFailedError
 from airflow_provider_sequences.operators.reply import ReplyAddContactsToSequenceOperator
 from airflow_provider_sequences.operators.whippy import WhippyAddContactsToSequenceOperator
@@ -36,6 +44,7 @@ from airflow_provider_sequences.testing import (
     connection_json,
 )
 from airflow_provider_sequences.testing.accounts import seed_reply_account, seed_whippy_account
+from tests.http_stub import Answer, Seen, StubServer, json_answer
 
 STATE_CONN = "bad_input_state"
 CRM_CONN = "bad_input_crm"
@@ -756,3 +765,135 @@ def test_whippy_expired_schedule_at(world: World) -> None:
     # contact is enrolled, not lost and not refused.
     assert result["added"] == [f"w{n}"]
     check_accounting(result, {f"w{n}"})
+
+
+# -- answers of an unexpected shape, ids, bytes and keys that cannot be exact (issue 13) ----------
+
+
+def _reply_stub(bulk_answer: Answer) -> Callable[[Seen], Answer]:
+    """A Reply whose sequence 1001 exists and whose bulk add answers ``bulk_answer``."""
+
+    def script(seen: Seen) -> Answer:
+        if seen.method == "GET" and seen.path.startswith("/v3/sequences/1001"):
+            return json_answer({"id": 1001, "name": "Stub", "steps": [{"id": 1}]})
+        if seen.path.startswith("/v3/sequences/1001/contact-links/bulk"):
+            return bulk_answer
+        return Answer(404)
+
+    return script
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        json_answer({}),
+        json_answer(None),
+        Answer(200, b""),
+        json_answer({"added": "12"}),
+        json_answer({"added": [{"id": 1}]}),
+        json_answer({"notProcessed": []}),
+    ],
+    ids=["empty-object", "null", "empty-body", "added-text", "added-objects", "not-processed-list"],
+)
+def test_a_reply_bulk_add_answer_of_unexpected_shape_is_request_failed(
+    world: World, answer: Answer, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    with StubServer(_reply_stub(answer)) as stub:
+        monkeypatch.setenv(connection_env_var("reply_default"), connection_json("reply", stub.url, "key-123"))
+        rows = [{"cid": 12, "email": "private.person@example.com"}, {"cid": 34}]
+        result = world.execute(
+            world.reply_op(contacts=rows, contact_id_column="cid", sequence_id=1001, column_map={})
+        )
+    check_accounting(result, {"12", "34"})
+    reasons = {key: reason for key, (reason, _) in outcomes(result).items()}
+    assert reasons == {"12": "requestFailed", "34": "requestFailed"}
+    assert "unexpected" in caplog.text
+    assert "private.person" not in caplog.text
+
+
+def test_a_whippy_sequence_whose_steps_have_no_ids_is_a_transient_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    sequence = {"data": {"id": "s1", "status": "active", "steps": [{"position": 1}]}}
+    with StubServer(lambda seen: json_answer(sequence)) as stub:
+        monkeypatch.setenv(
+            connection_env_var("whippy_default"), connection_json("whippy", stub.url, "key-123")
+        )
+        with pytest.raises(UnexpectedAnswerError, match="steps are list of 1"):
+            WhippyAdapter(WhippyHook(), "s1").preflight()
+
+
+def test_one_reply_sequence_written_two_ways_is_one_sync_state(world: World) -> None:
+    # Emails no other test of the module sends: the simulator's sequence outlives a test.
+    rows = [{"id": f"two-ways-{i}", "email": f"two-ways-{i}@example.com"} for i in range(3)]
+    sequence = world.reply_account.sequence_id
+    first = world.execute(
+        world.reply_op(contacts=rows, column_map={"email": "email"}, sequence_id=f" {sequence}")
+    )
+    assert len(first["added"]) == 3
+    since = len(world.reply.requests)
+    again = world.execute(
+        world.reply_op(contacts=rows, column_map={"email": "email"}, sequence_id=str(sequence))
+    )
+    assert again["stats"]["unchanged"] == 3
+    assert again["not_processed"] == {}
+    assert world.writes(since, len(world.whippy.requests)) == []
+
+
+@pytest.mark.parametrize(
+    ("service", "sequence_id", "message"),
+    [
+        ("whippy", "  ", "sequence_id is empty"),
+        ("whippy", "../../v1/admin", "is not a valid id"),
+        ("reply", "abc", "positive whole number"),
+        ("reply", "", "sequence_id is empty"),
+    ],
+)
+def test_a_sequence_id_that_cannot_be_one_fails_the_task_without_retries(
+    world: World, service: str, sequence_id: str, message: str
+) -> None:
+    if service == "reply":
+        operator: Any = world.reply_op(
+            contacts=[ok_row(1)], column_map={"email": "email"}, sequence_id=sequence_id
+        )
+    else:
+        operator = world.whippy_op(
+            contacts=[{"id": "w1", "phone": "+14155550123"}], column_map={"phone": "phone"}
+        )
+        operator.sequence_id = sequence_id
+    since = (len(world.reply.requests), len(world.whippy.requests))
+    with pytest.raises(AirflowFailException, match=message):
+        world.execute(operator)
+    assert world.reply.requests[since[0] :] == []
+    assert world.whippy.requests[since[1] :] == []
+
+
+def test_undecodable_bytes_give_the_row_a_reason(world: World) -> None:
+    rows = [
+        {"id": b"\xff\xfeab", "email": "a@example.com"},
+        {"id": "k2", "email": b"\xffx@example.com"},
+        {"id": "bytes-ok", "email": "bytes-ok@example.com"},  # an email no other test sends
+    ]
+    result = world.execute(world.reply_op(contacts=rows, column_map={"email": "email"}))
+    assert result["added"] == ["bytes-ok"]
+    assert outcomes(result) == {
+        "row:0": ("missingKey", "row 0 holds bytes that are not UTF-8 text in the key column 'id'"),
+        "k2": (
+            "invalidField",
+            "column 'email' holds bytes that are not UTF-8 text; decode them in the source",
+        ),
+    }
+
+
+def test_float_keys_beyond_2_to_the_53_are_refused(world: World) -> None:
+    rows = [
+        {"id": float(2**53 + 1), "email": "a@example.com"},
+        {"id": float(2**53), "email": "b@example.com"},
+    ]
+    result = world.execute(world.reply_op(contacts=rows, column_map={"email": "email"}))
+    assert result["added"] == []
+    # Both read as 9007199254740992: one key, neither sent, the second a duplicate of the first.
+    assert set(outcomes(result)) == {"9007199254740992"}
+    assert {reason for reason, _ in outcomes(result).values()} == {"invalidField"}
+    assert result["stats"]["duplicates"] == 1
+    assert all("cast the key column to text" in detail for _, detail in outcomes(result).values())

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import time
+from collections.abc import Callable
 
 import pytest
 
-from airflow_provider_sequences.exceptions import OutcomeUnknownError, SequencesApiError
+from airflow_provider_sequences.exceptions import (
+    OutcomeUnknownError,
+    RetryWaitTooLongError,
+    SequencesApiError,
+    UnexpectedAnswerError,
+)
 from airflow_provider_sequences.hooks.base import resolve_base_url
-from airflow_provider_sequences.hooks.reply import ReplyHook
+from airflow_provider_sequences.hooks.reply import ReplyHook, reply_sequence_id
 from airflow_provider_sequences.hooks.whippy import WhippyHook
 from airflow_provider_sequences.testing import connection_env_var, connection_json
 from airflow_provider_sequences.testing.faults import FaultPlan
+from tests.http_stub import Answer, Seen, StubServer, json_answer
 
 
 @pytest.mark.parametrize(
@@ -242,3 +250,217 @@ def test_exceptions_survive_pickling() -> None:
     copy = pickle.loads(pickle.dumps(error))  # noqa: S301 - our own object
     assert isinstance(copy, OutcomeUnknownError)
     assert str(copy) == str(error)
+
+
+# -- answers that could hang a run, flood it or send it astray (scripted loopback servers) --------
+
+
+def _stub_hook(
+    service: str, url: str, monkeypatch: pytest.MonkeyPatch, **extra: object
+) -> ReplyHook | WhippyHook:
+    for name in ("HTTP_PROXY", "http_proxy", "NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    extra.setdefault("max_attempts", 2)
+    monkeypatch.setenv(
+        connection_env_var(f"{service}_default"), connection_json(service, url, "key-123", **extra)
+    )
+    return ReplyHook() if service == "reply" else WhippyHook()
+
+
+def _then_ok(first: Answer, ok: object) -> Callable[[Seen], Answer]:
+    """``first`` for the first request, then ``ok`` as JSON."""
+
+    def script(seen: Seen) -> Answer:
+        return first if len(stub_seen(seen)) == 1 else json_answer(ok)
+
+    return script
+
+
+_seen_by_script: dict[int, list[Seen]] = {}
+
+
+def stub_seen(seen: Seen) -> list[Seen]:
+    bucket = _seen_by_script.setdefault(0, [])
+    bucket.append(seen)
+    return bucket
+
+
+@pytest.fixture(autouse=True)
+def _fresh_script_counts() -> None:
+    _seen_by_script.clear()
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("service", "header", "value"),
+    [
+        ("reply", "Retry-After", "36000"),
+        ("whippy", "X-RateLimit-Remaining-Interval-Milliseconds", "36000000"),
+    ],
+)
+def test_a_wait_longer_than_max_retry_wait_stops_clearly(
+    service: str, header: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with StubServer(lambda seen: json_answer({}, 429, **{header: value})) as stub:
+        hook = _stub_hook(service, stub.url, monkeypatch, max_attempts=5)
+        started = time.monotonic()
+        with pytest.raises(RetryWaitTooLongError) as caught:
+            hook.whoami() if isinstance(hook, ReplyHook) else hook.list_channels()
+        assert len(stub.seen) == 1
+    assert time.monotonic() - started < 10
+    assert caught.value.retry_after == 36000
+    assert "asked to wait 10 h 0 min" in str(caught.value)
+    assert "max_retry_wait (15 min)" in str(caught.value)
+    assert "a later run resumes" in str(caught.value)
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("service", "value"),
+    [
+        ("reply", "-5"),
+        ("reply", "nan"),
+        ("reply", "inf"),
+        ("reply", "1e400"),
+        ("whippy", "-5000"),
+        ("whippy", "nan"),
+        ("whippy", "inf"),
+    ],
+)
+def test_a_malformed_wait_falls_back_to_the_usual_backoff(
+    service: str, value: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    header = "Retry-After" if service == "reply" else "X-RateLimit-Remaining-Interval-Milliseconds"
+    ok = {"userId": 7} if service == "reply" else {"data": [], "total": 0}
+    with StubServer(_then_ok(json_answer({}, 429, **{header: value}), ok)) as stub:
+        hook = _stub_hook(service, stub.url, monkeypatch)
+        answer = hook.whoami() if isinstance(hook, ReplyHook) else hook.list_channels()
+        assert answer == ok
+        assert len(stub.seen) == 2
+
+
+@pytest.mark.timeout(60)
+def test_a_trickled_answer_ends_at_the_request_deadline(monkeypatch: pytest.MonkeyPatch) -> None:
+    body = json.dumps({"userId": 7, "pad": "x" * 40}).encode()
+    with StubServer(lambda seen: Answer(200, body, trickle=0.1)) as stub:
+        hook = _stub_hook("reply", stub.url, monkeypatch, request_deadline=1, max_attempts=1)
+        started = time.monotonic()
+        with pytest.raises(SequencesApiError, match="request deadline of 1 s") as caught:
+            hook.whoami()
+    assert time.monotonic() - started < 3
+    assert caught.value.code == "connectionFailed"
+
+
+@pytest.mark.timeout(60)
+def test_a_trickled_answer_to_a_write_not_safe_to_repeat_is_an_unknown_outcome(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with StubServer(
+        lambda seen: Answer(202, b'{"accepted": true, "pad": "xxxxxxxxxxxxxxxxxxxx"}', trickle=0.1)
+    ) as stub:
+        hook = _stub_hook("whippy", stub.url, monkeypatch, request_deadline=1)
+        started = time.monotonic()
+        with pytest.raises(OutcomeUnknownError, match="request deadline"):
+            hook.create_sequence_contacts("seq_1", [{"phone": "+14155550123"}])
+        assert len(stub.seen) == 1  # not sent again blindly
+    assert time.monotonic() - started < 3
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["with-length", "chunked"])
+def test_an_answer_over_the_size_cap_is_refused(chunked: bool, monkeypatch: pytest.MonkeyPatch) -> None:
+    body = json.dumps({"userId": 7, "pad": "x" * (2 * 1024 * 1024)}).encode()
+    with StubServer(lambda seen: Answer(200, body, chunked=chunked)) as stub:
+        hook = _stub_hook("reply", stub.url, monkeypatch, max_answer_mb=1)
+        with pytest.raises(
+            UnexpectedAnswerError, match="larger than the connection's max_answer_mb"
+        ) as caught:
+            hook.whoami()
+        assert len(stub.seen) == 1  # the same answer would come again: not retried
+    assert caught.value.is_retryable
+
+
+def _endless(page: dict[str, object], limit: int = 200) -> Callable[[Seen], Answer]:
+    """The same page again and again; after ``limit`` requests an empty last page, so that code
+    that pages forever ends (and the test sees it paged far too much)."""
+
+    def script(seen: Seen) -> Answer:
+        if len(stub_seen(seen)) > limit:
+            return json_answer({"items": [], "hasMore": False, "data": [], "total": 0})
+        return json_answer(page)
+
+    return script
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize(
+    ("service", "page", "problem"),
+    [
+        ("reply", {"items": [{"id": 1}], "hasMore": True}, "repeats an earlier page"),
+        ("reply", {"items": [], "hasMore": True}, "empty page at offset 0 while the service says more"),
+        ("whippy", {"data": [{"id": "s1"}], "total": 1_000_000}, "repeats an earlier page"),
+        ("whippy", {"data": [], "total": 10}, "empty page at offset 0 while the service says more"),
+    ],
+)
+def test_paging_stops_on_contradictions(
+    service: str, page: dict[str, object], problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with StubServer(_endless(page)) as stub:
+        hook = _stub_hook(service, stub.url, monkeypatch)
+        with pytest.raises(UnexpectedAnswerError, match=problem):
+            hook.list_sequences() if isinstance(hook, ReplyHook) else list(hook.iter_sequences())
+        assert len(stub.seen) <= 2
+
+
+@pytest.mark.parametrize("body", [b"", b"null", b"[]", b'"text"'], ids=["empty", "null", "list", "string"])
+def test_an_answer_of_the_wrong_shape_is_a_transient_error(
+    body: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with StubServer(lambda seen: Answer(200, body, {"Content-Type": "application/json"})) as stub:
+        hook = _stub_hook("reply", stub.url, monkeypatch)
+        with pytest.raises(UnexpectedAnswerError, match="unexpected shape") as caught:
+            hook.whoami()
+    assert caught.value.is_retryable
+    assert not caught.value.rejects_request
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [(Answer(202), "202 .background job. without a Location"), (Answer(200, b""), "unexpected shape")],
+    ids=["202-without-location", "empty-body"],
+)
+def test_a_reply_import_answer_of_the_wrong_shape_is_transient(
+    answer: Answer, problem: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with StubServer(lambda seen: answer) as stub:
+        hook = _stub_hook("reply", stub.url, monkeypatch)
+        with pytest.raises(UnexpectedAnswerError, match=problem):
+            hook.import_contacts([{"email": "a@example.com", "firstName": "A"}])
+        assert [seen.method for seen in stub.seen] == ["POST"]
+
+
+@pytest.mark.parametrize("sequence_id", ["../../v1/admin", "abc?x=1#", "a/b", " "])
+def test_a_whippy_id_that_would_reach_another_path_is_refused(
+    sequence_id: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with StubServer(lambda seen: json_answer({"data": {"id": "x", "steps": []}})) as stub:
+        hook = _stub_hook("whippy", stub.url, monkeypatch)
+        assert isinstance(hook, WhippyHook)
+        with pytest.raises(ValueError, match="Whippy sequence id"):
+            hook.get_sequence(sequence_id)
+        with pytest.raises(ValueError, match="Whippy sequence id"):
+            hook.create_sequence_contacts(sequence_id, [{"phone": "+14155550123"}])
+        assert stub.seen == []
+
+
+def test_a_whippy_id_is_escaped_as_one_path_segment(monkeypatch: pytest.MonkeyPatch) -> None:
+    with StubServer(lambda seen: json_answer({"data": [], "total": 0})) as stub:
+        hook = _stub_hook("whippy", stub.url, monkeypatch)
+        assert isinstance(hook, WhippyHook)
+        hook.list_sequence_contacts("seq;1%2F")
+        assert stub.seen[0].path.split("?")[0] == "/v1/sequences/seq%3B1%252F/contacts"
+
+
+@pytest.mark.parametrize("given", ["", "  ", "abc", "0", "-3", "12.5", "1001/contacts", True])
+def test_a_reply_sequence_id_that_is_not_a_positive_integer_is_refused(given: object) -> None:
+    with pytest.raises(ValueError, match="Reply sequence"):
+        reply_sequence_id(given)

@@ -230,3 +230,188 @@ def test_operator_refuses_plain_http_to_a_remote_host(operator: str, monkeypatch
     with pytest.raises(ValueError, match=r"refusing plain http to api\.example\.com") as raised:
         cls(**kwargs).execute({"ti": _TI(), "run_id": "r"})
     assert not _leaks(str(raised.value))
+
+
+# -- redirects, the connection's host, bad keys: what may leave for another address --------------
+
+SERVICES = ("reply", "whippy")
+#: The acting user goes with every Reply request, as the key does.
+ACTING_USER = "boss-LEAKCHECK@example.com"
+
+
+def _hook(service: str, host: str, key: str, monkeypatch: pytest.MonkeyPatch, **extra: Any) -> Any:
+    from airflow_provider_sequences.hooks.reply import ReplyHook
+    from airflow_provider_sequences.hooks.whippy import WhippyHook
+
+    extra.setdefault("max_attempts", 1)
+    if service == "reply":
+        extra.setdefault("acting_user_email", ACTING_USER)
+    monkeypatch.setenv(connection_env_var(f"{service}_default"), connection_json(service, host, key, **extra))
+    return ReplyHook() if service == "reply" else WhippyHook()
+
+
+def _write(service: str, hook: Any) -> Any:
+    """The write that carries people: Reply's bulk add, Whippy's create-sequence-contacts."""
+    if service == "reply":
+        return hook.add_contacts_to_sequence(1001, [1, 2])
+    return hook.create_sequence_contacts("seq_1", [{"phone": "+14155550123"}])
+
+
+def _no_proxy_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("HTTP_PROXY", "http_proxy", "HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    for name in ("NO_PROXY", "no_proxy"):
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.mark.parametrize("status", [301, 302, 307, 308])
+@pytest.mark.parametrize("service", SERVICES)
+def test_a_redirect_to_another_origin_is_refused_and_nothing_reaches_it(
+    service: str, status: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_sequences.exceptions import SequencesApiError
+    from tests.http_stub import Answer, StubServer
+
+    _no_proxy_settings(monkeypatch)
+    key = REPLY_KEY if service == "reply" else WHIPPY_KEY
+    with StubServer(host="127.0.0.2") as other:
+        target = f"{other.url}/collect?token=abc"
+        with StubServer(lambda seen: Answer(status, headers={"Location": target})) as stub:
+            hook = _hook(service, stub.url, key, monkeypatch)
+            with pytest.raises(SequencesApiError) as caught:
+                _write(service, hook)
+            assert len(stub.seen) == 1
+        assert other.seen == [], "the redirect was followed"
+    assert caught.value.code == "redirectRefused"
+    assert caught.value.status == status
+    assert f"127.0.0.2:{other.port}" in str(caught.value)
+    assert "token" not in str(caught.value)
+    assert not _leaks(str(caught.value))
+
+
+def test_a_redirect_to_plain_http_elsewhere_never_leaves(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Whatever goes to a non-loopback host passes the (loopback) proxy here: it sees nothing."""
+    from airflow_provider_sequences.exceptions import SequencesApiError
+    from tests.http_stub import Answer, StubServer
+
+    _no_proxy_settings(monkeypatch)
+    with StubServer() as proxy:
+        monkeypatch.setenv("HTTP_PROXY", proxy.url)
+        monkeypatch.setenv("http_proxy", proxy.url)
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        monkeypatch.setenv("no_proxy", "127.0.0.1")
+        location = {"Location": "http://collector.example/steal"}
+        with StubServer(lambda seen: Answer(302, headers=location)) as stub:
+            hook = _hook("whippy", stub.url, WHIPPY_KEY, monkeypatch)
+            with pytest.raises(SequencesApiError, match=r"redirected to http://collector\.example"):
+                hook.list_channels()
+            assert len(stub.seen) == 1
+        assert proxy.seen == [], "a request left for the plain-http address"
+
+
+def test_proxy_credentials_and_the_acting_user_do_not_follow_a_redirect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The proxy (which answers for the service here) redirects: nothing is sent again."""
+    from airflow_provider_sequences.exceptions import SequencesApiError
+    from tests.http_stub import Answer, StubServer
+
+    _no_proxy_settings(monkeypatch)
+    with StubServer(host="127.0.0.2") as other:
+        location = {"Location": f"{other.url}/collect"}
+        with StubServer(lambda seen: Answer(307, headers=location)) as proxy:
+            proxy_url = f"http://proxyuser:proxy-LEAKCHECK-pass@127.0.0.1:{proxy.port}"
+            monkeypatch.setenv("HTTP_PROXY", proxy_url)
+            monkeypatch.setenv("http_proxy", proxy_url)
+            hook = _hook("reply", "http://127.0.0.1:9", REPLY_KEY, monkeypatch)
+            with pytest.raises(SequencesApiError) as caught:
+                _write("reply", hook)
+            assert len(proxy.seen) == 1, [seen.path for seen in proxy.seen]
+            assert "Proxy-Authorization" in proxy.seen[0].headers  # the proxy was really used
+        assert other.seen == []
+    assert not _leaks(str(caught.value))
+
+
+def test_credentials_in_the_connection_host_are_refused_and_never_shown(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from airflow_provider_sequences.hooks.reply import ReplyHook
+    from tests.http_stub import StubServer, json_answer
+
+    _no_proxy_settings(monkeypatch)
+    with StubServer(lambda seen: json_answer({"userId": 7})) as stub:
+        host = f"http://someone:host-LEAKCHECK-pass@127.0.0.1:{stub.port}"
+        hook = _hook("reply", host, REPLY_KEY, monkeypatch)
+        with pytest.raises(ValueError, match="user name or password") as caught:
+            hook.whoami()
+        ok, message = ReplyHook().test_connection()
+        assert stub.seen == []
+    assert not ok
+    assert not _leaks(str(caught.value))
+    assert "someone" not in str(caught.value)
+    assert not _leaks(message)
+    assert "someone" not in message
+
+
+@pytest.mark.parametrize(
+    "host", ["http://10.1.2.3:80\\@127.0.0.1", "http://collector.example\\@127.0.0.1:8080"]
+)
+def test_a_backslash_cannot_pass_another_host_for_loopback(
+    host: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from airflow_provider_sequences.hooks.base import resolve_base_url
+
+    with pytest.raises(ValueError, match="backslash"):
+        resolve_base_url(host, None, "https://api.reply.io", "/v3")
+    ok, message = _hook("reply", host, REPLY_KEY, monkeypatch).test_connection()
+    assert not ok
+    assert "backslash" in message
+
+
+@pytest.mark.parametrize("service", SERVICES)
+@pytest.mark.parametrize(
+    "key",
+    [
+        "sk-live-LEAKCHECK-a\nX-Injected: 1",
+        "sk-live-\r\nLEAKCHECK-b",
+        "sk-live LEAKCHECK-c",
+        "sk-live-LEAKCHECK-d\x00",
+        "sk-live-LEAKCHECK-e\t1",
+    ],
+    ids=["newline", "crlf", "space", "nul", "tab"],
+)
+def test_a_key_with_spaces_or_control_characters_is_refused_without_showing_it(
+    service: str, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.http_stub import StubServer, json_answer
+
+    _no_proxy_settings(monkeypatch)
+    with StubServer(lambda seen: json_answer({"userId": 7, "data": [], "total": 0})) as stub:
+        hook = _hook(service, stub.url, key, monkeypatch)
+        with pytest.raises(ValueError, match="spaces or control characters") as caught:
+            hook.check_credentials()
+        ok, message = hook.test_connection()
+        assert stub.seen == []
+    assert not ok
+    assert not _leaks(str(caught.value))
+    assert not _leaks(message)
+
+
+def test_an_acting_user_with_a_line_break_is_refused_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tests.http_stub import StubServer, json_answer
+
+    _no_proxy_settings(monkeypatch)
+    with StubServer(lambda seen: json_answer({"userId": 7})) as stub:
+        hook = _hook(
+            "reply",
+            stub.url,
+            REPLY_KEY,
+            monkeypatch,
+            acting_user_email="boss-LEAKCHECK@example.com\nX-Evil: 1",
+        )
+        with pytest.raises(ValueError, match="X-User-Email") as caught:
+            hook.whoami()
+        assert stub.seen == []
+    assert not _leaks(str(caught.value))

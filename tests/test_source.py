@@ -788,3 +788,84 @@ def test_csv_keeps_na_and_none_as_text(tmp_path: Path) -> None:
     assert frame["name"].tolist() == ["None", "Ada"]
     assert frame["country"].tolist() == ["NA", "GB"]
     assert frame["email"].isna().tolist() == [True, False]
+
+
+# -- duplicate names, bytes and nested columns (issue 13) -----------------------------------------
+
+
+def _first(chunks: Iterator[pd.DataFrame]) -> pd.DataFrame:
+    return next(iter(chunks))
+
+
+def _parquet(path: Path, table: pa.Table) -> Path:
+    pq.write_table(table, path)
+    return path
+
+
+def test_a_csv_with_two_columns_of_one_name_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "contacts.csv"
+    path.write_text("id,email,email\n1,first@example.com,second@example.com\n")
+    with pytest.raises(SourceError, match="more than one column named 'email'"):
+        _first(read_file_chunks(path, chunk_size=CHUNK))
+
+
+def test_a_parquet_file_with_two_columns_of_one_name_is_refused(tmp_path: Path) -> None:
+    table = pa.table(
+        [pa.array(["1"]), pa.array(["a@example.com"]), pa.array(["b@example.com"])],
+        names=["id", "email", "email"],
+    )
+    with pytest.raises(SourceError, match="more than one column named 'email'"):
+        _first(read_file_chunks(_parquet(tmp_path / "contacts.parquet", table), chunk_size=CHUNK))
+
+
+def test_a_dataframe_with_two_columns_of_one_name_is_refused() -> None:
+    frame = pd.DataFrame([["1", "a@example.com", "b@example.com"]], columns=["id", "email", "email"])
+    with pytest.raises(SourceError, match="more than one column named 'email'"):
+        _first(records_chunks(frame, chunk_size=CHUNK))
+
+
+def test_a_query_with_two_columns_of_one_name_is_refused() -> None:
+    connection = sqlite3.connect(":memory:")
+    try:
+        with pytest.raises(SourceError, match="more than one column named 'email'"):
+            _first(
+                read_sql_chunks(connection, "SELECT 1 AS id, 'a' AS email, 'b' AS email", chunk_size=CHUNK)
+            )
+    finally:
+        connection.close()
+
+
+def test_parquet_binary_columns_are_read_as_utf8_text(tmp_path: Path) -> None:
+    table = pa.table({"id": pa.array([b"k1", "k\xe9".encode()], type=pa.binary())})
+    frame = _first(read_file_chunks(_parquet(tmp_path / "contacts.parquet", table), chunk_size=CHUNK))
+    assert frame["id"].tolist() == ["k1", "k\xe9"]
+
+
+@pytest.mark.parametrize(
+    ("column", "kind"),
+    [
+        (pa.array([{"city": "Paris", "zip": "75001"}]), "an object"),
+        (pa.array([["a", "b"]]), "a list"),
+    ],
+    ids=["struct", "list"],
+)
+def test_a_nested_parquet_column_that_is_mapped_is_refused_by_name(
+    tmp_path: Path, column: pa.Array, kind: str
+) -> None:
+    from airflow_provider_sequences.adapters.whippy import whippy_rules
+    from airflow_provider_sequences.sync.prepare import PrepareSpec, prepare_chunk
+
+    table = pa.table({"id": pa.array(["k1"]), "phone": pa.array(["+14155550123"]), "where": column})
+    frame = _first(read_file_chunks(_parquet(tmp_path / "contacts.parquet", table), chunk_size=CHUNK))
+    spec = PrepareSpec(
+        column_map={"phone": "phone", "where": "address.city"},
+        key_column="id",
+        rules=whippy_rules(email_required=False),
+    )
+    with pytest.raises(ValueError, match=f"column 'where' holds nested values \\(row 0 holds {kind}"):
+        prepare_chunk(frame, spec, first_row=0)
+    # Not mapped, it is not read.
+    spec = PrepareSpec(
+        column_map={"phone": "phone"}, key_column="id", rules=whippy_rules(email_required=False)
+    )
+    assert len(prepare_chunk(frame, spec, first_row=0).contacts) == 1

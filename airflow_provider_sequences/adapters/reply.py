@@ -10,8 +10,13 @@ import pandas as pd
 
 from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter, column_values
 from airflow_provider_sequences.exceptions import SequencesApiError, SyncConfigurationError
-from airflow_provider_sequences.hooks.reply import REPLY_MAX_BULK_IDS, ReplyHook
-from airflow_provider_sequences.sync.outcomes import CONTACT_ALREADY_IN_SEQUENCE, INVALID_INPUT
+from airflow_provider_sequences.hooks.base import describe_shape
+from airflow_provider_sequences.hooks.reply import REPLY_MAX_BULK_IDS, ReplyHook, reply_sequence_id
+from airflow_provider_sequences.sync.outcomes import (
+    CONTACT_ALREADY_IN_SEQUENCE,
+    INVALID_INPUT,
+    REQUEST_FAILED,
+)
 from airflow_provider_sequences.sync.prepare import FieldRules
 
 REPLY_CONTACT_FIELDS = frozenset(
@@ -117,7 +122,7 @@ class ReplyAdapter(ServiceAdapter):
         with_contact_ids: bool = False,
     ) -> None:
         self.hook = hook
-        self.sequence_id = int(sequence_id)
+        self.sequence_id = reply_sequence_id(sequence_id)
         self.enrolment = enrolment or ReplyEnrolment()
         self.with_contact_ids = with_contact_ids
         self._rules = reply_rules(with_contact_ids=with_contact_ids)
@@ -174,6 +179,40 @@ class ReplyAdapter(ServiceAdapter):
         )
         # After a lost answer was retried, "already in the sequence" means this run added it.
         retried = self.hook.uncertain_retries > uncertain_before
+        try:
+            self._read_added(answer, key_by_id, resent_keys, retried, outcome)
+        except (TypeError, ValueError, AttributeError):
+            # Ids that are not numbers, errors that are not objects: not an answer to act on.
+            raise self.hook.unexpected(
+                "POST",
+                f"/v3/sequences/{self.sequence_id}/contact-links/bulk",
+                200,
+                f"an answer of unexpected shape: {describe_shape(answer)}",
+            ) from None
+        # Ids Reply answered nothing about are not silently dropped, nor judged: the answer was
+        # not what Reply documents, so a later run sends them again.
+        answered = set(outcome.added) | set(outcome.failed)
+        for contact_id, key in key_by_id.items():
+            if key not in answered:
+                outcome.failed[key] = (REQUEST_FAILED, f"Reply's answer did not mention contact {contact_id}")
+        # ... and share the outcome of the first of them.
+        for key, contact_id in same_contact.items():
+            first = key_by_id[contact_id]
+            if first in outcome.added:
+                outcome.added[key] = str(contact_id)
+            else:
+                outcome.failed[key] = outcome.failed[first]
+        return outcome
+
+    @staticmethod
+    def _read_added(
+        answer: dict[str, Any],
+        key_by_id: dict[int, str],
+        resent_keys: frozenset[str],
+        retried: bool,
+        outcome: BatchOutcome,
+    ) -> None:
+        """The bulk add's answer into ``outcome``, by key."""
         for contact_id in answer.get("added") or []:
             key = key_by_id.get(int(contact_id))
             if key is not None:
@@ -187,31 +226,40 @@ class ReplyAdapter(ServiceAdapter):
                 outcome.added[key] = str(raw_id)
                 continue
             outcome.failed[key] = (slug, detail or f"Reply did not add contact {raw_id}: {slug}")
-        # Ids Reply answered nothing about are not silently dropped.
-        answered = set(outcome.added) | set(outcome.failed)
-        for contact_id, key in key_by_id.items():
-            if key not in answered:
-                outcome.failed[key] = (INVALID_INPUT, f"Reply's answer did not mention contact {contact_id}")
-        # ... and share the outcome of the first of them.
-        for key, contact_id in same_contact.items():
-            first = key_by_id[contact_id]
-            if first in outcome.added:
-                outcome.added[key] = str(contact_id)
-            else:
-                outcome.failed[key] = outcome.failed[first]
-        return outcome
 
     def _import(self, batch: pd.DataFrame, outcome: BatchOutcome) -> list[int | None]:
         items = contact_items(batch)
         answer = self.hook.import_contacts(items, overwrite_existing=self.enrolment.overwrite_existing)
         results = answer.get("items") or []
+        if not all(isinstance(result, dict) for result in results):
+            raise self.hook.unexpected(
+                "POST", "/v3/contacts/import", 200, f"an answer of unexpected shape: {describe_shape(answer)}"
+            )
         ids: list[int | None] = []
         for index, key in enumerate(batch["key"].tolist()):
             result = results[index] if index < len(results) else {}
-            if result.get("id") is not None and result.get("status") != "Failed":
-                ids.append(int(result["id"]))
+            contact_id = _contact_id(result.get("id"))
+            if contact_id is not None and result.get("status") != "Failed":
+                ids.append(contact_id)
                 continue
             ids.append(None)
-            error = result.get("error") or "no id in Reply's answer"
-            outcome.failed[key] = (INVALID_INPUT, f"Reply could not import this contact: {error}")
+            error = result.get("error")
+            if error or result.get("status") == "Failed":
+                outcome.failed[key] = (INVALID_INPUT, f"Reply could not import this contact: {error}")
+            else:
+                # No verdict, just a gap in the answer: a later run sends the contact again.
+                outcome.failed[key] = (
+                    REQUEST_FAILED,
+                    "Reply's import answer gave no contact id for this row",
+                )
         return ids
+
+
+def _contact_id(value: Any) -> int | None:
+    """A contact id from an answer; ``None`` when missing or not a whole number."""
+    if isinstance(value, bool):
+        return None
+    try:
+        return int(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None

@@ -20,6 +20,7 @@ from airflow_provider_sequences.exceptions import (
     SequencesApiError,
     SyncConfigurationError,
 )
+from airflow_provider_sequences.hooks.base import PageGuard, describe_shape
 from airflow_provider_sequences.hooks.whippy import WHIPPY_MAX_CONTACTS_PER_CALL, WHIPPY_MAX_PAGE, WhippyHook
 from airflow_provider_sequences.sync.outcomes import NOT_ENROLLED
 from airflow_provider_sequences.sync.prepare import FieldRules
@@ -352,7 +353,7 @@ class WhippyAdapter(ServiceAdapter):
         stable_polls: int = 3,
     ) -> None:
         self.hook = hook
-        self.sequence_id = str(sequence_id)
+        self.sequence_id = str(sequence_id).strip()
         self.enrolment = enrolment or WhippyEnrolment()
         self.step_id: str | None = self.enrolment.step_id
         self.step_channel: str | None = None
@@ -396,7 +397,19 @@ class WhippyAdapter(ServiceAdapter):
                 f"Whippy sequence {self.sequence_id} ({self.sequence_title!r}) is a draft and accepts no "
                 "contacts: activate it in Whippy first"
             )
-        steps = sorted(sequence.get("steps") or [], key=lambda s: s.get("position", 0))
+        raw_steps = sequence.get("steps") or []
+        if not isinstance(raw_steps, list) or not all(
+            isinstance(step, dict) and isinstance(step.get("id"), (str, int)) for step in raw_steps
+        ):
+            raise self.hook.unexpected(
+                "GET",
+                f"/v1/sequences/{self.sequence_id}",
+                200,
+                f"an answer of unexpected shape: steps are {describe_shape(raw_steps)}",
+            )
+        steps = sorted(
+            raw_steps, key=lambda s: s.get("position") if isinstance(s.get("position"), int) else 0
+        )
         if not steps:
             raise SyncConfigurationError(f"Whippy sequence {self.sequence_id} has no steps")
         by_id = {str(step["id"]): step for step in steps}
@@ -420,11 +433,15 @@ class WhippyAdapter(ServiceAdapter):
     def _check_channel(self, wanted: str) -> None:
         channels: list[dict[str, Any]] = []
         offset = 0
+        guard = PageGuard(self.hook, "/v1/channels", 500)
         while True:
             page = self.hook.list_channels(limit=500, offset=offset)
-            channels += page.get("data") or []
-            offset += len(page.get("data") or [])
-            if not page.get("data") or offset >= int(page.get("total", 0)):
+            total = page.get("total")
+            more = isinstance(total, int) and offset + len(page["data"]) < total
+            guard.check(page["data"], offset=offset, more=more)
+            channels += page["data"]
+            offset += len(page["data"])
+            if not page["data"] or not more:
                 break
         known = {str(c.get(f)) for c in channels for f in ("phone", "email") if c.get(f)}
         if wanted not in known:
@@ -608,6 +625,7 @@ class WhippyAdapter(ServiceAdapter):
         builds a page while this process reads the last one.
         """
         offset = start
+        guard = PageGuard(self.hook, f"/v1/sequences/{self.sequence_id}/contacts", WHIPPY_MAX_PAGE)
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="whippy-read") as fetcher:
             following = self._fetch(fetcher, offset)
             while True:
@@ -615,6 +633,7 @@ class WhippyAdapter(ServiceAdapter):
                 items = page.get("data") or []
                 total = int(page.get("total", 0))
                 done = not items or offset + len(items) >= total
+                guard.check(items, offset=offset, more=not done or (not items and offset < total))
                 if not done:
                     following = self._fetch(fetcher, offset + len(items))
                 offset = self._take_page(waiting, items, total, offset)

@@ -10,7 +10,15 @@ from typing import Any, ClassVar
 import requests
 
 from airflow_provider_sequences.exceptions import SequencesApiError
-from airflow_provider_sequences.hooks.base import RateBucket, SequencesHook, decode_json, iso_datetime
+from airflow_provider_sequences.hooks.base import (
+    PageGuard,
+    RateBucket,
+    SequencesHook,
+    decode_json,
+    iso_datetime,
+    parse_wait,
+    path_segment,
+)
 
 #: Documented limits per user: 100 requests a minute and 3,000 an hour.
 REPLY_REQUESTS_PER_MINUTE = 100
@@ -28,6 +36,21 @@ def _pointer_to_field(pointer: str) -> str:
     return text or pointer
 
 
+def reply_sequence_id(value: Any) -> int:
+    """A Reply sequence id as the positive integer it is (``" 1001"`` and ``1001`` are one
+    sequence, so one sync state); anything else is a clear :class:`ValueError`."""
+    if isinstance(value, bool):
+        raise ValueError(f"a Reply sequence id must be a positive whole number, got {value!r}")
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    text = str(value).strip()
+    if not text:
+        raise ValueError("the Reply sequence_id is empty: set it to the sequence's number")
+    if not text.isascii() or not text.isdigit() or int(text) < 1:
+        raise ValueError(f"a Reply sequence id must be a positive whole number, got {text!r}")
+    return int(text)
+
+
 class ReplyHook(SequencesHook):
     """Talks to the Reply.io API v3 with an API key from an Airflow connection.
 
@@ -38,7 +61,9 @@ class ReplyHook(SequencesHook):
       ``X-User-Id`` / ``X-User-Email``); required with an organization key.
     - ``requests_per_minute`` (100), ``requests_per_hour`` (3000): client-side limits; lower
       them when other tools spend the same user's budget.
-    - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6).
+    - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6);
+    - ``request_deadline`` (300 s, the whole request), ``max_answer_mb`` (64),
+      ``max_retry_wait`` (900 s: a longer wait asked for stops the run).
     - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
 
     Methods map one to one to API endpoints and return the parsed JSON.
@@ -107,10 +132,7 @@ class ReplyHook(SequencesHook):
             detail = "the API key is missing, wrong or revoked"
         retry_after = None
         if response.status_code == 429:
-            try:
-                retry_after = float(response.headers.get("Retry-After", ""))
-            except ValueError:
-                retry_after = None
+            retry_after = parse_wait(response.headers.get("Retry-After"))
         return SequencesApiError(
             service=self.hook_name,
             method=method,
@@ -130,8 +152,7 @@ class ReplyHook(SequencesHook):
 
     def whoami(self) -> dict[str, Any]:
         """``GET /v3/whoami``: the user the key acts as, ``{"userId": ...}``."""
-        result: dict[str, Any] = self.request_json("GET", "/v3/whoami")
-        return result
+        return self.expect_object(self.request_json("GET", "/v3/whoami"), "GET", "/v3/whoami")
 
     def list_sequences(
         self, *, status: str | None = None, name: str | None = None, page_size: int = REPLY_MAX_PAGE
@@ -146,29 +167,31 @@ class ReplyHook(SequencesHook):
 
     def get_sequence(self, sequence_id: int) -> dict[str, Any]:
         """``GET /v3/sequences/{id}``: the sequence with its ``steps`` and ``settings``."""
-        result: dict[str, Any] = self.request_json("GET", f"/v3/sequences/{int(sequence_id)}")
-        return result
+        path = f"/v3/sequences/{reply_sequence_id(sequence_id)}"
+        return self.expect_object(self.request_json("GET", path), "GET", path)
 
     def list_steps(self, sequence_id: int) -> list[dict[str, Any]]:
         """``GET /v3/sequences/{id}/steps``."""
-        result = self.request_json("GET", f"/v3/sequences/{int(sequence_id)}/steps")
-        items: list[dict[str, Any]] = result.get("items", []) if isinstance(result, dict) else result
+        path = f"/v3/sequences/{reply_sequence_id(sequence_id)}/steps"
+        result = self.request_json("GET", path)
+        if isinstance(result, list):
+            return result
+        items: list[dict[str, Any]] = self.expect_object(result, "GET", path, ("items", list))["items"]
         return items
 
     def list_sequence_contacts(
         self, sequence_id: int, *, top: int = REPLY_MAX_PAGE, skip: int = 0
     ) -> dict[str, Any]:
         """``GET /v3/sequences/{id}/contacts``: one page, ``{"items": [...], "hasMore": bool}``."""
-        result: dict[str, Any] = self.request_json(
-            "GET", f"/v3/sequences/{int(sequence_id)}/contacts", params={"top": top, "skip": skip}
-        )
-        return result
+        path = f"/v3/sequences/{reply_sequence_id(sequence_id)}/contacts"
+        result = self.request_json("GET", path, params={"top": top, "skip": skip})
+        return self.expect_object(result, "GET", path, ("items", list))
 
     def iter_sequence_contacts(
         self, sequence_id: int, *, page_size: int = REPLY_MAX_PAGE
     ) -> Iterator[dict[str, Any]]:
         """Every contact of a sequence (``contactId``, ``statusInSequence``, ``currentStep``)."""
-        return self._pages(f"/v3/sequences/{int(sequence_id)}/contacts", {}, page_size)
+        return self._pages(f"/v3/sequences/{reply_sequence_id(sequence_id)}/contacts", {}, page_size)
 
     def import_contacts(
         self,
@@ -202,16 +225,22 @@ class ReplyHook(SequencesHook):
         response = self.request(
             "POST", "/v3/contacts/import", json={"items": list(items), "options": options}
         )
+        path = "/v3/contacts/import"
         if response.status_code == 202:
-            job_path = response.headers.get("Location", "")
-            return self.wait_for_background_job(job_path.rstrip("/").rsplit("/", 1)[-1])
-        result: dict[str, Any] = decode_json(response.content)
-        return result
+            job_path = response.headers.get("Location", "").split("?", 1)[0].rstrip("/")
+            if not job_path:
+                raise self.unexpected("POST", path, 202, "a 202 (background job) without a Location header")
+            return self.wait_for_background_job(job_path.rsplit("/", 1)[-1])
+        try:
+            result = decode_json(response.content) if response.content else None
+        except ValueError:
+            result = b"not JSON"
+        return self.expect_object(result, "POST", path, ("items", list))
 
     def get_background_job(self, job_id: str) -> dict[str, Any]:
         """``GET /v3/background-jobs/{jobId}``: ``{jobId, status, progress, ...}``."""
-        result: dict[str, Any] = self.request_json("GET", f"/v3/background-jobs/{job_id}")
-        return result
+        path = f"/v3/background-jobs/{path_segment(job_id, 'background job id')}"
+        return self.expect_object(self.request_json("GET", path), "GET", path)
 
     def wait_for_background_job(
         self, job_id: str, *, timeout: float = 3600.0, poll_interval: float = 5.0
@@ -242,7 +271,7 @@ class ReplyHook(SequencesHook):
     def find_contact_by_email(self, email: str) -> dict[str, Any] | None:
         """``GET /v3/contacts?email=``: the contact with this email, or ``None``."""
         result = self.request_json("GET", "/v3/contacts", params={"email": email})
-        items = (result or {}).get("items") or []
+        items = self.expect_object(result, "GET", "/v3/contacts", ("items", list))["items"]
         return items[0] if items else None
 
     def add_contacts_to_sequence(
@@ -274,9 +303,16 @@ class ReplyHook(SequencesHook):
             "ignoreStepDelay": ignore_step_delay,
             "startFrom": iso_datetime(start_from),
         }
-        result: dict[str, Any] = self.request_json(
-            "POST", f"/v3/sequences/{int(sequence_id)}/contact-links/bulk", json=body
-        )
+        path = f"/v3/sequences/{reply_sequence_id(sequence_id)}/contact-links/bulk"
+        result = self.expect_object(self.request_json("POST", path, json=body), "POST", path)
+        # Either part may be left out when empty, not both: ``{}`` says nothing about anyone.
+        added, not_processed = result.get("added"), result.get("notProcessed")
+        if (
+            (added is None and not_processed is None)
+            or not isinstance(added, (list, type(None)))
+            or not isinstance(not_processed, (dict, type(None)))
+        ):
+            self.expect_object(result, "POST", path, ("added", list), ("notProcessed", dict))
         return result
 
     def remove_contacts_from_sequence(self, sequence_id: int, contact_ids: Sequence[int]) -> dict[str, Any]:
@@ -284,19 +320,21 @@ class ReplyHook(SequencesHook):
 
         Answers ``{requested, removed, notFound, notInSequence, removedIds}``.
         """
-        result: dict[str, Any] = self.request_json(
-            "POST",
-            f"/v3/sequences/{int(sequence_id)}/contact-links/bulk-delete",
-            json={"contactIds": [int(i) for i in contact_ids]},
-        )
-        return result
+        path = f"/v3/sequences/{reply_sequence_id(sequence_id)}/contact-links/bulk-delete"
+        result = self.request_json("POST", path, json={"contactIds": [int(i) for i in contact_ids]})
+        return self.expect_object(result, "POST", path)
 
     def _pages(self, path: str, params: dict[str, Any], page_size: int) -> Iterator[dict[str, Any]]:
         skip = 0
+        guard = PageGuard(self, path, page_size)
         while True:
             page = self.request_json("GET", path, params={**params, "top": page_size, "skip": skip})
-            items = page.get("items") or []
+            items: list[Any] = self.expect_object(page, "GET", path, ("items", list))["items"]
+            more = page.get("hasMore")
+            if not isinstance(more, (bool, type(None))):
+                self.expect_object(page, "GET", path, ("hasMore", bool))
+            guard.check(items, offset=skip, more=bool(more))
             yield from items
-            if not page.get("hasMore") or not items:
+            if not more or not items:
                 return
             skip += len(items)

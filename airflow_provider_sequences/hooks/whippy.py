@@ -9,7 +9,14 @@ from typing import Any, ClassVar
 import requests
 
 from airflow_provider_sequences.exceptions import SequencesApiError
-from airflow_provider_sequences.hooks.base import RateBucket, SequencesHook, iso_datetime
+from airflow_provider_sequences.hooks.base import (
+    PageGuard,
+    RateBucket,
+    SequencesHook,
+    iso_datetime,
+    parse_wait,
+    path_segment,
+)
 
 #: Documented limits per key: 10 writes a minute on the "time consuming" endpoints
 #: (sequences, campaigns, contact lists), 25 requests a second on the rest.
@@ -45,6 +52,8 @@ class WhippyHook(SequencesHook):
     - ``sequence_writes_per_minute`` (10): writes to sequences, campaigns and contact lists;
     - ``requests_per_second`` (25): every other request;
     - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6);
+    - ``request_deadline`` (300 s, the whole request), ``max_answer_mb`` (64),
+      ``max_retry_wait`` (900 s: a longer wait asked for stops the run);
     - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
 
     Methods map one to one to API endpoints and return the parsed JSON.
@@ -102,10 +111,9 @@ class WhippyHook(SequencesHook):
             detail = "the API key is missing, wrong or revoked"
         retry_after = None
         if response.status_code == 429:
-            try:
-                retry_after = float(response.headers["X-RateLimit-Remaining-Interval-Milliseconds"]) / 1000
-            except (KeyError, ValueError):
-                retry_after = None
+            retry_after = parse_wait(
+                response.headers.get("X-RateLimit-Remaining-Interval-Milliseconds"), scale=0.001
+            )
         return SequencesApiError(
             service=self.hook_name,
             method=method,
@@ -130,10 +138,10 @@ class WhippyHook(SequencesHook):
         :param limit: page size (at most 500).
         :param offset: items to skip.
         """
-        result: dict[str, Any] = self.request_json(
+        result = self.request_json(
             "GET", "/v1/sequences", params={"title": title, "limit": limit, "offset": offset}
         )
-        return result
+        return self.expect_object(result, "GET", "/v1/sequences", ("data", list), ("total", int))
 
     def iter_sequences(self, *, title: str | None = None) -> Iterator[dict[str, Any]]:
         """Every sequence of the organization, page by page."""
@@ -141,9 +149,10 @@ class WhippyHook(SequencesHook):
 
     def get_sequence(self, sequence_id: str) -> dict[str, Any]:
         """``GET /v1/sequences/{id}``: the sequence with its steps (the ``data`` object)."""
-        result = self.request_json("GET", f"/v1/sequences/{sequence_id}")
-        data: dict[str, Any] = result.get("data", result) if isinstance(result, dict) else {}
-        return data
+        path = f"/v1/sequences/{path_segment(sequence_id, 'Whippy sequence id')}"
+        result = self.expect_object(self.request_json("GET", path), "GET", path)
+        # The sequence's fields are undocumented: only its being an object is required.
+        return self.expect_object(result.get("data", result), "GET", path)
 
     def create_sequence_contacts(
         self,
@@ -190,7 +199,10 @@ class WhippyHook(SequencesHook):
         if voice_options is not None:
             body["voice_options"] = voice_options
         return self.request_json(
-            "POST", f"/v1/sequences/{sequence_id}/contacts", json=body, repeat_safe=False
+            "POST",
+            f"/v1/sequences/{path_segment(sequence_id, 'Whippy sequence id')}/contacts",
+            json=body,
+            repeat_safe=False,
         )
 
     def list_sequence_contacts(
@@ -210,9 +222,10 @@ class WhippyHook(SequencesHook):
         :param status: ``pending``, ``active``, ``inactive``, ``moved``, ``complete``, ``removed``.
         :param step_ids: only these steps.
         """
-        result: dict[str, Any] = self.request_json(
+        path = f"/v1/sequences/{path_segment(sequence_id, 'Whippy sequence id')}/contacts"
+        result = self.request_json(
             "GET",
-            f"/v1/sequences/{sequence_id}/contacts",
+            path,
             params={
                 "limit": limit,
                 "offset": offset,
@@ -220,32 +233,34 @@ class WhippyHook(SequencesHook):
                 "step_ids": ",".join(step_ids) if step_ids else None,
             },
         )
-        return result
+        return self.expect_object(result, "GET", path, ("data", list), ("total", int))
 
     def iter_sequence_contacts(
         self, sequence_id: str, *, status: str | None = None, step_ids: Sequence[str] | None = None
     ) -> Iterator[dict[str, Any]]:
         """Every step contact of a sequence, page by page."""
         return self._pages(
-            f"/v1/sequences/{sequence_id}/contacts",
+            f"/v1/sequences/{path_segment(sequence_id, 'Whippy sequence id')}/contacts",
             {"status": status, "step_ids": ",".join(step_ids) if step_ids else None},
         )
 
     def list_channels(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
         """``GET /v1/channels``: ``{"data": [{id, name, phone, type, ...}], "total": n}``."""
-        result: dict[str, Any] = self.request_json(
-            "GET", "/v1/channels", params={"limit": limit, "offset": offset}
-        )
-        return result
+        result = self.request_json("GET", "/v1/channels", params={"limit": limit, "offset": offset})
+        # Whippy's own clients see no ``total`` here: only the list is required.
+        return self.expect_object(result, "GET", "/v1/channels", ("data", list))
 
     def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
         offset = 0
+        guard = PageGuard(self, path, WHIPPY_MAX_PAGE)
         while True:
             page = self.request_json(
                 "GET", path, params={**params, "limit": WHIPPY_MAX_PAGE, "offset": offset}
             )
-            items = page.get("data") or []
+            page = self.expect_object(page, "GET", path, ("data", list), ("total", int))
+            items: list[Any] = page["data"]
+            guard.check(items, offset=offset, more=offset + len(items) < page["total"])
             yield from items
             offset += len(items)
-            if not items or offset >= int(page.get("total", 0)):
+            if not items or offset >= page["total"]:
                 return

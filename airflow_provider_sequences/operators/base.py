@@ -7,6 +7,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator
+from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.exceptions import SyncAbortedError
@@ -16,6 +17,7 @@ from airflow_provider_sequences.sync.outcomes import ENROLLMENT_UNCONFIRMED, Syn
 from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
 from airflow_provider_sequences.sync.source import read_file_chunks, read_sql_chunks, records_chunks
 from airflow_provider_sequences.sync.state import Scope, SyncState
+from airflow_provider_sequences.ui.queries import REASONS_STAT
 
 DEFAULT_CHUNK_SIZE = 20_000
 
@@ -87,8 +89,10 @@ class SequenceSyncOperator(BaseOperator):
     template_fields_renderers: ClassVar[dict[str, str]] = {"sql": "sql", "column_map": "json"}
     ui_color = "#e8f4ff"
 
-    #: The service's display name (its hook's ``hook_name``), in messages.
+    #: The service's slug (``reply``, ``whippy``), as the state and the links name it.
     service_name: ClassVar[str]
+    #: The service's display name (its hook's ``hook_name``), in messages.
+    display_name: ClassVar[str]
     #: The AssetAlias a templated or mapped sequence id emits its sequence's Asset through.
     sequence_alias: ClassVar[AssetAlias]
 
@@ -177,6 +181,14 @@ class SequenceSyncOperator(BaseOperator):
     def sequence_url(self) -> str:
         raise NotImplementedError
 
+    def normalize_sequence_id(self, value: Any) -> Any:
+        """The sequence id in its one canonical form (one sequence, one sync state); raise
+        ValueError when it cannot be one."""
+        text = "" if value is None else str(value).strip()
+        if not text:
+            raise ValueError("sequence_id is empty")
+        return text
+
     # -- wiring -------------------------------------------------------------------------------
 
     def prepare_spec(self, adapter: ServiceAdapter) -> PrepareSpec:
@@ -238,6 +250,12 @@ class SequenceSyncOperator(BaseOperator):
         return f"{ti.dag_id}.{ti.task_id}[{map_index}]:{context['run_id']}"
 
     def start_run(self, context: Mapping[str, Any], **extra_options: Any) -> SyncRun:
+        try:
+            # Rendered by now: a templated id is checked as it will be used.
+            self.sequence_id = self.normalize_sequence_id(self.sequence_id)
+        except ValueError as exc:
+            # A setting, not an outage: retrying the task would fail the same way.
+            raise AirflowFailException(f"{type(self).__name__}: {exc}") from None
         adapter = self.make_adapter()
         adapter.preflight()
         preflight_requests = sum(adapter.request_counts)
@@ -259,7 +277,7 @@ class SequenceSyncOperator(BaseOperator):
         mode = "dry run: nothing is sent" if run.options.dry_run else "sending"
         self.log.info(
             "Syncing into %s sequence %s (%s); batches of %d; %s",
-            self.service_name,
+            self.display_name,
             self.sequence_id,
             self.sequence_url(),
             run.options.batch_size,
@@ -288,7 +306,7 @@ class SequenceSyncOperator(BaseOperator):
         self.log.info(
             "%s sequence %s: %d rows; %d added, %d not processed, %d unchanged, %d duplicates; "
             "%d requests (%d write, %d read)",
-            self.service_name,
+            self.display_name,
             self.sequence_id,
             stats["rows"],
             stats["added"],
@@ -304,6 +322,11 @@ class SequenceSyncOperator(BaseOperator):
             width = max(len(reason) for reason in reasons)
             table = "\n".join(f"  {reason:<{width}}  {count:>8,}" for reason, count in reasons.most_common())
             self.log.info("Not processed, by reason:\n%s", table)
+        if run.writes_state:
+            # The run's counts, for the Sequence syncs view: it charts runs from these rather
+            # than from every key's row.
+            assert run.state is not None
+            run.state.save_run(run.run_id, {**stats, REASONS_STAT: dict(reasons)}, finished=True)
         # Every distinct key counts, enrolled on an earlier night or now: a night where a
         # few known-bad rows are reported again is not a failing night. Contacts accepted but
         # not read back yet (wait_for_enrollment=False) are on their way, not failures.
@@ -338,7 +361,7 @@ class SequenceSyncOperator(BaseOperator):
             inputs = [file_dataset(str(self.source_path))]
         done = getattr(self, "_lineage_run", None) or {}
         return sequence_lineage(
-            service=done.get("service") or self.service_name.lower().removesuffix(".io"),
+            service=done.get("service") or self.service_name,
             api_url=done.get("api_url", ""),
             account=self.connection_id(),
             sequence_id=self.sequence_id,

@@ -9,8 +9,8 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias, Context
 
 from airflow_provider_sequences.adapters.reply import ReplyAdapter, ReplyEnrolment
-from airflow_provider_sequences.hooks.reply import ReplyHook
-from airflow_provider_sequences.links import SequenceLink
+from airflow_provider_sequences.hooks.reply import ReplyHook, reply_sequence_id
+from airflow_provider_sequences.links import SequenceLink, SyncReportLink
 from airflow_provider_sequences.operators.base import SequenceSyncOperator
 
 
@@ -52,8 +52,9 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
     """
 
     template_fields: Sequence[str] = (*SequenceSyncOperator.template_fields, "start_from", "start_step_id")
-    operator_extra_links = (SequenceLink(),)
-    service_name = ReplyHook.hook_name
+    operator_extra_links = (SequenceLink(), SyncReportLink())
+    service_name = ReplyAdapter.service
+    display_name = ReplyHook.hook_name
     sequence_alias = AssetAlias(name="reply-sequences")
     sequence_asset = staticmethod(reply_sequence_asset)
 
@@ -96,6 +97,9 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
 
     def sequence_url(self) -> str:
         return f"{ReplyHook.web_url}/#/sequences/{self.sequence_id}"
+
+    def normalize_sequence_id(self, value: Any) -> int:
+        return reply_sequence_id(value)
 
     def make_adapter(self) -> ReplyAdapter:
         return ReplyAdapter(

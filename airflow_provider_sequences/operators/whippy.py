@@ -9,8 +9,9 @@ from typing import Any
 from airflow.sdk import Asset, AssetAlias, Context
 
 from airflow_provider_sequences.adapters.whippy import WhippyAdapter, WhippyEnrolment
+from airflow_provider_sequences.hooks.base import path_segment
 from airflow_provider_sequences.hooks.whippy import WhippyHook
-from airflow_provider_sequences.links import SequenceLink
+from airflow_provider_sequences.links import SequenceLink, SyncReportLink
 from airflow_provider_sequences.operators.base import SequenceSyncOperator
 from airflow_provider_sequences.triggers.whippy import WhippyEnrollmentTrigger
 
@@ -59,8 +60,9 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         "schedule_at",
         "custom_object_id",
     )
-    operator_extra_links = (SequenceLink(),)
-    service_name = WhippyHook.hook_name
+    operator_extra_links = (SequenceLink(), SyncReportLink())
+    service_name = WhippyAdapter.service
+    display_name = WhippyHook.hook_name
     sequence_alias = AssetAlias(name="whippy-sequences")
     sequence_asset = staticmethod(whippy_sequence_asset)
 
@@ -107,6 +109,11 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
 
     def sequence_url(self) -> str:
         return f"{WhippyHook.web_url}/sequences/{self.sequence_id}"
+
+    def normalize_sequence_id(self, value: Any) -> str:
+        text = super().normalize_sequence_id(value)
+        path_segment(text, "the Whippy sequence_id")  # refuses ids that would reach another path
+        return str(text)
 
     def make_adapter(self) -> WhippyAdapter:
         return WhippyAdapter(

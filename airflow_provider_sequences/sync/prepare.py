@@ -11,6 +11,7 @@ raises and never affects another row. No deduplication happens here: the caller 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
@@ -31,6 +32,7 @@ from airflow_provider_sequences.sync.emails import normalise_emails as normalise
 from airflow_provider_sequences.sync.masking import mask_quoted
 from airflow_provider_sequences.sync.phones import check_phone as check_phone
 from airflow_provider_sequences.sync.phones import normalise_phones as normalise_phones
+from airflow_provider_sequences.sync.source import UNDECODABLE_BYTES
 from airflow_provider_sequences.sync.text import (
     TEXT,
     Mask,
@@ -218,6 +220,9 @@ def prepare_chunk(frame: pd.DataFrame, spec: PrepareSpec, *, first_row: int) -> 
     """
     validate_column_map(spec.column_map, spec.rules)
     check_columns(list(frame.columns), spec)
+    used = dict.fromkeys([spec.key_column, *spec.column_map, *([spec.id_column] if spec.id_column else [])])
+    for name in used:
+        _check_scalars(frame[name], name, spec.rules.service)
     rules = spec.rules
     size = len(frame)
     rows = _Rows(size)
@@ -244,6 +249,24 @@ def prepare_chunk(frame: pd.DataFrame, spec: PrepareSpec, *, first_row: int) -> 
         outcomes.MISSING_KEY,
         lambda i: f"row {first_row + i} has no value in the key column {spec.key_column!r}",
     )
+    rows.reject(
+        _inexact(frame[spec.key_column]),
+        outcomes.INVALID_FIELD,
+        functools.partial(_inexact_detail, spec.key_column, first_row),
+    )
+    rows.reject(
+        _undecodable(key_text),
+        outcomes.MISSING_KEY,
+        lambda i: (
+            f"row {first_row + i} holds bytes that are not UTF-8 text in the key column {spec.key_column!r}"
+        ),
+    )
+    for source in spec.column_map:
+        rows.reject(
+            _undecodable(text_of(source)),
+            outcomes.INVALID_FIELD,
+            functools.partial(_bytes_detail, source),
+        )
 
     # 2. contact id
     ids: npt.NDArray[np.int64] | None = None
@@ -357,6 +380,73 @@ def prepare_chunk(frame: pd.DataFrame, spec: PrepareSpec, *, first_row: int) -> 
         rejected.append((str(key), reason, detail))
         rejected_rows.append(first_row + position)
     return Prepared(contacts=contacts, rejected=rejected, rejected_rows=rejected_rows)
+
+
+def _undecodable(text: pa.Array) -> Mask:
+    return bool_mask(pc.starts_with(text, UNDECODABLE_BYTES))
+
+
+def _bytes_detail(source: str, position: int) -> str:
+    return f"column {source!r} holds bytes that are not UTF-8 text; decode them in the source"
+
+
+#: Value kinds (``pandas.api.types.infer_dtype``) that cannot hold a nested value.
+_SCALAR_KINDS = frozenset(
+    {"empty", "string", "integer", "floating", "mixed-integer-float", "boolean", "decimal", "bytes"}
+    | {"datetime", "datetime64", "date", "time", "timedelta", "timedelta64", "period", "integer-na"}
+)
+
+
+def _check_scalars(column: pd.Series, name: str, service: str) -> None:
+    """Refuse a column of nested values (a Parquet struct or list, a JSON object): sent, they
+    would arrive as Python's text for them. No field of either service takes an object."""
+    if (
+        not pd.api.types.is_object_dtype(column.dtype)
+        or pd.api.types.infer_dtype(column, skipna=True) in _SCALAR_KINDS
+    ):
+        return
+    for position, value in enumerate(column.tolist()):
+        if isinstance(value, (dict, list, tuple, set, np.ndarray)):
+            kind = "an object (struct or map)" if isinstance(value, dict) else "a list"
+            raise ValueError(
+                f"column {name!r} holds nested values (row {position} holds {kind}), which no "
+                f"{service} field takes: flatten it in the source (one column per part, mapped to "
+                "fields such as address.city) or map another column"
+            )
+
+
+def _inexact(column: pd.Series) -> Mask:
+    """Where a key is a floating point number too large to be exact: beyond 2**53 (float64)
+    neighbouring whole numbers share one value, so two people could merge into one."""
+    dtype = column.dtype
+    if pd.api.types.is_float_dtype(dtype):
+        numpy_dtype = getattr(dtype, "numpy_dtype", dtype)
+        limit = 2.0 ** (np.finfo(numpy_dtype).nmant + 1)
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        with np.errstate(invalid="ignore"):
+            found: Mask = np.isfinite(values) & (np.abs(values) >= limit)
+        return found
+    kinds = ("string", "empty", "integer", "boolean", "bytes")
+    if pd.api.types.is_object_dtype(dtype) and pd.api.types.infer_dtype(column, skipna=True) not in kinds:
+        return np.fromiter(
+            (
+                isinstance(value, (float, np.floating))
+                and math.isfinite(value)
+                and abs(float(value)) >= 2.0**53
+                for value in column.tolist()
+            ),
+            dtype=bool,
+            count=len(column),
+        )
+    return np.zeros(len(column), dtype=bool)
+
+
+def _inexact_detail(key_column: str, first_row: int, position: int) -> str:
+    return (
+        f"row {first_row + position} has a key in column {key_column!r} stored as a floating point "
+        "number too large to be exact (beyond 2**53), so two keys could merge into one: cast the key "
+        "column to text (or a 64-bit integer) in the source"
+    )
 
 
 def _missing_detail(target: str, source: str, position: int) -> str:

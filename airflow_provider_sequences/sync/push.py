@@ -8,7 +8,12 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter
-from airflow_provider_sequences.exceptions import OutcomeUnknownError, SequencesApiError, SyncAbortedError
+from airflow_provider_sequences.exceptions import (
+    OutcomeUnknownError,
+    RetryWaitTooLongError,
+    SequencesApiError,
+    SyncAbortedError,
+)
 from airflow_provider_sequences.sync.outcomes import INVALID_INPUT, REQUEST_FAILED
 
 log = logging.getLogger(__name__)
@@ -83,9 +88,12 @@ class Pusher:
                 log.warning("A batch of %d failed after retries: %s", len(batch), exc)
                 outcome.merge(_all_failed(batch, REQUEST_FAILED, f"the request failed after retries: {exc}"))
                 return
-            self._refused = SyncAbortedError(
-                f"{exc.service} refused the request, so no batch can succeed: {exc}"
-            )
+            if isinstance(exc, RetryWaitTooLongError):
+                self._refused = SyncAbortedError(f"{exc.service} asked to wait too long: {exc}")
+            else:
+                self._refused = SyncAbortedError(
+                    f"{exc.service} refused the request, so no batch can succeed: {exc}"
+                )
             raise self._refused from exc
 
 

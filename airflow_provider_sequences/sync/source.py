@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import bz2
 import contextlib
+import csv
 import gzip
+import hashlib
 import io
 import itertools
 import json
@@ -101,7 +103,7 @@ def _read_sql(
                 return
             except errors as error:
                 raise SourceError(f"the source query failed: {_database_message(error)}") from error
-            yield _indexed_from_zero(frame)
+            yield _finished(frame, "the query's result")
 
 
 def _database_errors(connection: Any) -> tuple[type[BaseException], ...]:
@@ -216,7 +218,7 @@ def _read_file(
                 raise
             except _FILE_ERRORS as error:
                 raise SourceError(f"{describe}: {_file_reason(error)}") from error
-            yield _indexed_from_zero(frame)
+            yield _finished(frame, location)
 
 
 def _open_binary(path: Any, storage_options: dict[str, Any] | None) -> IO[bytes]:
@@ -260,6 +262,11 @@ def _decompressed(handle: IO[bytes], compression: str, location: str) -> IO[byte
 
 
 def _csv_chunks(handle: IO[bytes], chunk_size: int, location: str) -> Generator[pd.DataFrame, None, None]:
+    # pandas renames a second ``email`` column ``email.1``, silently: the header as written is
+    # read here first, then handed back to pandas with the rest of the file.
+    head = _csv_header(handle)
+    _check_unique(head[1], location)
+    handle = cast(IO[bytes], io.BufferedReader(_Replayed(head[0], handle)))
     try:
         # Only empty cells are missing: "NA" is Namibia and "None" can be a name; pandas'
         # default list of null markers would silently drop them.
@@ -270,6 +277,41 @@ def _csv_chunks(handle: IO[bytes], chunk_size: int, location: str) -> Generator[
         ) from error
     with reader:
         yield from reader
+
+
+def _csv_header(handle: IO[bytes]) -> tuple[bytes, list[str]]:
+    """The bytes read up to the header row (blank lines before it included) and its names."""
+    read = b""
+    while len(read) < 1 << 20:
+        line = handle.readline()
+        read += line
+        if not line or line.strip():
+            break
+    text = read.decode("utf-8-sig", "replace").strip()
+    if not text or text.count('"') % 2:
+        return read, []  # empty, or a header cell spanning lines: pandas reads it alone
+    return read, next(csv.reader([text]), [])
+
+
+class _Replayed(io.RawIOBase):
+    """``head`` and then the rest of ``rest``: a stream read from the start again."""
+
+    def __init__(self, head: bytes, rest: IO[bytes]) -> None:
+        self._head = memoryview(head)
+        self._rest = rest
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buffer: Any) -> int:
+        if self._head.nbytes:
+            size = min(len(buffer), self._head.nbytes)
+            buffer[:size] = self._head[:size]
+            self._head = self._head[size:]
+            return size
+        data = self._rest.read(len(buffer))
+        buffer[: len(data)] = data
+        return len(data)
 
 
 def _parquet_chunks(handle: IO[bytes], chunk_size: int) -> Generator[pd.DataFrame, None, None]:
@@ -361,12 +403,15 @@ def records_chunks(
     if records is None:
         return iter([pd.DataFrame()])
     if isinstance(records, pd.DataFrame):
-        return _dataframe_chunks(records, chunk_size)
-    if isinstance(records, Mapping):
-        return _column_chunks(_columns(records), chunk_size)
-    if isinstance(records, (str, bytes, bytearray)) or not isinstance(records, Iterable):
+        _check_unique(list(records.columns), "records")
+        chunks = _dataframe_chunks(records, chunk_size)
+    elif isinstance(records, Mapping):
+        chunks = _column_chunks(_columns(records), chunk_size)
+    elif isinstance(records, (str, bytes, bytearray)) or not isinstance(records, Iterable):
         raise SourceError(f"{_EXPECTED_RECORDS}; got {_type_name(records)}")
-    return _row_chunks(records, chunk_size)
+    else:
+        chunks = _row_chunks(records, chunk_size)
+    return (_finished(frame, "records") for frame in chunks)
 
 
 _EXPECTED_RECORDS = (
@@ -441,6 +486,46 @@ def _frame_from_rows(rows: list[Mapping[str, Any]]) -> pd.DataFrame:
 def _check_chunk_size(chunk_size: int) -> None:
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"chunk_size must be a positive whole number of rows, got {chunk_size!r}")
+
+
+#: What an undecodable ``bytes`` value becomes: text no source holds (U+FFFE is a
+#: noncharacter), so the prepare stage gives its row a reason instead of sending it.
+UNDECODABLE_BYTES = "\ufffeundecodable-bytes:"
+
+
+def _finished(frame: pd.DataFrame, location: str) -> pd.DataFrame:
+    """A frame as every reader yields it: names unique, ``bytes`` as text, indexed from 0."""
+    _check_unique(list(frame.columns), location)
+    for name in frame.columns:
+        column = frame[name]
+        if column.dtype == object and pd.api.types.infer_dtype(column, skipna=True) in ("bytes", "mixed"):
+            frame[name] = column.map(_bytes_text, na_action="ignore").astype(object)
+    return _indexed_from_zero(frame)
+
+
+def _bytes_text(value: Any) -> Any:
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        return value
+    data = bytes(value)
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return UNDECODABLE_BYTES + hashlib.blake2b(data, digest_size=8).hexdigest()
+
+
+def _check_unique(names: list[Any], location: str) -> None:
+    seen: set[str] = set()
+    doubled: list[str] = []
+    for name in names:
+        text = str(name)
+        if text in seen and text not in doubled:
+            doubled.append(text)
+        seen.add(text)
+    if doubled:
+        raise SourceError(
+            f"{location} has more than one column named {', '.join(map(repr, doubled))}: rename or "
+            "drop the extra ones, so that it is clear which one holds the data"
+        )
 
 
 def _indexed_from_zero(frame: pd.DataFrame) -> pd.DataFrame:
