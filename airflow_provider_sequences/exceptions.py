@@ -128,3 +128,22 @@ class SyncAbortedError(RuntimeError):
 
     Raised after every outcome so far was recorded, so a retry resumes where this stopped.
     """
+
+
+class ScopeBusyError(RuntimeError):
+    """Another run still syncs this sequence of this account after ``lock_timeout``; this
+    run sent nothing.
+
+    :param holder: the id of the run holding the scope.
+    """
+
+    def __init__(self, message: str, *, holder: str) -> None:
+        super().__init__(message)
+        self.holder = holder
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild_busy, (str(self), self.holder))
+
+
+def _rebuild_busy(message: str, holder: str) -> ScopeBusyError:
+    return ScopeBusyError(message, holder=holder)

@@ -27,6 +27,12 @@ _COMMON_FIELDS: dict[str, Any] = {
         900,
         "When the service asks to wait longer before retrying, the run stops; a later run resumes.",
     ),
+    "rate_limit_conn_id": {
+        "label": "Rate budget connection",
+        "schema": {"type": ["string", "null"]},
+        "description": "A postgres or redis connection holding this account's rate budget, shared by "
+        "every machine; empty: a file shared by this machine's processes.",
+    },
     "rate_limit_time_scale": _number(
         "Rate-limit time scale", 1, "Leave at 1. Simulators only: shortens the limit windows."
     ),
@@ -84,6 +90,12 @@ def get_provider_info() -> dict[str, Any]:
                         "schema": {"type": ["string", "null"]},
                         "description": "Act as this team member by email (X-User-Email), if no id is set.",
                     },
+                    "acting_team_id": {
+                        "label": "Acting team id",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "The team to act in (X-Team-Id): needed with an acting user email, "
+                        "or a key that reaches several teams.",
+                    },
                     "requests_per_minute": _number(
                         "Requests per minute", 100, "Reply allows 100 per user; lower it to leave room."
                     ),
@@ -103,6 +115,12 @@ def get_provider_info() -> dict[str, Any]:
                 "hook-class-name": "airflow_provider_sequences.hooks.whippy.WhippyHook",
                 "hook-name": "Whippy",
                 "conn-fields": {
+                    "organization_id": {
+                        "label": "Organization id",
+                        "schema": {"type": ["string", "null"]},
+                        "description": "Connections naming the same organization share its sync state "
+                        "and rate budget.",
+                    },
                     "sequence_writes_per_minute": _number(
                         "Sequence writes per minute", 10, "Whippy allows 10 per key on sequence endpoints."
                     ),

@@ -34,6 +34,7 @@ from airflow_provider_sequences.testing import (
     seed_reply_account,
     seed_whippy_account,
 )
+from airflow_provider_sequences.testing.base import check_behaviour
 from airflow_provider_sequences.testing.crm import crm_frame, write_crm_sqlite
 from airflow_provider_sequences.testing.dags import load_dag, run_dag, task_states, task_xcom
 
@@ -117,7 +118,14 @@ def demo() -> int:
     state_file = WORK / "airflow" / "sequence_sync_state.db"
     state_file.unlink(missing_ok=True)
 
-    with ReplySimulator() as reply, WhippySimulator(processing_delay=0.5) as whippy:
+    # As the services' own clients report the real servers answer (SIMULATOR_BEHAVIOUR=documented
+    # for the reference docs' answers).
+    behaviour = check_behaviour(os.environ.get("SIMULATOR_BEHAVIOUR", "observed"))
+    print(f"Simulators answer as {behaviour}")
+    with (
+        ReplySimulator(behaviour=behaviour) as reply,
+        WhippySimulator(processing_delay=0.5, behaviour=behaviour) as whippy,
+    ):
         reply_account = seed_reply_account(reply)
         whippy_account = seed_whippy_account(whippy)
         os.environ[connection_env_var("reply_default")] = connection_json(

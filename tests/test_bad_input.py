@@ -98,6 +98,9 @@ class World:
         kwargs.setdefault("max_not_processed_share", None)
         if "key_column" not in kwargs and "contact_id_column" not in kwargs:
             kwargs["key_column"] = "id"
+        if "contact_id_column" not in kwargs and "firstName" not in kwargs.get("column_map", {}).values():
+            # Reply imports need a first name; these tests' rows are about other things.
+            kwargs.setdefault("first_name_fallback", "there")
         return ReplyAddContactsToSequenceOperator(task_id=f"reply_{next(_run_ids)}", **kwargs)
 
     def whippy_op(self, **kwargs: Any) -> WhippyAddContactsToSequenceOperator:
@@ -177,7 +180,7 @@ def outcomes(result: dict[str, Any]) -> dict[str, tuple[str, str]]:
 
 
 def ok_row(i: int, **fields: Any) -> dict[str, Any]:
-    return {"id": f"ok{i}", "email": f"ok{i}@example.com", **fields}
+    return {"id": f"ok{i}", "email": f"ok{i}@example.com", "first": f"First{i}", **fields}
 
 
 # -- row errors: a not-processed outcome with the exact reason and detail ------------------------
@@ -305,7 +308,8 @@ def test_none_or_nan_in_every_field_is_a_missing_key_row(world: World, missing: 
         ok_row(n, phone=None, first=None, tier=None),
         dict.fromkeys(("id", "email", "phone", "first", "tier"), missing),
     ]
-    result = world.execute(world.reply_op(contacts=rows, column_map=REPLY_MAP))
+    # The first name too: the fallback stands in for it (Reply requires one).
+    result = world.execute(world.reply_op(contacts=rows, column_map=REPLY_MAP, first_name_fallback="there"))
 
     assert outcomes(result) == {"row:1": ("missingKey", "row 1 has no value in the key column 'id'")}
     check_accounting(result, {f"ok{n}", "row:1"})
@@ -457,7 +461,7 @@ def _reply_config_cases(
         "missing key column": (
             {**good, "key_column": "crm_id"},
             ValueError,
-            "the source has no column 'crm_id' (the key column); its columns are: id, email",
+            "the source has no column 'crm_id' (the key column); its columns are: id, email, first",
         ),
         "unknown field in column_map": (
             {**good, "column_map": {"email": "email", "shoe": "shoeSize"}},
@@ -638,9 +642,8 @@ def test_reply_refused_key_stops_the_run_before_sending(world: World, case: str)
             world.execute(world.reply_op(contacts=[ok_row(0)], column_map={"email": "email"}))
     seq = world.reply_account.sequence_id
     expected = {
-        "bad key (401)": (
-            f"Reply.io API GET /v3/sequences/{seq} failed: 401: the API key is missing, wrong or revoked"
-        ),
+        # The first request asks whoami for the account the key acts as (it names the state).
+        "bad key (401)": "Reply.io API GET /v3/whoami failed: 401: the API key is missing, wrong or revoked",
         "key without the read scope (403)": (
             f"Reply.io API GET /v3/sequences/{seq} failed: 403 auth.missingScope: "
             "this API key lacks the scope 'sequences:read'"

@@ -186,16 +186,15 @@ def test_whippy_lost_write_is_not_retried_blindly(whippy_simulator, whippy_accou
 
 
 @pytest.mark.usefixtures("reply_connection")
-def test_reply_lost_bulk_add_is_retried_and_reported_already_in_sequence(
-    reply_simulator, reply_account
-) -> None:
+def test_reply_lost_bulk_add_is_not_repeated(reply_simulator, reply_account) -> None:
+    # Reply's CLI: naming a member again may move it on; the caller reads the sequence instead.
     hook = ReplyHook()
-    contact_id = hook.import_contacts([{"email": "ada@example.com"}])["items"][0]["id"]
+    contact_id = hook.import_contacts([{"email": "ada@example.com", "firstName": "Ada"}])["items"][0]["id"]
     reply_simulator.faults.force("lost_response")
-    answer = hook.add_contacts_to_sequence(reply_account.sequence_id, [contact_id])
-    assert answer["added"] == []
-    assert list(answer["notProcessed"]) == [str(contact_id)]
+    with pytest.raises(OutcomeUnknownError):
+        hook.add_contacts_to_sequence(reply_account.sequence_id, [contact_id])
     assert reply_simulator.enrolments == {(reply_account.sequence_id, contact_id): 1}
+    assert [r.fault for r in reply_simulator.requests if r.path.endswith("/bulk")] == ["lost_response"]
 
 
 def test_the_key_never_reaches_logs_or_exceptions(

@@ -23,17 +23,24 @@ import pytest
 from airflow_provider_sequences.hooks.reply import ReplyHook
 from airflow_provider_sequences.operators.reply import ReplyAddContactsToSequenceOperator
 from airflow_provider_sequences.testing import (
+    FaultPlan,
     ReplyAccount,
     ReplySimulator,
     RequestRecord,
     connection_env_var,
     connection_json,
 )
+from airflow_provider_sequences.testing.base import BEHAVIOURS
 from airflow_provider_sequences.testing.crm import crm_frame, write_crm_sqlite
 from airflow_provider_sequences.testing.dags import load_dag, run_dag, task_states, task_xcom
 from tests.dag_files import REPLY_OPERATOR, write_operator_dag
 
-pytestmark = pytest.mark.usefixtures("reply_connection")
+# Every test runs against both behaviours of the simulator: as Reply's reference documents it,
+# and as Reply's own CLI reports the real server answers.
+pytestmark = [
+    pytest.mark.usefixtures("reply_connection"),
+    pytest.mark.parametrize("simulator_behaviour", BEHAVIOURS),
+]
 
 TASK = "enrol"
 IMPORT = "/v3/contacts/import"
@@ -72,6 +79,9 @@ class ReplyWorld:
         """Write a DAG with one Reply task (defaults: the account's sequence, this test's state)."""
         kwargs.setdefault("sequence_id", self.account.sequence_id)
         kwargs.setdefault("state_conn_id", STATE_CONN)
+        if "firstName" not in kwargs.get("column_map", {}).values() and "contact_id_column" not in kwargs:
+            # Reply imports need a first name; these tests' rows are about other things.
+            kwargs.setdefault("first_name_fallback", "there")
         dag_id = self.dag_id + suffix
         write_operator_dag(self.folder, dag_id, REPLY_OPERATOR, task_id=TASK, **kwargs)
         return load_dag(dag_id, self.folder)
@@ -142,8 +152,10 @@ def check_accounting(result: dict[str, Any], keys: set[str] | None = None) -> No
 
 
 def check_enrolled(world: ReplyWorld, result: dict[str, Any], email_of: dict[str, str]) -> None:
-    """The simulator enrolled exactly the added keys' contacts, each once."""
+    """The simulator enrolled exactly the added keys' contacts, each once, and no bulk add
+    named a contact already in the sequence."""
     assert world.enrolled_emails() == Counter({email_of[key]: 1 for key in result["added"]})
+    assert world.sim.readds == {}
 
 
 # -- sources ------------------------------------------------------------------------------------
@@ -304,10 +316,19 @@ def test_rows_rejected_before_sending_and_by_the_import(world: ReplyWorld) -> No
         "reason": "fieldTooLong",
         "detail": "firstName is 300 characters; Reply accepts at most 255",
     }
-    assert not_processed["crm-7"] == {
-        "reason": "invalidInput",
-        "detail": "Reply could not import this contact: a contact with this email belongs to another user",
-    }
+    if world.sim.observed:
+        # Reply skips the email a teammate's contact holds and names that contact: never added.
+        assert not_processed["crm-7"] == {
+            "reason": "contactSkipped",
+            "detail": "Reply's import skipped this contact (contactOwnedByTeammate)",
+        }
+        assert world.sim.foreign_adds == {}
+    else:
+        assert not_processed["crm-7"] == {
+            "reason": "invalidInput",
+            "detail": "Reply could not import this contact: "
+            "a contact with this email belongs to another user",
+        }
     check_accounting(result, {"crm-1", "row:1", "crm-3", "crm-4", "crm-5", "crm-6", "crm-7"})
     check_enrolled(world, result, {"crm-1": "ok@example.com"})
     # Rows rejected by prepare never reach the API: the import carries the two others only.
@@ -326,6 +347,9 @@ def test_rows_with_contact_ids_and_the_services_own_reasons(world: ReplyWorld) -
     theirs = sim.add_contact("theirs@example.com", owner_user_id=colleague)
     # Someone enrolled this contact by hand before the run.
     assert ReplyHook().add_contacts_to_sequence(sequence, [already])["added"] == [already]
+    if sim.observed:
+        # Observed, the plan limit refuses the whole request (see the test of its own below).
+        sim.state.contact_limit = None
     seen = len(sim.requests)
     rows: list[dict[str, Any]] = [
         {"crm_id": "crm-ok1", "reply_id": ok1},
@@ -349,6 +373,29 @@ def test_rows_with_contact_ids_and_the_services_own_reasons(world: ReplyWorld) -
 
     assert run.states[TASK] == "success"
     result = run.result
+    already_detail = (
+        f"contact {already} is already in Reply sequence {sequence} (read from the sequence before "
+        "sending); not sent again"
+    )
+    if sim.observed:
+        # Every refusal is the same invalidInput; the member was read first and never sent.
+        assert sorted(result["added"]) == ["crm-ok1", "crm-ok2", "crm-over"]
+        refused = {"reason": "invalidInput", "detail": "Contact could not be added to sequence"}
+        assert result["not_processed"] == {
+            "crm-empty": {"reason": "invalidContactId", "detail": "the id column 'reply_id' is empty"},
+            "crm-abc": {
+                "reason": "invalidContactId",
+                "detail": "contact id 'abc' in column 'reply_id' is not a positive integer",
+            },
+            "crm-ghost": refused,
+            "crm-theirs": refused,
+            "crm-flagged": refused,
+            "crm-already": {"reason": "contactAlreadyInSequence", "detail": already_detail},
+        }
+        assert world.enrolled_ids() == Counter({already: 1, ok1: 1, ok2: 1, over: 1})
+        assert [(r.path, r.items) for r in world.writes(seen)] == [(world.bulk_path, 6)]
+        assert sim.readds == {}
+        return
     assert sorted(result["added"]) == ["crm-ok1", "crm-ok2"]
     user = owner
     assert result["not_processed"] == {
@@ -363,10 +410,7 @@ def test_rows_with_contact_ids_and_the_services_own_reasons(world: ReplyWorld) -
             "detail": f"user {user} may not act for the owner of contact {theirs}",
         },
         "crm-flagged": {"reason": "invalidInput", "detail": f"contact {flagged} is marked invalid"},
-        "crm-already": {
-            "reason": "contactAlreadyInSequence",
-            "detail": f"contact {already} is already in sequence {sequence}",
-        },
+        "crm-already": {"reason": "contactAlreadyInSequence", "detail": already_detail},
         "crm-over": {
             "reason": "contactLimitExceeded",
             "detail": "the plan allows 3 contacts in sequences",
@@ -375,8 +419,9 @@ def test_rows_with_contact_ids_and_the_services_own_reasons(world: ReplyWorld) -
     check_accounting(result, {row["crm_id"] for row in rows})
     # The hand enrolment stays the only one of "already"; the run added exactly its two.
     assert world.enrolled_ids() == Counter({already: 1, ok1: 1, ok2: 1})
-    # Rows with ids go straight to one bulk add: no import.
-    assert [(r.path, r.items) for r in world.writes(seen)] == [(world.bulk_path, 7)]
+    # Rows with ids go straight to one bulk add: no import, and not the member.
+    assert [(r.path, r.items) for r in world.writes(seen)] == [(world.bulk_path, 6)]
+    assert sim.readds == {}
     assert result["stats"]["write_requests"] == 1
 
 
@@ -396,8 +441,9 @@ def test_a_batch_that_fails_after_retries_is_request_failed_and_retried_next_run
         batch_size=2,
         max_not_processed_share=None,
     )
-    # The preflight read passes; both attempts of the first bulk add meet a 500.
-    world.sim.faults.force(None, "server_error", "server_error")
+    # whoami (the account), the preflight read and the read of the sequence's contacts (the
+    # state is new) pass; both attempts of the first bulk add meet a 500.
+    world.sim.faults.force(None, None, None, "server_error", "server_error")
     run = world.run(dag)
 
     assert run.states[TASK] == "success"
@@ -507,8 +553,9 @@ def test_a_batch_the_import_rejects_whole_is_split_until_the_bad_row_stands_alon
 def test_a_lost_answer_to_the_bulk_add_still_ends_added_once(world: ReplyWorld) -> None:
     emails = ["ada@example.com", "grace@example.com", "alan@example.com"]
     dag = world.dag(upstream_rows=[{"email": e} for e in emails], column_map={"email": "email"})
-    # Requests: the preflight read, the import, then the bulk add, whose answer is lost.
-    world.sim.faults.force(None, None, "lost_response")
+    # Requests: whoami (the account), the preflight read, the import, the read of the sequence's
+    # contacts (the state is new), then the bulk add, whose answer is lost.
+    world.sim.faults.force(None, None, None, None, "lost_response")
     run = world.run(dag)
 
     assert run.states[TASK] == "success"
@@ -517,12 +564,11 @@ def test_a_lost_answer_to_the_bulk_add_still_ends_added_once(world: ReplyWorld) 
     assert result["not_processed"] == {}
     check_accounting(result, set(emails))
     check_enrolled(world, result, {e: e for e in emails})
-    assert [(r.path, r.fault) for r in world.writes()] == [
-        (IMPORT, None),
-        (world.bulk_path, "lost_response"),
-        (world.bulk_path, None),
-    ]
-    assert result["stats"]["write_requests"] == 3
+    # The bulk add is not sent again: reading the sequence shows its contacts in it.
+    assert [(r.path, r.fault) for r in world.writes()] == [(IMPORT, None), (world.bulk_path, "lost_response")]
+    assert result["stats"]["write_requests"] == 2
+    contacts_path = f"/v3/sequences/{world.account.sequence_id}/contacts"
+    assert [r.path for r in world.sim.requests].count(contacts_path) == 2  # before, and after the loss
 
 
 def test_new_contacts_with_emails_cost_two_writes_per_batch(world: ReplyWorld, tmp_path, monkeypatch) -> None:
@@ -763,3 +809,137 @@ def test_the_example_dags_import_without_errors(airflow_db) -> None:
     assert task.sequence_id == "{{ params.sequence_id }}"
     assert "start_from" in task.template_fields
     assert set(nightly.task_ids) == {"enrol_new_leads", "report"}
+
+
+# -- what Reply's own CLI reports about the real server ------------------------------------------
+
+
+def test_a_quarter_of_the_answers_lost_ends_with_everyone_added_once(world: ReplyWorld) -> None:
+    """The issue's night: 2,400 new contacts, a quarter of the answers lost on the way back.
+    Contacts a lost answer enrolled are added, never data failures, and nobody is named in a
+    bulk add twice (observed, Reply refuses a member as invalidInput or moves it on)."""
+    rows = [
+        {"crm_id": f"crm-{i}", "email": f"lead{i}@example.com", "first_name": f"Lead{i}"}
+        for i in range(2_400)
+    ]
+    email_of = {row["crm_id"]: row["email"] for row in rows}
+    dag = world.dag(
+        upstream_rows=rows,
+        key_column="crm_id",
+        column_map={"email": "email", "first_name": "firstName"},
+        batch_size=200,
+        max_not_processed_share=None,
+    )
+    world.sim.faults.configure(FaultPlan(seed=7, lost_response_rate=0.25))
+    added: set[str] = set()
+    for _night in range(3):
+        run = world.run(dag)
+        assert run.states[TASK] == "success"
+        check_accounting(run.result)
+        added |= set(run.result["added"])
+        # What is not processed is a request to retry, never a verdict on the contact.
+        assert {o["reason"] for o in run.result["not_processed"].values()} <= {"requestFailed"}
+        if not run.result["not_processed"]:
+            break
+    assert {r.fault for r in world.sim.requests} >= {"lost_response"}
+    assert added == set(email_of)
+    assert world.enrolled_emails() == Counter(dict.fromkeys(email_of.values(), 1))
+    assert world.sim.readds == {}
+
+
+@pytest.mark.parametrize("start_step", [None, 2], ids=["first-step", "second-step"])
+def test_a_first_night_on_a_sequence_with_members_sends_them_nothing(world: ReplyWorld, start_step) -> None:
+    sim, owner, sequence = world.sim, world.account.user_id, world.account.sequence_id
+    members = [
+        sim.add_contact(f"member{i}@example.com", owner_user_id=owner, firstName="M") for i in range(3)
+    ]
+    # Enrolled by hand before the sync's first night, at the first step.
+    assert sorted(ReplyHook().add_contacts_to_sequence(sequence, members)["added"]) == members
+    steps = [step["id"] for step in ReplyHook().list_steps(sequence)]
+    rows = [{"email": f"member{i}@example.com", "first_name": "Member"} for i in range(3)]
+    rows += [{"email": f"new{i}@example.com", "first_name": "New"} for i in range(5)]
+    kwargs: dict[str, Any] = {"start_step_id": steps[start_step - 1]} if start_step else {}
+    dag = world.dag(upstream_rows=rows, column_map={"email": "email", "first_name": "firstName"}, **kwargs)
+    seen = len(sim.requests)
+    run = world.run(dag)
+
+    # The members are where they should be: reported so, not failures, not sent.
+    assert run.states[TASK] == "success"
+    result = run.result
+    assert sorted(result["added"]) == [f"new{i}@example.com" for i in range(5)]
+    assert {k: o["reason"] for k, o in result["not_processed"].items()} == {
+        f"member{i}@example.com": "contactAlreadyInSequence" for i in range(3)
+    }
+    check_accounting(result, {row["email"] for row in rows})
+    assert sim.readds == {}
+    assert sim.moves == {}
+    # One read of the sequence's contacts, a page, before the first bulk add.
+    contacts_path = f"/v3/sequences/{sequence}/contacts"
+    assert [r.path for r in sim.requests[seen:]].count(contacts_path) == 1
+    assert [(r.path, r.items) for r in world.writes(seen)] == [(IMPORT, 8), (world.bulk_path, 5)]
+
+    # A later night: a teammate enrolled one more by hand. With a start step the sync reads the
+    # sequence first again, so the member is never moved on; without one, Reply's refusal of it
+    # is read as what it is.
+    late = sim.add_contact("late@example.com", owner_user_id=owner, firstName="L")
+    assert ReplyHook().add_contacts_to_sequence(sequence, [late])["added"] == [late]
+    dag = world.dag(
+        upstream_rows=[*rows, {"email": "late@example.com", "first_name": "Late"}],
+        column_map={"email": "email", "first_name": "firstName"},
+        **kwargs,
+    )
+    again = world.run(dag)
+    assert again.states[TASK] == "success"
+    assert again.result["added"] == []
+    assert again.result["not_processed"]["late@example.com"]["reason"] == "contactAlreadyInSequence"
+    assert sim.moves == {}
+    if start_step:
+        assert sim.readds == {}
+    enrolled = world.enrolled_ids()
+    assert set(enrolled.values()) == {1}
+    assert len(enrolled) == 9
+
+
+def test_rows_without_a_first_name_are_refused_before_anything_is_sent(world: ReplyWorld) -> None:
+    rows = [
+        {"email": "ada@example.com", "first_name": "Ada"},
+        {"email": "anon@example.com", "first_name": "  "},
+        {"email": "none@example.com", "first_name": None},
+    ]
+    dag = world.dag(upstream_rows=rows, column_map={"email": "email", "first_name": "firstName"})
+    run = world.run(dag)
+
+    result = task_xcom(run.dag_run, TASK)
+    assert result["added"] == ["ada@example.com"]
+    assert result["not_processed"] == {
+        email: {"reason": "missingField", "detail": "firstName is empty (column 'first_name')"}
+        for email in ("anon@example.com", "none@example.com")
+    }
+    assert [(r.path, r.items) for r in world.writes()] == [(IMPORT, 1), (world.bulk_path, 1)]
+
+    # The opt-in fallback imports them with it instead (rows refused earlier for their data are
+    # sent again when their data changes, or with full_resync).
+    fallback = world.dag(
+        "_fallback",
+        upstream_rows=rows,
+        column_map={"email": "email", "first_name": "firstName"},
+        first_name_fallback="there",
+        full_resync=True,
+    )
+    again = world.run(fallback)
+    assert sorted(again.result["added"]) == ["ada@example.com", "anon@example.com", "none@example.com"]
+    assert world.sim.readds == {}
+    anon = world.sim.contact_by_email("anon@example.com")
+    assert anon is not None
+    assert anon["firstName"] == "there"
+
+
+def test_a_column_map_without_a_first_name_is_a_clear_configuration_error() -> None:
+    from airflow_provider_sequences.adapters.reply import ReplyAdapter
+
+    operator = ReplyAddContactsToSequenceOperator(
+        task_id=TASK, sequence_id=1001, contacts=[], column_map={"email": "email"}
+    )
+    adapter = ReplyAdapter(ReplyHook(), 1001)
+    with pytest.raises(ValueError, match="column_map maps no column to 'firstName': Reply requires"):
+        operator.prepare_spec(adapter)

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import pytest
 import sqlalchemy as sa
 
+from airflow_provider_sequences.hooks.reply import ReplyHook
 from airflow_provider_sequences.testing import ReplyAccount, ReplySimulator, connection_env_var
 from airflow_provider_sequences.testing.crm import crm_frame
 from airflow_provider_sequences.testing.dags import load_dag, run_dag, task_states, task_xcom
@@ -61,7 +62,7 @@ def test_two_nights_from_postgres_with_state_in_postgres(
 ) -> None:
     engine, schema = pg_schema
     monkeypatch.setenv(connection_env_var("crm_pg"), _pg_connection(postgres_url))
-    # The state table is shared by the database's tests: this run's rows are its connection's.
+    # The state table is shared by the database's tests: this run's rows are its account's.
     reply_conn = f"reply_{schema}"
     monkeypatch.setenv(connection_env_var(reply_conn), os.environ[connection_env_var(reply_connection)])
     export = crm_frame(300, seed=5, bad_share=0.0)
@@ -111,9 +112,9 @@ def test_two_nights_from_postgres_with_state_in_postgres(
             connection.execute(
                 sa.text(
                     "SELECT status, count(*) FROM sequence_sync_state"
-                    " WHERE connection_id = :conn GROUP BY status"
+                    " WHERE account = :account GROUP BY status"
                 ),
-                {"conn": reply_conn},
+                {"account": ReplyHook(reply_conn).account},
             ).all()
         )
     assert counts == {"added": 305}

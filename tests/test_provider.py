@@ -44,7 +44,13 @@ def test_connection_forms_declare_key_url_limits_and_acting_user() -> None:
 
     manager = ProvidersManager()
     widgets = manager.connection_form_widgets
-    for field in ("acting_user_id", "acting_user_email", "requests_per_minute", "requests_per_hour"):
+    for field in (
+        "acting_user_id",
+        "acting_user_email",
+        "acting_team_id",
+        "requests_per_minute",
+        "requests_per_hour",
+    ):
         assert f"extra__reply__{field}" in widgets
     for field in ("sequence_writes_per_minute", "requests_per_second", "timeout"):
         assert f"extra__whippy__{field}" in widgets

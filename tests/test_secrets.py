@@ -123,11 +123,11 @@ def test_no_key_leaks_from_either_operator(
             params={"sequence_id": reply_account.sequence_id},
             sequence_id="{{ params.sequence_id }}",
             contacts=[
-                {"id": "1", "email": "ada@example.com"},
-                {"id": "2", "email": "grace@example.com"},
-                {"id": "3", "email": "not-an-email"},
+                {"id": "1", "email": "ada@example.com", "first": "Ada"},
+                {"id": "2", "email": "grace@example.com", "first": "Grace"},
+                {"id": "3", "email": "not-an-email", "first": "Typo"},
             ],
-            column_map={"email": "email"},
+            column_map={"email": "email", "first": "firstName"},
             key_column="id",
             state_conn_id=STATE_CONN,
         )

@@ -126,6 +126,11 @@ def assert_old_reasons(now: dict[str, Any], before: dict[str, Any]) -> None:
         assert outcome["detail"].startswith(before[key]["detail"])
 
 
+def manifest_rows(before: dict[str, list[tuple[Any, ...]]], service: str) -> int:
+    """How many state rows of ``service`` the 0.1.0 state held."""
+    return sum(1 for row in before["sequence_sync_state"] if row[0] == service)
+
+
 def writes(sim: Any) -> int:
     return sum(1 for request in sim.requests if request.method == "POST")
 
@@ -156,7 +161,9 @@ def test_a_0_1_0_state_upgrades_and_its_unchanged_night_sends_nobody(
             connection_env_var("reply_default"), connection_json("reply", sim.url, account.api_key)
         )
         rename_scope(engine, manifest["reply"]["sequence_id"], str(account.sequence_id))
-        state = SyncState(engine, Scope("reply", "reply_default", str(account.sequence_id)))
+        # 0.1.0 kept the state under the connection id: the first run on the account maps it.
+        state = SyncState(engine, Scope("reply", ReplyHook().account, str(account.sequence_id)))
+        assert state.merge_scope("reply_default") == manifest_rows(before, "reply")
         result = night(ReplyAdapter(ReplyHook(), account.sequence_id), REPLY_ROWS, REPLY_MAP, state)
         assert writes(sim) == 0
     assert result["stats"]["write_requests"] == 0
@@ -186,7 +193,8 @@ def test_a_0_1_0_state_upgrades_and_its_unchanged_night_sends_nobody(
         sent_before = writes(sim)
 
         rename_scope(engine, manifest["whippy"]["sequence_id"], whippy.sequence_id)
-        state = SyncState(engine, Scope("whippy", "whippy_default", whippy.sequence_id))
+        state = SyncState(engine, Scope("whippy", WhippyHook().account, whippy.sequence_id))
+        assert state.merge_scope("whippy_default") == manifest_rows(before, "whippy")
         adapter = WhippyAdapter(WhippyHook(), whippy.sequence_id, enrolment=enrolment, poll_interval=0.1)
         result = night(adapter, WHIPPY_ROWS, WHIPPY_MAP, state)
         assert writes(sim) == sent_before
@@ -291,8 +299,8 @@ def test_workers_that_start_together_upgrade_the_state_once(
         for worker in workers:
             worker.start()
         for worker in workers:
-            worker.join(timeout=120)
-        assert sorted(results.get(timeout=5) for _ in workers) == ["ok"] * 4
+            worker.join(timeout=280)
+        assert sorted(results.get(timeout=30) for _ in workers) == ["ok"] * 4
         engine = create_state_engine(url)
         with engine.connect() as connection:
             assert schema.current(connection) == schema.head()

@@ -68,8 +68,10 @@ class ServiceAdapter(ABC):
     service: ClassVar[str]
     #: The largest batch the service accepts in one call.
     max_batch_size: ClassVar[int]
-    #: Whether sending a batch again is harmless when an earlier send may have been applied
-    #: (Reply answers "already in sequence"; Whippy would message people again).
+    #: Whether the adapter may be handed again a batch an earlier send may have applied, as
+    #: ``resent_keys`` (Reply reads the sequence and sends only those not in it); when False
+    #: the engine reads such keys back first (:meth:`confirm`) and sends only those not found
+    #: (Whippy would message people again).
     resend_is_safe: ClassVar[bool] = True
     #: Contact fields the service matches an incoming contact to an existing one by: rows of
     #: one run sharing a value would become one contact, so the run sends the first only.
@@ -88,6 +90,12 @@ class ServiceAdapter(ABC):
     def preflight(self) -> None:
         """Check the settings against the service with reads only; raise
         :class:`~airflow_provider_sequences.exceptions.SyncConfigurationError` when they cannot work."""
+
+    def start(self, *, fresh_state: bool) -> None:
+        """Called once before a run sends anything. ``fresh_state``: the sync state holds
+        nothing about this sequence (a first night, or a state deleted), so contacts already
+        in it were not put there by an earlier run."""
+        return None  # most adapters need nothing
 
     @abstractmethod
     def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:

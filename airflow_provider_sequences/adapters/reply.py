@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar
 
 import pandas as pd
 
-from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter, column_values
-from airflow_provider_sequences.exceptions import SequencesApiError, SyncConfigurationError
+from airflow_provider_sequences.adapters.base import BatchOutcome, Identity, ServiceAdapter, column_values
+from airflow_provider_sequences.exceptions import (
+    OutcomeUnknownError,
+    SequencesApiError,
+    SyncConfigurationError,
+)
 from airflow_provider_sequences.hooks.base import describe_shape
 from airflow_provider_sequences.hooks.reply import REPLY_MAX_BULK_IDS, ReplyHook, reply_sequence_id
 from airflow_provider_sequences.sync.outcomes import (
     CONTACT_ALREADY_IN_SEQUENCE,
+    CONTACT_LIMIT_EXCEEDED,
+    CONTACT_SKIPPED,
     INVALID_INPUT,
     REQUEST_FAILED,
 )
@@ -38,8 +45,16 @@ REPLY_CONTACT_FIELDS = frozenset(
 CUSTOM_FIELDS = "customFields"
 
 
-def reply_rules(*, with_contact_ids: bool) -> FieldRules:
-    """Reply's fields; rows that carry contact ids need no email."""
+def reply_rules(*, with_contact_ids: bool, first_name_required: bool = True) -> FieldRules:
+    """Reply's fields; rows that carry contact ids need no email. Rows that are imported need
+    a ``firstName`` too (Reply's CLI: the import refuses an item without one), unless a
+    fallback fills it (``first_name_required=False``)."""
+    if with_contact_ids:
+        required: frozenset[str] = frozenset()
+    elif first_name_required:
+        required = frozenset({"email", "firstName"})
+    else:
+        required = frozenset({"email"})
     return FieldRules(
         known_fields=REPLY_CONTACT_FIELDS,
         prefixes=frozenset({CUSTOM_FIELDS}),
@@ -47,14 +62,15 @@ def reply_rules(*, with_contact_ids: bool) -> FieldRules:
         phone_fields=frozenset({"phone"}),
         integer_fields=frozenset(),
         max_length=255,
-        required=frozenset() if with_contact_ids else frozenset({"email"}),
+        required=required,
         service="Reply",
     )
 
 
-def contact_items(batch: pd.DataFrame) -> list[dict[str, Any]]:
+def contact_items(batch: pd.DataFrame, *, first_name_fallback: str | None = None) -> list[dict[str, Any]]:
     """Prepared rows as import items: plain fields, and ``customFields.<name>`` as a list;
-    missing values are left out. Built column by column: this runs for every contact."""
+    missing values are left out, but a missing ``firstName`` becomes ``first_name_fallback``
+    when one is given. Built column by column: this runs for every contact."""
     plain = [c for c in batch.columns if c in REPLY_CONTACT_FIELDS]
     custom = [c for c in batch.columns if c.startswith(CUSTOM_FIELDS + ".")]
     items: list[dict[str, Any]]
@@ -75,6 +91,10 @@ def contact_items(batch: pd.DataFrame) -> list[dict[str, Any]]:
             if value is not None:
                 # Column by column keeps each item's custom fields in column order.
                 item.setdefault(CUSTOM_FIELDS, []).append({"name": name, "value": value})
+    if first_name_fallback:
+        for item in items:
+            if not item.get("firstName"):
+                item["firstName"] = first_name_fallback
     return items
 
 
@@ -86,15 +106,25 @@ def _error_slug(error: Any) -> tuple[str, str]:
     return str(error or INVALID_INPUT), ""
 
 
+#: Import statuses that give a contact the sync may enrol (Reply's reference writes them
+#: capitalised, its CLI reports them lowercase, with ``restored``).
+_IMPORTED = frozenset({"created", "updated", "restored"})
+
+
 @dataclass(frozen=True)
 class ReplyEnrolment:
-    """How contacts are added to the sequence (the bulk add's options)."""
+    """How contacts are added to the sequence (the bulk add's options), and imported.
+
+    :param first_name_fallback: the ``firstName`` imported for rows without one (Reply
+        requires one on every imported contact); ``None``: such rows are ``missingField``.
+    """
 
     remove_from_existing: bool = False
     start_step_id: int | None = None
     ignore_step_delay: bool = False
     start_from: datetime | str | None = None
     overwrite_existing: bool = False
+    first_name_fallback: str | None = None
 
 
 class ReplyAdapter(ServiceAdapter):
@@ -103,6 +133,16 @@ class ReplyAdapter(ServiceAdapter):
     Rows that carry Reply contact ids go straight to the bulk add (one request per 1,000).
     Rows that carry emails are first imported in bulk (an upsert matched by email) to get
     their ids, then bulk-added: two requests per 1,000, never one per contact.
+
+    A contact already in the sequence is never named in a bulk add again: Reply's CLI reports
+    that a later start step then moves it forward, and that the refusal of any other re-add
+    is the same ``invalidInput`` as a bad contact's. So the adapter reads the sequence's
+    contacts (one paged read, kept for the run and updated with what it adds) before the first
+    bulk add of a run on a sequence the state knows nothing of, of a run with
+    ``start_step_id``, or of a batch with keys an earlier attempt may have sent; and after an
+    answer that refused contacts as ``invalidInput``, to tell members from bad contacts. A
+    bulk add whose answer was lost is not repeated: its keys are pending, and :meth:`confirm`
+    reads the sequence again at the end of the run and sends only those not in it.
 
     :param hook: the Reply hook.
     :param sequence_id: the sequence to enrol into.
@@ -125,8 +165,17 @@ class ReplyAdapter(ServiceAdapter):
         self.sequence_id = reply_sequence_id(sequence_id)
         self.enrolment = enrolment or ReplyEnrolment()
         self.with_contact_ids = with_contact_ids
-        self._rules = reply_rules(with_contact_ids=with_contact_ids)
+        self._rules = reply_rules(
+            with_contact_ids=with_contact_ids,
+            first_name_required=not self.enrolment.first_name_fallback,
+        )
         self.sequence_name: str | None = None
+        #: Contact ids in the sequence, once read (then kept up to date with this run's adds).
+        self._members: set[int] | None = None
+        self._members_first = self.enrolment.start_step_id is not None
+        self._limit_reached: str | None = None
+        #: Paged reads of the sequence's contacts this adapter made.
+        self.member_reads = 0
 
     def preflight(self) -> None:
         try:
@@ -138,19 +187,50 @@ class ReplyAdapter(ServiceAdapter):
                 ) from None
             raise
         self.sequence_name = sequence.get("name")
-        steps = [int(step["id"]) for step in sequence.get("steps") or [] if "id" in step]
+        name = f"Reply sequence {self.sequence_id} ({self.sequence_name!r})"
+        if sequence.get("isArchived") is True:
+            # Reply's CLI refuses archived sequences before writing; the server may not.
+            raise SyncConfigurationError(f"{name} is archived: restore it in Reply or choose another")
+        raw_steps = sequence.get("steps")
+        steps = [int(step["id"]) for step in raw_steps or [] if isinstance(step, dict) and "id" in step]
+        if isinstance(raw_steps, list) and not raw_steps:
+            raise SyncConfigurationError(f"{name} has no steps: add one in Reply before enrolling contacts")
         start_step = self.enrolment.start_step_id
         if start_step is not None and steps and int(start_step) not in steps:
             raise SyncConfigurationError(
-                f"start_step_id {start_step} is not a step of Reply sequence {self.sequence_id} "
-                f"({self.sequence_name!r}); its steps are {steps}"
+                f"start_step_id {start_step} is not a step of {name}; its steps are {steps}"
             )
+
+    def start(self, *, fresh_state: bool) -> None:
+        self._members_first = fresh_state or self.enrolment.start_step_id is not None
 
     def is_row_error(self, error: SequencesApiError) -> bool:
         # Errors pinned to one item or id are about rows; others (startStepId, startFrom) are
         # about the request and would fail every batch.
         fields = [e.get("field") or "" for e in error.errors]
         return bool(fields) and all(f.startswith(("items[", "contactIds[")) for f in fields)
+
+    def identity(self, row: Mapping[str, Any]) -> Identity | None:
+        contact_id = row.get("id")
+        return {"id": int(contact_id)} if contact_id is not None and not pd.isna(contact_id) else None
+
+    # -- the sequence's contacts -----------------------------------------------------------
+
+    def members(self, *, fresh: bool = False) -> set[int]:
+        """Contact ids in the sequence: read once (every page), then kept with this run's adds."""
+        if self._members is None or fresh:
+            self.member_reads += 1
+            members: set[int] = set()
+            for item in self.hook.iter_sequence_contacts(self.sequence_id):
+                contact_id = item.get("contactId") if isinstance(item, dict) else None
+                if isinstance(contact_id, int) and not isinstance(contact_id, bool):
+                    members.add(contact_id)
+                elif isinstance(contact_id, str) and contact_id.isdigit():
+                    members.add(int(contact_id))
+            self._members = members
+        return self._members
+
+    # -- push ------------------------------------------------------------------------------
 
     def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
         outcome = BatchOutcome()
@@ -166,21 +246,68 @@ class ReplyAdapter(ServiceAdapter):
         for key, contact_id in zip(keys, ids, strict=True):
             if contact_id is not None and key_by_id.setdefault(contact_id, key) != key:
                 same_contact[key] = contact_id
-        if not key_by_id:
-            return outcome
-        uncertain_before = self.hook.uncertain_retries
-        answer = self.hook.add_contacts_to_sequence(
-            self.sequence_id,
-            list(key_by_id),
-            remove_from_existing=self.enrolment.remove_from_existing,
-            start_step_id=self.enrolment.start_step_id,
-            ignore_step_delay=self.enrolment.ignore_step_delay,
-            start_from=self.enrolment.start_from,
-        )
-        # After a lost answer was retried, "already in the sequence" means this run added it.
-        retried = self.hook.uncertain_retries > uncertain_before
+        if key_by_id and (self._members_first or not resent_keys.isdisjoint(key_by_id.values())):
+            self._settle_members(key_by_id, resent_keys, outcome)
+        if key_by_id:
+            self._add(key_by_id, resent_keys, outcome)
+        # ... and share the outcome of the first of them.
+        for key, contact_id in same_contact.items():
+            first = next(k for k, c in zip(keys, ids, strict=True) if c == contact_id)
+            if first in outcome.added:
+                outcome.added[key] = str(contact_id)
+            elif first in outcome.pending:
+                outcome.pending[key] = outcome.pending[first]
+            elif first in outcome.failed:
+                outcome.failed[key] = outcome.failed[first]
+        return outcome
+
+    def _settle_members(
+        self, key_by_id: dict[int, str], resent_keys: frozenset[str], outcome: BatchOutcome
+    ) -> None:
+        """Take contacts already in the sequence out of ``key_by_id``: never named again."""
+        members = self.members()
+        for contact_id in [c for c in key_by_id if c in members]:
+            key = key_by_id.pop(contact_id)
+            if key in resent_keys:
+                # An earlier attempt sent it and never heard back: that send enrolled it.
+                outcome.added[key] = str(contact_id)
+            else:
+                outcome.failed[key] = (
+                    CONTACT_ALREADY_IN_SEQUENCE,
+                    f"contact {contact_id} is already in Reply sequence {self.sequence_id} (read from the "
+                    "sequence before sending); not sent again",
+                )
+
+    def _add(self, key_by_id: dict[int, str], resent_keys: frozenset[str], outcome: BatchOutcome) -> None:
+        if self._limit_reached is not None:
+            for key in key_by_id.values():
+                outcome.failed[key] = (CONTACT_LIMIT_EXCEEDED, f"not sent: {self._limit_reached}")
+            return
         try:
-            self._read_added(answer, key_by_id, resent_keys, retried, outcome)
+            answer = self.hook.add_contacts_to_sequence(
+                self.sequence_id,
+                list(key_by_id),
+                remove_from_existing=self.enrolment.remove_from_existing,
+                start_step_id=self.enrolment.start_step_id,
+                ignore_step_delay=self.enrolment.ignore_step_delay,
+                start_from=self.enrolment.start_from,
+            )
+        except OutcomeUnknownError:
+            # Maybe applied: confirm() reads the sequence at the end of the run and sends only
+            # the contacts not in it. Sending again now could move a member forward.
+            for contact_id, key in key_by_id.items():
+                outcome.pending[key] = {"id": contact_id}
+            return
+        except SequencesApiError as exc:
+            if exc.code == "sequenceContact.contactLimitExceeded":
+                # The whole request refused: every later batch would be too.
+                self._limit_reached = str(exc)
+                for key in key_by_id.values():
+                    outcome.failed[key] = (CONTACT_LIMIT_EXCEEDED, str(exc))
+                return
+            raise
+        try:
+            self._read_answer(answer, key_by_id, resent_keys, outcome)
         except (TypeError, ValueError, AttributeError):
             # Ids that are not numbers, errors that are not objects: not an answer to act on.
             raise self.hook.unexpected(
@@ -189,46 +316,57 @@ class ReplyAdapter(ServiceAdapter):
                 200,
                 f"an answer of unexpected shape: {describe_shape(answer)}",
             ) from None
-        # Ids Reply answered nothing about are not silently dropped, nor judged: the answer was
-        # not what Reply documents, so a later run sends them again.
-        answered = set(outcome.added) | set(outcome.failed)
-        for contact_id, key in key_by_id.items():
-            if key not in answered:
-                outcome.failed[key] = (REQUEST_FAILED, f"Reply's answer did not mention contact {contact_id}")
-        # ... and share the outcome of the first of them.
-        for key, contact_id in same_contact.items():
-            first = key_by_id[contact_id]
-            if first in outcome.added:
-                outcome.added[key] = str(contact_id)
-            else:
-                outcome.failed[key] = outcome.failed[first]
-        return outcome
 
-    @staticmethod
-    def _read_added(
-        answer: dict[str, Any],
+    def _read_answer(
+        self,
+        answer: Any,
         key_by_id: dict[int, str],
         resent_keys: frozenset[str],
-        retried: bool,
         outcome: BatchOutcome,
     ) -> None:
-        """The bulk add's answer into ``outcome``, by key."""
-        for contact_id in answer.get("added") or []:
-            key = key_by_id.get(int(contact_id))
+        answered: set[int] = set()
+        for raw_id in answer.get("added") or []:
+            contact_id = int(raw_id)
+            key = key_by_id.get(contact_id)
             if key is not None:
                 outcome.added[key] = str(contact_id)
+                answered.add(contact_id)
+                if self._members is not None:
+                    self._members.add(contact_id)
+        refused: dict[int, tuple[str, str]] = {}
         for raw_id, error in (answer.get("notProcessed") or {}).items():
-            key = key_by_id.get(int(raw_id))
-            if key is None:
-                continue
-            slug, detail = _error_slug(error)
-            if slug == CONTACT_ALREADY_IN_SEQUENCE and (retried or key in resent_keys):
-                outcome.added[key] = str(raw_id)
-                continue
-            outcome.failed[key] = (slug, detail or f"Reply did not add contact {raw_id}: {slug}")
+            contact_id = int(raw_id)
+            if contact_id in key_by_id:
+                slug, detail = _error_slug(error)
+                refused[contact_id] = (slug, detail or f"Reply did not add contact {raw_id}: {slug}")
+                answered.add(contact_id)
+        doubtful = [c for c, (slug, _) in refused.items() if slug == INVALID_INPUT]
+        # Reply's CLI: a member named again is refused as invalidInput, like a bad contact.
+        members = self.members() if doubtful else set()
+        for contact_id, (slug, detail) in refused.items():
+            key = key_by_id[contact_id]
+            member = contact_id in members or slug == CONTACT_ALREADY_IN_SEQUENCE
+            if member and key in resent_keys:
+                outcome.added[key] = str(contact_id)
+            elif member:
+                outcome.failed[key] = (
+                    CONTACT_ALREADY_IN_SEQUENCE,
+                    f"contact {contact_id} is already in Reply sequence {self.sequence_id}"
+                    + ("" if slug == CONTACT_ALREADY_IN_SEQUENCE else f" (Reply answered {slug}: {detail})"),
+                )
+            else:
+                outcome.failed[key] = (slug, detail)
+        # Ids Reply answered nothing about: an answer this adapter did not expect, so not a
+        # verdict about the contact; a later run reads the sequence before sending them again.
+        for contact_id, key in key_by_id.items():
+            if contact_id not in answered:
+                outcome.failed[key] = (
+                    REQUEST_FAILED,
+                    f"Reply's answer did not mention contact {contact_id}; the next run checks the sequence",
+                )
 
     def _import(self, batch: pd.DataFrame, outcome: BatchOutcome) -> list[int | None]:
-        items = contact_items(batch)
+        items = contact_items(batch, first_name_fallback=self.enrolment.first_name_fallback)
         answer = self.hook.import_contacts(items, overwrite_existing=self.enrolment.overwrite_existing)
         results = answer.get("items") or []
         if not all(isinstance(result, dict) for result in results):
@@ -238,21 +376,67 @@ class ReplyAdapter(ServiceAdapter):
         ids: list[int | None] = []
         for index, key in enumerate(batch["key"].tolist()):
             result = results[index] if index < len(results) else {}
+            status = str(result.get("status") or "").lower()
             contact_id = _contact_id(result.get("id"))
-            if contact_id is not None and result.get("status") != "Failed":
+            if status in _IMPORTED and contact_id is not None:
                 ids.append(contact_id)
                 continue
             ids.append(None)
-            error = result.get("error")
-            if error or result.get("status") == "Failed":
+            if status == "skipped":
+                # The item may name a teammate's contact (Reply's CLI): never enrol it.
+                why = result.get("skipReason") or result.get("error") or "no reason given"
+                outcome.failed[key] = (CONTACT_SKIPPED, f"Reply's import skipped this contact ({why})")
+            elif status == "failed" or result.get("error"):
+                error = result.get("error") or "no reason given"
                 outcome.failed[key] = (INVALID_INPUT, f"Reply could not import this contact: {error}")
             else:
-                # No verdict, just a gap in the answer: a later run sends the contact again.
                 outcome.failed[key] = (
                     REQUEST_FAILED,
-                    "Reply's import answer gave no contact id for this row",
+                    f"Reply's import answered this item with status {status or 'none'} and "
+                    f"{'no id' if contact_id is None else 'an id'}; retried by the next run",
                 )
         return ids
+
+    # -- after a lost answer ---------------------------------------------------------------
+
+    def confirm(self, pending: dict[str, Identity], *, timeout: float) -> BatchOutcome:
+        """Keys whose bulk add lost its answer: read the sequence once and send only the
+        contacts not in it (they never reached Reply)."""
+        outcome = BatchOutcome()
+        if not pending:
+            return outcome
+        members = self.members(fresh=True)
+        absent: dict[int, str] = {}
+        for key, identity in pending.items():
+            contact_id = identity.get("id") if isinstance(identity, dict) else None
+            if not isinstance(contact_id, int):
+                outcome.failed[key] = (
+                    REQUEST_FAILED,
+                    "the answer to this contact's bulk add was lost; the next run checks the sequence",
+                )
+            elif contact_id in members:
+                outcome.added[key] = str(contact_id)
+            else:
+                absent[contact_id] = key
+        ids = list(absent)
+        for start in range(0, len(ids), self.max_batch_size):
+            part = {c: absent[c] for c in ids[start : start + self.max_batch_size]}
+            sent = BatchOutcome()
+            try:
+                self._add(part, frozenset(), sent)
+            except SequencesApiError as exc:
+                if not exc.is_retryable:
+                    raise
+                detail = f"the request failed after retries: {exc}"
+                sent.failed.update(dict.fromkeys(part.values(), (REQUEST_FAILED, detail)))
+            for key in sent.pending:  # lost again: left to the next run
+                sent.failed[key] = (
+                    REQUEST_FAILED,
+                    "the answer to this contact's bulk add was lost twice; the next run checks the sequence",
+                )
+            sent.pending = {}
+            outcome.merge(sent)
+        return outcome
 
 
 def _contact_id(value: Any) -> int | None:

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import email.utils
 import hashlib
+import hmac
 import ipaddress
 import logging
 import math
 import random
 import re
-import threading
 import time
 import unicodedata
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ import msgspec
 import requests
 import urllib3
 from airflow.sdk import BaseHook
-from pyrate_limiter import Duration, Limiter, Rate
+from pyrate_limiter import Limiter
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt, wait_exponential_jitter
 from urllib3.exceptions import LocationParseError, NewConnectionError
 from urllib3.util import parse_url
@@ -34,6 +34,7 @@ from airflow_provider_sequences.exceptions import (
     SequencesApiError,
     UnexpectedAnswerError,
 )
+from airflow_provider_sequences.hooks import budget
 
 #: Whole-request timeouts in seconds: (connect, read).
 DEFAULT_TIMEOUT = (10.0, 60.0)
@@ -212,35 +213,6 @@ def path_segment(value: Any, what: str) -> str:
     return quote(text, safe="")
 
 
-# Limiters are per process and per credential: the services count per user or key, so every
-# hook for the same account in this process must draw from the same budget.
-_limiters: dict[tuple[str, str, str], Limiter] = {}
-_limiters_lock = threading.Lock()
-
-
-def shared_limiter(scope: str, bucket: RateBucket, time_scale: float) -> Limiter:
-    """The process-wide limiter for one account (``scope``) and one bucket of endpoints."""
-    key = (scope, bucket.name, repr((bucket.limits, time_scale)))
-    with _limiters_lock:
-        limiter = _limiters.get(key)
-        if limiter is None:
-            rates = [Rate(count, _window_ms(seconds / time_scale)) for count, seconds in bucket.limits]
-            limiter = Limiter(rates)
-            _limiters[key] = limiter
-        return limiter
-
-
-def _window_ms(seconds: float) -> int:
-    """A limit's window as the client keeps it: a little longer than the service's.
-
-    The client stamps a request when it sends it, the service when it arrives; if the first
-    request of a window arrived late (a new connection, a busy server) and a later one early,
-    the service would count one too many. One second per minute (at least 250 ms) absorbs
-    that skew and costs under 2% of the throughput the limits allow.
-    """
-    return int((seconds + max(seconds / 60, 0.25)) * Duration.SECOND)
-
-
 _JSON_HEADERS = {"Content-Type": "application/json"}
 _JSON_ENCODER = msgspec.json.Encoder()
 
@@ -296,6 +268,9 @@ class SequencesHook(BaseHook):
         (one number, the read timeout) overrides the default.
     :param max_attempts: attempts per request, the first included; the connection's
         ``max_attempts`` extra overrides the default.
+    :param rate_limit_conn_id: where the account's rate budget lives (see
+        :mod:`~airflow_provider_sequences.hooks.budget`); the connection's ``rate_limit_conn_id``
+        extra when not given, else a file shared by the processes of this machine.
     """
 
     conn_name_attr: ClassVar[str]
@@ -312,11 +287,15 @@ class SequencesHook(BaseHook):
         *,
         timeout: tuple[float, float] | None = None,
         max_attempts: int | None = None,
+        rate_limit_conn_id: str | None = None,
     ) -> None:
         super().__init__()
         self.conn_id = conn_id or self.default_conn_name
         self._timeout = timeout
         self._max_attempts = max_attempts
+        self._rate_limit_conn_id = rate_limit_conn_id
+        self._account: str | None = None
+        self._limiter_cache: dict[tuple[str, str], Limiter] = {}
         #: Requests sent by this hook (attempts included), by "METHOD bucket".
         self.request_counts: dict[str, int] = {}
         #: Retries made after an answer was lost: the first attempt may have been applied.
@@ -457,10 +436,38 @@ class SequencesHook(BaseHook):
         """Which bucket a request draws from."""
         raise NotImplementedError
 
-    def rate_limit_scope(self) -> str:
-        """Who the service counts requests against (a user, a key), as an opaque string."""
+    def credential_scope(self) -> str:
+        """The credential, as an opaque in-process string (a digest of the key)."""
         digest = hashlib.sha256(self.api_key.encode()).hexdigest()[:16]
         return f"{self.conn_type}:{self.base_url}:{digest}"
+
+    def resolve_account(self) -> str:
+        """Who the service counts this connection's requests against, without a secret.
+
+        By default a keyed hash (HMAC-SHA256, keyed by the API key) of the base URL: two
+        connections with one key share it, and it reveals nothing of the key. Services with
+        their own notion of an account (Reply's acting user) override this.
+        """
+        mac = hmac.new(self.api_key.encode(), self.base_url.encode(), hashlib.sha256).hexdigest()[:24]
+        return f"{self.conn_type}:{parse_url(self.base_url).netloc}:key-{mac}"
+
+    #: Whether :meth:`resolve_account` sends a request (then it runs only when asked for).
+    account_needs_request: ClassVar[bool] = False
+
+    @property
+    def account(self) -> str:
+        """The account this connection reaches: it names the sync state's scope and the rate
+        budget, so two connections to one account share both. Never holds a secret."""
+        if self._account is None:
+            self._account = self.resolve_account()
+        return self._account
+
+    def rate_limit_scope(self) -> str:
+        """Who the service counts requests against: the account once known (a service whose
+        account takes a request to learn uses the credential until then)."""
+        if self._account is None and not self.account_needs_request:
+            return self.account
+        return self._account or self.credential_scope()
 
     def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:
         """Turn an error answer into the provider's exception."""
@@ -468,13 +475,34 @@ class SequencesHook(BaseHook):
 
     # -- requests -----------------------------------------------------------------------------
 
-    @cached_property
-    def _limiters(self) -> dict[str, Limiter]:
-        time_scale = self.extra_number("rate_limit_time_scale", 1.0)
-        if time_scale <= 0:
-            raise ValueError(f"connection {self.conn_id!r}: rate_limit_time_scale must be positive")
+    def _limiter(self, bucket: str) -> Limiter:
+        """The shared limiter of this account's ``bucket`` (see :mod:`.budget`)."""
         scope = self.rate_limit_scope()
-        return {bucket.name: shared_limiter(scope, bucket, time_scale) for bucket in self.rate_buckets()}
+        limiter = self._limiter_cache.get((scope, bucket))
+        if limiter is None:
+            time_scale = self.extra_number("rate_limit_time_scale", 1.0)
+            if time_scale <= 0:
+                raise ValueError(f"connection {self.conn_id!r}: rate_limit_time_scale must be positive")
+            limits = {b.name: b.limits for b in self.rate_buckets()}[bucket]
+            backend, location, connect = self._budget_backend
+            limiter = budget.shared_limiter(
+                scope,
+                bucket,
+                limits,
+                time_scale=time_scale,
+                backend=backend,
+                location=location,
+                connect=connect,
+            )
+            self._limiter_cache[(scope, bucket)] = limiter
+        return limiter
+
+    @cached_property
+    def _budget_backend(self) -> tuple[str, str | None, Any]:
+        conn_id = self._rate_limit_conn_id or self.extras.get("rate_limit_conn_id")
+        if not conn_id:
+            return str(self.extras.get("rate_limit_backend", "sqlite")), None, None
+        return budget.backend_of(self.get_connection(str(conn_id)))
 
     def request(
         self,
@@ -548,10 +576,16 @@ class SequencesHook(BaseHook):
         )
 
     def expect_object(
-        self, value: Any, method: str, path: str, *fields: tuple[str, type | tuple[type, ...]]
+        self,
+        value: Any,
+        method: str,
+        path: str,
+        *fields: tuple[str, type | tuple[type, ...]],
+        repeat_safe: bool = True,
     ) -> dict[str, Any]:
         """``value`` when it is a JSON object whose ``fields`` have the given types; else an
-        :class:`UnexpectedAnswerError` describing the answer's shape (never its values)."""
+        :class:`UnexpectedAnswerError` describing the answer's shape (never its values), or
+        :class:`OutcomeUnknownError` for a write that is not ``repeat_safe``."""
         problem = None
         if not isinstance(value, dict):
             problem = "not an object"
@@ -564,13 +598,13 @@ class SequencesHook(BaseHook):
             return value  # type: ignore[no-any-return]
         message = f"an answer of unexpected shape ({problem}): {describe_shape(value)}"
         self.log.warning("%s %s %s: %s", self.hook_name, method, path, message)
-        raise self.unexpected(method, path, 200, message)
+        raise self.unexpected(method, path, 200, message, repeat_safe=repeat_safe)
 
     def _send(
         self, method: str, path: str, params: dict[str, Any], body: bytes | None, repeat_safe: bool = True
     ) -> requests.Response:
         bucket = self.bucket_for(method, path)
-        self._limiters[bucket].try_acquire(bucket, blocking=True)
+        self._limiter(bucket).try_acquire(bucket, blocking=True)
         counter = f"{method} {bucket}"
         self.request_counts[counter] = self.request_counts.get(counter, 0) + 1
         started = time.monotonic()

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import requests
 
@@ -51,6 +52,18 @@ def reply_sequence_id(value: Any) -> int:
     return int(text)
 
 
+#: What to do about the errors a person can fix, by Reply's code.
+_HINTS = {
+    "USER_REQUIRED": "an organization key must name the acting user: set the connection extra "
+    "acting_user_id, or acting_user_email together with acting_team_id",
+    "TEAM_REQUIRED": "this credential must name the team to act in: set the connection extra acting_team_id",
+    "insufficient_scope": "the API key lacks a scope the sync needs (contacts:read, contacts:write, "
+    "sequences:read, sequences:operate): grant it in Reply or use another key",
+    "sequenceContact.noStepsInSequence": "add at least one step to the sequence in Reply",
+    "sequenceContact.contactLimitExceeded": "the Reply plan's limit of contacts in sequences is reached",
+}
+
+
 class ReplyHook(SequencesHook):
     """Talks to the Reply.io API v3 with an API key from an Airflow connection.
 
@@ -59,11 +72,15 @@ class ReplyHook(SequencesHook):
 
     - ``acting_user_id`` / ``acting_user_email``: act as another user of the team (sent as
       ``X-User-Id`` / ``X-User-Email``); required with an organization key.
+    - ``acting_team_id``: the team to act in (``X-Team-Id``, and part of the account's name);
+      Reply's CLI reports that an acting user named by email, or a key that reaches several
+      teams, needs it.
     - ``requests_per_minute`` (100), ``requests_per_hour`` (3000): client-side limits; lower
       them when other tools spend the same user's budget.
     - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6);
     - ``request_deadline`` (300 s, the whole request), ``max_answer_mb`` (64),
-      ``max_retry_wait`` (900 s: a longer wait asked for stops the run).
+      ``max_retry_wait`` (900 s: a longer wait asked for stops the run);
+    - ``rate_limit_conn_id``: where the rate budget lives (see :mod:`.budget`).
     - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
 
     Methods map one to one to API endpoints and return the parsed JSON.
@@ -91,6 +108,8 @@ class ReplyHook(SequencesHook):
             headers["X-User-Id"] = str(user_id)
         elif user_email := self.extras.get("acting_user_email"):
             headers["X-User-Email"] = str(user_email)
+        if team_id := self.extras.get("acting_team_id"):
+            headers["X-Team-Id"] = str(team_id)
         return headers
 
     def rate_buckets(self) -> list[RateBucket]:
@@ -104,10 +123,18 @@ class ReplyHook(SequencesHook):
     def bucket_for(self, method: str, path: str) -> str:
         return "all"
 
-    def rate_limit_scope(self) -> str:
-        # Reply counts per acting user, whichever key acts for them.
-        user = self.extras.get("acting_user_id") or self.extras.get("acting_user_email") or ""
-        return f"{super().rate_limit_scope()}:{user}"
+    #: Reply counts per acting user, whichever key acts for them: learnt with ``whoami``.
+    account_needs_request = True
+
+    def resolve_account(self) -> str:
+        """``reply:<host>:user-<id>[:team-<id>]``: the acting user (the ``acting_user_id``
+        extra, else ``whoami``'s answer) and the team (the ``acting_team_id`` extra), if any."""
+        user = self.extras.get("acting_user_id")
+        if user is None or not str(user).strip().isdigit():
+            user = self.whoami().get("userId")
+        account = f"reply:{urlsplit(self.base_url).netloc}:user-{user}"
+        team = self.extras.get("acting_team_id")
+        return f"{account}:team-{team}" if team else account
 
     def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:
         body: dict[str, Any] = {}
@@ -130,6 +157,9 @@ class ReplyHook(SequencesHook):
         detail = body.get("detail") or body.get("title")
         if response.status_code == 401 and not detail:
             detail = "the API key is missing, wrong or revoked"
+        hint = _HINTS.get(str(body.get("code") or ""))
+        if hint:
+            detail = f"{detail}: {hint}" if detail else hint
         retry_after = None
         if response.status_code == 429:
             retry_after = parse_wait(response.headers.get("Retry-After"))
@@ -254,8 +284,7 @@ class ReplyHook(SequencesHook):
             job = self.get_background_job(job_id)
             status = str(job.get("status", ""))
             if status == "Done":
-                result: dict[str, Any] = job.get("result") or {}
-                return result
+                return self._job_result(job_id, job)
             if status not in ("Scheduled", "Processing", "Queued", "Pending") or time.monotonic() > deadline:
                 raise SequencesApiError(
                     service=self.hook_name,
@@ -267,6 +296,28 @@ class ReplyHook(SequencesHook):
                 )
             self.log.info("Reply background job %s is %s (%s%%)", job_id, status, job.get("progress", "?"))
             time.sleep(min(poll_interval, max(deadline - time.monotonic(), 0.1)))
+
+    def _job_result(self, job_id: str, job: dict[str, Any]) -> dict[str, Any]:
+        # Reply documents the result as a JSON string in jsonDataResult; earlier answers
+        # (and this project's documented simulator) carry it as an object in result.
+        raw = job.get("jsonDataResult")
+        if isinstance(raw, str) and raw:
+            try:
+                loaded = decode_json(raw.encode())
+            except ValueError:
+                loaded = None
+            if isinstance(loaded, dict):
+                return loaded
+            raise SequencesApiError(
+                service=self.hook_name,
+                method="GET",
+                path=f"/v3/background-jobs/{job_id}",
+                status=None,
+                code="unexpectedAnswer",
+                detail=f"background job {job_id} is Done but its jsonDataResult is not a JSON object",
+            )
+        result: dict[str, Any] = job.get("result") or {}
+        return result
 
     def find_contact_by_email(self, email: str) -> dict[str, Any] | None:
         """``GET /v3/contacts?email=``: the contact with this email, or ``None``."""
@@ -287,7 +338,10 @@ class ReplyHook(SequencesHook):
         """``POST /v3/sequences/{id}/contact-links/bulk``: enrol existing contacts.
 
         Non-atomic: answers ``{"added": [ids], "notProcessed": {"<id>": error}}`` where an
-        error is ``{"error": slug, "errorDetails": text}`` (or a bare slug).
+        error is ``{"error": slug, "errorDetails": text}`` (or a bare slug). Never retried
+        after a lost answer: it raises
+        :class:`~airflow_provider_sequences.exceptions.OutcomeUnknownError`, and the caller
+        reads the sequence's contacts to learn what happened.
 
         :param sequence_id: the sequence.
         :param contact_ids: Reply contact ids, at most 1000 per call.
@@ -303,8 +357,13 @@ class ReplyHook(SequencesHook):
             "ignoreStepDelay": ignore_step_delay,
             "startFrom": iso_datetime(start_from),
         }
+        # Not repeated after a lost answer: Reply's CLI reports that naming a member again moves
+        # it forward (a later start step) or may reassign its mailbox. The caller reads the
+        # sequence back instead (OutcomeUnknownError), also for an answer it cannot read.
         path = f"/v3/sequences/{reply_sequence_id(sequence_id)}/contact-links/bulk"
-        result = self.expect_object(self.request_json("POST", path, json=body), "POST", path)
+        result = self.expect_object(
+            self.request_json("POST", path, json=body, repeat_safe=False), "POST", path, repeat_safe=False
+        )
         # Either part may be left out when empty, not both: ``{}`` says nothing about anyone.
         added, not_processed = result.get("added"), result.get("notProcessed")
         if (
@@ -312,7 +371,9 @@ class ReplyHook(SequencesHook):
             or not isinstance(added, (list, type(None)))
             or not isinstance(not_processed, (dict, type(None)))
         ):
-            self.expect_object(result, "POST", path, ("added", list), ("notProcessed", dict))
+            self.expect_object(
+                result, "POST", path, ("added", list), ("notProcessed", dict), repeat_safe=False
+            )
         return result
 
     def remove_contacts_from_sequence(self, sequence_id: int, contact_ids: Sequence[int]) -> dict[str, Any]:

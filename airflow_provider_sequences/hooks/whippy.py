@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
+from urllib.parse import urlsplit
 
 import requests
 
@@ -54,6 +55,9 @@ class WhippyHook(SequencesHook):
     - ``timeout`` (60, read timeout in seconds), ``max_attempts`` (6);
     - ``request_deadline`` (300 s, the whole request), ``max_answer_mb`` (64),
       ``max_retry_wait`` (900 s: a longer wait asked for stops the run);
+    - ``organization_id``: the organization the key belongs to; connections naming the same
+      one share the sync state and the rate budget (else each key is its own account);
+    - ``rate_limit_conn_id``: where the rate budget lives (see :mod:`.budget`);
     - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
 
     Methods map one to one to API endpoints and return the parsed JSON.
@@ -85,6 +89,15 @@ class WhippyHook(SequencesHook):
             RateBucket("time_consuming", ((writes, 60.0),)),
             RateBucket("standard", ((per_second, 1.0),)),
         ]
+
+    def resolve_account(self) -> str:
+        """``whippy:<host>:org-<id>`` when the connection names its organization (extra
+        ``organization_id``; Whippy has no call that tells), else a keyed hash of the base URL
+        and the key: keys of one organization then count as one account only when named so."""
+        organization = self.extras.get("organization_id")
+        if organization:
+            return f"whippy:{urlsplit(self.base_url).netloc}:org-{organization}"
+        return super().resolve_account()
 
     def bucket_for(self, method: str, path: str) -> str:
         if method.upper() in _WRITE_METHODS and path.startswith(_TIME_CONSUMING_PREFIXES):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator, Mapping, Sequence
+from datetime import timedelta
 from typing import Any, ClassVar
 
 import pandas as pd
@@ -13,7 +14,12 @@ from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.exceptions import SyncAbortedError
 from airflow_provider_sequences.state import state_engine
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
-from airflow_provider_sequences.sync.outcomes import ENROLLMENT_UNCONFIRMED, SyncResult
+from airflow_provider_sequences.sync.lease import DEFAULT_LOCK_TIMEOUT, ScopeLease
+from airflow_provider_sequences.sync.outcomes import (
+    CONTACT_ALREADY_IN_SEQUENCE,
+    ENROLLMENT_UNCONFIRMED,
+    SyncResult,
+)
 from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
 from airflow_provider_sequences.sync.source import read_file_chunks, read_sql_chunks, records_chunks
 from airflow_provider_sequences.sync.state import Scope, SyncState
@@ -69,6 +75,14 @@ class SequenceSyncOperator(BaseOperator):
     :param state_conn_id: a database connection (SQLite or PostgreSQL) for the sync state;
         by default a SQLite file under ``AIRFLOW_HOME``.
     :param default_region: ISO 3166 region for phone numbers written without a country code.
+    :param lock_timeout: seconds (or a timedelta) to wait while another run syncs the same
+        sequence of the same account; then the task fails, naming that run, having sent
+        nothing. The mapped shards of one task in one DAG run share the sequence instead.
+    :param rate_limit_conn_id: where the account's rate budget lives, shared by every task
+        using the account: a ``postgres`` or ``redis`` connection (across machines) or a
+        ``sqlite`` one. By default the service connection's ``rate_limit_conn_id`` extra, else
+        ``state_conn_id`` when it is PostgreSQL, else a file under ``AIRFLOW_HOME`` shared by
+        the processes of one machine.
     :param mask_values: keep people's values out of the details of not-processed keys (in
         XCom and in the sync state): ``'a•••@example.com' in column 'email'`` instead of the
         address. Off by default, since those values are what the person fixing the CRM acts
@@ -117,6 +131,8 @@ class SequenceSyncOperator(BaseOperator):
         state_conn_id: str | None = None,
         default_region: str | None = None,
         mask_values: bool = False,
+        lock_timeout: float | timedelta = DEFAULT_LOCK_TIMEOUT,
+        rate_limit_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
         if "outlets" not in kwargs:
@@ -151,6 +167,10 @@ class SequenceSyncOperator(BaseOperator):
         self.max_attempts = max_attempts
         self.state_conn_id = state_conn_id
         self.default_region = default_region
+        self.lock_timeout = (
+            lock_timeout.total_seconds() if isinstance(lock_timeout, timedelta) else float(lock_timeout)
+        )
+        self.rate_limit_conn_id = rate_limit_conn_id
         self.mask_values = mask_values
 
     @classmethod
@@ -224,9 +244,41 @@ class SequenceSyncOperator(BaseOperator):
             return len(self.contacts)
         return None
 
+    def hook_kwargs(self) -> dict[str, Any]:
+        """What every service hook of this operator is built with: where the budget lives."""
+        return {"rate_limit_conn_id": self.budget_conn_id()}
+
+    def budget_conn_id(self) -> str | None:
+        """``rate_limit_conn_id``; else ``None`` when the service connection names one (its
+        hook reads it); else ``state_conn_id`` when that is PostgreSQL (the budget is then
+        shared by every machine that shares the state)."""
+        if self.rate_limit_conn_id:
+            return self.rate_limit_conn_id
+        extra = BaseHook.get_connection(self.connection_id()).extra_dejson or {}
+        if any(name.endswith("rate_limit_conn_id") and value for name, value in extra.items()):
+            return None
+        if self.state_conn_id:
+            conn_type = str(BaseHook.get_connection(self.state_conn_id).conn_type or "")
+            if conn_type.lower() in ("postgres", "postgresql"):
+                return self.state_conn_id
+        return None
+
     def sync_state(self, adapter: ServiceAdapter) -> SyncState:
-        scope = Scope(adapter.service, self.connection_id(), str(self.sequence_id))
-        return SyncState(state_engine(self.state_conn_id), scope)
+        """The state of this sequence of the account the connection reaches; rows an earlier
+        version kept under the connection id join it."""
+        scope = Scope(adapter.service, adapter.hook.account, str(self.sequence_id))
+        state = SyncState(state_engine(self.state_conn_id), scope)
+        if state.merge_scope(self.connection_id()):
+            self.log.info(
+                "The sync state kept under connection %r now belongs to its account", self.connection_id()
+            )
+        return state
+
+    @staticmethod
+    def lease_group(context: Mapping[str, Any]) -> str:
+        """The shards of one task in one DAG run share the sequence's lease."""
+        ti = context["ti"]
+        return f"{ti.dag_id}.{ti.task_id}:{context['run_id']}"
 
     def options(self, adapter: ServiceAdapter, **extra: Any) -> SyncOptions:
         batch_size = int(self.batch_size or adapter.max_batch_size)
@@ -257,18 +309,23 @@ class SequenceSyncOperator(BaseOperator):
             # A setting, not an outage: retrying the task would fail the same way.
             raise AirflowFailException(f"{type(self).__name__}: {exc}") from None
         adapter = self.make_adapter()
+        # The account first: it names the state's scope, and every later request draws from
+        # its rate budget.
+        adapter.hook.account  # noqa: B018
         adapter.preflight()
         preflight_requests = sum(adapter.request_counts)
         spec = self.prepare_spec(adapter)
         state = self.sync_state(adapter)
+        run_id = self.run_key(context)
         run = SyncRun(
             adapter,
             spec,
             state,
-            self.run_key(context),
+            run_id,
             self.options(adapter, **extra_options),
             total_rows=self.total_rows(),
             logger=self.log,
+            lease=ScopeLease(state, run_id, group=self.lease_group(context), lock_timeout=self.lock_timeout),
         )
         run.preflight_requests = preflight_requests
         return run
@@ -329,9 +386,11 @@ class SequenceSyncOperator(BaseOperator):
             run.state.save_run(run.run_id, {**stats, REASONS_STAT: dict(reasons)}, finished=True)
         # Every distinct key counts, enrolled on an earlier night or now: a night where a
         # few known-bad rows are reported again is not a failing night. Contacts accepted but
-        # not read back yet (wait_for_enrollment=False) are on their way, not failures.
+        # not read back yet (wait_for_enrollment=False) are on their way, and contacts already
+        # in the sequence are where they should be: neither is a failure.
         keys = stats["rows"] - stats["duplicates"]
         failed = stats["not_processed"] - reasons[ENROLLMENT_UNCONFIRMED]
+        failed -= reasons[CONTACT_ALREADY_IN_SEQUENCE]
         share = failed / keys if keys else 0.0
         limit = self.max_not_processed_share
         if limit is not None and not run.options.dry_run and keys and share > limit:

@@ -8,10 +8,12 @@ from typing import Any
 
 from airflow.sdk import Asset, AssetAlias, Context
 
+from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.adapters.reply import ReplyAdapter, ReplyEnrolment
 from airflow_provider_sequences.hooks.reply import ReplyHook, reply_sequence_id
 from airflow_provider_sequences.links import SequenceLink, SyncReportLink
 from airflow_provider_sequences.operators.base import SequenceSyncOperator
+from airflow_provider_sequences.sync.prepare import PrepareSpec
 
 
 def reply_sequence_asset(sequence_id: Any) -> Asset:
@@ -40,6 +42,9 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
     :param start_from: when processing begins (an aware datetime or ISO 8601 text; templated).
     :param overwrite_existing: let the import overwrite fields of contacts that exist; by
         default only empty fields are filled.
+    :param first_name_fallback: the first name imported for rows without one. Reply requires
+        ``firstName`` on every imported contact, so by default a row without one is
+        ``missingField`` and ``column_map`` must map a column to ``firstName``.
 
     The other parameters (source, ``column_map``, ``key_column``, ``batch_size``, ``dry_run``,
     ``incremental``, ...) are those of
@@ -68,6 +73,7 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
         ignore_step_delay: bool = False,
         start_from: datetime | str | None = None,
         overwrite_existing: bool = False,
+        first_name_fallback: str | None = None,
         **kwargs: Any,
     ) -> None:
         if not kwargs.get("column_map") and not contact_id_column:
@@ -80,6 +86,7 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
         self.ignore_step_delay = ignore_step_delay
         self.start_from = start_from
         self.overwrite_existing = overwrite_existing
+        self.first_name_fallback = first_name_fallback
 
     def connection_id(self) -> str:
         return self.reply_conn_id
@@ -103,7 +110,7 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
 
     def make_adapter(self) -> ReplyAdapter:
         return ReplyAdapter(
-            ReplyHook(self.reply_conn_id),
+            ReplyHook(self.reply_conn_id, **self.hook_kwargs()),
             int(self.sequence_id),
             enrolment=ReplyEnrolment(
                 remove_from_existing=bool(self.remove_from_existing),
@@ -111,11 +118,26 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
                 ignore_step_delay=bool(self.ignore_step_delay),
                 start_from=self.start_from or None,
                 overwrite_existing=bool(self.overwrite_existing),
+                first_name_fallback=self.first_name_fallback or None,
             ),
             with_contact_ids=bool(self.contact_id_column),
         )
 
+    def prepare_spec(self, adapter: ServiceAdapter) -> PrepareSpec:
+        if "firstName" in adapter.rules.required and "firstName" not in self.column_map.values():
+            raise ValueError(
+                "column_map maps no column to 'firstName': Reply requires a first name on every "
+                "imported contact; map one, or set first_name_fallback (e.g. 'there')"
+            )
+        return super().prepare_spec(adapter)
+
     def execute(self, context: Context) -> dict[str, Any]:
         run = self.start_run(context)
-        self.read_and_push(run)
-        return self.complete(context, run.finish(), run)
+        try:
+            self.read_and_push(run)
+            if not run.options.dry_run:
+                # Batches whose answer was lost: the sequence is read once, only absent contacts sent.
+                run.confirm()
+            return self.complete(context, run.finish(), run)
+        finally:
+            run.release()

@@ -13,6 +13,7 @@ from airflow_provider_sequences.hooks.base import path_segment
 from airflow_provider_sequences.hooks.whippy import WhippyHook
 from airflow_provider_sequences.links import SequenceLink, SyncReportLink
 from airflow_provider_sequences.operators.base import SequenceSyncOperator
+from airflow_provider_sequences.sync.engine import SyncRun
 from airflow_provider_sequences.triggers.whippy import WhippyEnrollmentTrigger
 
 
@@ -117,7 +118,7 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
 
     def make_adapter(self) -> WhippyAdapter:
         return WhippyAdapter(
-            WhippyHook(self.whippy_conn_id),
+            WhippyHook(self.whippy_conn_id, **self.hook_kwargs()),
             str(self.sequence_id),
             enrolment=WhippyEnrolment(
                 from_channel=self.from_channel or None,
@@ -132,6 +133,12 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
 
     def execute(self, context: Context) -> dict[str, Any]:
         run = self.start_run(context, enrollment_timeout=self.enrollment_timeout)
+        try:
+            return self._sync(context, run)
+        finally:
+            run.release()
+
+    def _sync(self, context: Context, run: SyncRun) -> dict[str, Any]:
         adapter = run.adapter
         assert isinstance(adapter, WhippyAdapter)
         baseline = 0 if run.options.dry_run else adapter.step_total()
@@ -140,6 +147,10 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
             if self.deferrable:
                 assert run.state is not None
                 run.state.save_run(run.run_id, dict(run.finish().stats))
+                if run.lease is not None:
+                    # The resumed task takes the lease over: no other run may carry this run's
+                    # pending keys meanwhile.
+                    run.lease.keep_while_deferred(self.enrollment_timeout + 300)
                 self.log.info("Deferring: waiting for Whippy to enrol %d contacts", run.pending_count)
                 self.defer(
                     trigger=WhippyEnrollmentTrigger(
@@ -162,8 +173,16 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: read the step back once and finish the run's result."""
         run = self.start_run(context, enrollment_timeout=self.poll_interval)
+        try:
+            return self._resume(context, event, run)
+        finally:
+            run.release()
+
+    def _resume(self, context: Context, event: dict[str, Any] | None, run: SyncRun) -> dict[str, Any]:
         assert run.state is not None
         assert isinstance(run.adapter, WhippyAdapter)
+        if run.lease is not None:
+            run.lease.acquire()  # the deferred task's lease, or the scope once it expired
         if event and event.get("waited") is not None:
             run.adapter.waited = float(event["waited"])
         if event and event.get("tail_from") is not None:

@@ -15,6 +15,7 @@ from collections import Counter, deque
 from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
 from functools import cached_property
 from itertools import islice
 from typing import Any
@@ -23,8 +24,10 @@ import numpy as np
 import pandas as pd
 
 from airflow_provider_sequences.adapters.base import BatchOutcome, Identity, ServiceAdapter
+from airflow_provider_sequences.exceptions import SyncAbortedError
 from airflow_provider_sequences.sync.hashes import HashIndex, hash_strings
 from airflow_provider_sequences.sync.identities import SharedIdentities
+from airflow_provider_sequences.sync.lease import ScopeLease
 from airflow_provider_sequences.sync.masking import mask_text
 from airflow_provider_sequences.sync.outcomes import (
     ENROLLMENT_UNCONFIRMED,
@@ -106,6 +109,7 @@ class SyncRun:
         *,
         total_rows: int | None = None,
         logger: logging.Logger | None = None,
+        lease: ScopeLease | None = None,
     ) -> None:
         self.adapter = adapter
         self.spec = spec
@@ -144,6 +148,11 @@ class SyncRun:
         # Outcomes are recorded by the sending thread and by this one (rejections).
         self._lock = threading.Lock()
         self._identities = self._shared_identities()
+        #: The run's lease on its scope (taken by :meth:`run` when not held yet).
+        self.lease = lease
+        #: Keys other runs record after this moment were not in this run's plan (see
+        #: :meth:`SyncState.claim_batch`).
+        self._since: datetime | None = None
 
     @property
     def writes_state(self) -> bool:
@@ -158,9 +167,26 @@ class SyncRun:
         :attr:`pending` for :meth:`confirm`, so the wait can happen elsewhere (a trigger).
         """
         first_row = 0
-        # Batches an earlier attempt left in flight, read before this run marks any of its own.
-        self._left_in_flight = self.state.in_flight() if self.state is not None else {}
+        if self.lease is not None and self.writes_state and not self.lease.held:
+            self.lease.acquire()
+        self._since = (
+            self.lease.acquired_at
+            if self.lease is not None and self.lease.acquired_at is not None
+            else datetime.now(timezone.utc)
+        )
+        # Batches this run must resolve (an earlier attempt's, or a dead run's, now this
+        # run's), read before it marks any of its own; live runs' batches are theirs.
+        if self.state is None:
+            self._left_in_flight = {}
+        elif self.writes_state:
+            self._left_in_flight = self.state.adopt_in_flight(self.run_id)
+        else:
+            self._left_in_flight = self.state.in_flight()
         self._left_in_flight_keys = {key for keys in self._left_in_flight.values() for key in keys}
+        if not self.options.dry_run:
+            # Without a record of this sequence, contacts already in it are someone else's doing
+            # (or a lost state's): the adapter may read them before sending anything.
+            self.adapter.start(fresh_state=self.state is None or self.state.is_empty())
         try:
             for chunk in chunks:
                 # An upstream task that returned no rows hands over a frame without columns: an
@@ -191,6 +217,11 @@ class SyncRun:
             self._close_sender()
         self._count_requests()
         return self.result
+
+    def release(self) -> None:
+        """End the run's lease on its scope, if it holds one."""
+        if self.lease is not None:
+            self.lease.release()
 
     def _take_chunk(self, chunk: pd.DataFrame, first_row: int) -> None:
         if chunk.empty:
@@ -344,8 +375,17 @@ class SyncRun:
         settled = (status == ADDED) | ((status == NOT_PROCESSED) & data_reason)
         attempts = pd.to_numeric(merged["attempts"], errors="coerce").fillna(0)
         in_flight = np.fromiter((key in flying for key in merged["key"]), dtype=bool, count=len(merged))
+        # A key another live run (a sibling shard) recorded last is that run's to finish: its
+        # result reports it, and carrying or rejecting it here would take it from that result.
+        siblings = self.state.live_runs() - {self.run_id} if self.lease is not None else set()
+        elsewhere = merged["last_run_id"].isin(list(siblings)).to_numpy() if siblings else None
+        # A key the state records added is enrolled, whatever batch of it was left in flight
+        # (a re-send that died, or a row an earlier version left behind): never sent again.
+        enrolled = ((status == ADDED) & (not resync)).to_numpy()
         decision = np.select(
             [
+                (same_run & settled).to_numpy() & enrolled,
+                enrolled & ~same_run.to_numpy(),
                 in_flight | (status == SENDING).to_numpy(),
                 status.isna(),
                 same_run & settled,
@@ -355,9 +395,24 @@ class SyncRun:
                 data_reason & (merged["fingerprint_state"] == merged["fingerprint"]),
                 ~data_reason & (attempts >= self.options.max_attempts),
             ],
-            ["sending", "handle", "done", "pending", "handle", "unchanged", "again", "given_up"],
+            [
+                "done",
+                "unchanged",
+                "sending",
+                "handle",
+                "done",
+                "pending",
+                "handle",
+                "unchanged",
+                "again",
+                "given_up",
+            ],
             default="handle",
         )
+        if elsewhere is not None and elsewhere.any():
+            decision = np.where(elsewhere, "elsewhere", decision)
+            self.result.stats["claimed_by_other_shards"] += int(elsewhere.sum())
+            self.result.stats["unchanged"] += int(elsewhere.sum())
         if resync:
             # Keys an earlier run enrolled: if the service answers "already in the sequence",
             # that is what they are, not a failure to retry on every later run.
@@ -453,12 +508,26 @@ class SyncRun:
             self._settle_oldest()
 
     def _mark_and_push(self, mark: _Mark, batch: pd.DataFrame, resent: frozenset[str]) -> None:
-        """In the sending thread: mark the batch in flight, unless recording the batch before
-        it did (one commit for both), then send and record it."""
-        if self.state is not None and mark.batch_id is None:
+        """In the sending thread: claim the batch's keys (mark them in flight), unless recording
+        the batch before it did (one commit for both), then send and record what is left."""
+        if self.lease is not None and self.lease.lost:
+            raise SyncAbortedError(
+                "this run's lease on the sequence expired (its heartbeat could not reach the sync "
+                "state), so another run may be syncing it: stopped before sending more"
+            )
+        if self.state is not None and not mark.claimed:
             with contextlib.suppress(ValueError):
                 self._unmarked.remove(mark)
-            mark.batch_id = self.state.mark_sending(mark.keys, self.run_id)
+            mark.batch_id, mark.taken = self.state.claim_batch(mark.keys, self.run_id, since=self._since)
+            mark.claimed = True
+        if mark.taken:
+            # Another shard of this run claimed them since they were planned: its result has them.
+            batch = batch[~batch["key"].isin(mark.taken)].reset_index(drop=True)
+            with self._lock:
+                self.result.stats["unchanged"] += len(mark.taken)
+                self.result.stats["claimed_by_other_shards"] += len(mark.taken)
+        if batch.empty:
+            return
         self._push_and_record(batch, mark.batch_id, resent)
 
     def _push_and_record(self, batch: pd.DataFrame, batch_id: str | None, resent: frozenset[str]) -> None:
@@ -542,7 +611,7 @@ class SyncRun:
                     following = self._unmarked.popleft()
             if following is not None:
                 # The next batch waits in the sending thread: mark it in this commit.
-                following.batch_id = self.state.record_and_mark(
+                following.batch_id, following.taken = self.state.record_and_mark(
                     outcomes,
                     self.run_id,
                     batch_id=batch_id,
@@ -550,7 +619,9 @@ class SyncRun:
                     added=added,
                     pending=pending,
                     claims=claims,
+                    since=self._since,
                 )
+                following.claimed = True
             else:
                 self.state.record(
                     outcomes, self.run_id, batch_id=batch_id, added=added, pending=pending, claims=claims
@@ -728,10 +799,13 @@ def _slices(outcome: BatchOutcome, size: int) -> Iterator[BatchOutcome]:
 
 @dataclass(eq=False)
 class _Mark:
-    """A batch's keys and, once marked in flight in the state, its batch id."""
+    """A batch's keys and, once claimed in the state, its batch id (``None`` when every key
+    was held by another shard) and the keys held elsewhere."""
 
     keys: list[str]
     batch_id: str | None = None
+    claimed: bool = False
+    taken: set[str] = field(default_factory=set)
 
 
 #: What :meth:`SyncRun._plan` appends to a reason's detail when it reports the reason again.

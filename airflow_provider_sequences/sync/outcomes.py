@@ -24,6 +24,11 @@ INVALID_INPUT = "invalidInput"
 CONTACT_ALREADY_IN_SEQUENCE = "contactAlreadyInSequence"
 #: Another row of the run has the same phone, email or external id: the service would merge them.
 SHARED_CONTACT = "sharedContact"
+#: The service's plan allows no more contacts in sequences (retried by later runs).
+CONTACT_LIMIT_EXCEEDED = "contactLimitExceeded"
+#: The service's import skipped the contact (e.g. it is deleted, or a teammate's): not enrolled,
+#: and not sent again until the row's data changes.
+CONTACT_SKIPPED = "contactSkipped"
 
 #: Reasons about the row's data: sending the same data again will fail again.
 DATA_REASONS = frozenset(
@@ -44,8 +49,13 @@ DATA_REASONS = frozenset(
 
 #: Reasons a later run retries only when the row's data changed: the data is wrong, or the
 #: service's answer will not change by itself (the contact is in the sequence already, does
-#: not exist, or belongs to someone the key cannot act for).
-RETRY_WHEN_CHANGED = DATA_REASONS | {CONTACT_ALREADY_IN_SEQUENCE, "contactNotFound", "forbidden"}
+#: not exist, belongs to someone the key cannot act for, or the import skipped it).
+RETRY_WHEN_CHANGED = DATA_REASONS | {
+    CONTACT_ALREADY_IN_SEQUENCE,
+    CONTACT_SKIPPED,
+    "contactNotFound",
+    "forbidden",
+}
 
 
 @dataclass

@@ -1,6 +1,6 @@
 """The sync state: what each key's last outcome was in a sequence, in a plain SQL table.
 
-One row per (service, connection, sequence, key). It is written batch by batch as the service
+One row per (service, account, sequence, key). It is written batch by batch as the service
 answers, so a run killed half-way resumes where it stopped, and it is a table users can query
 themselves ("who was enrolled when, and who failed why"). SQLAlchemy Core keeps it portable:
 the embedded default is SQLite, deployments with several workers use PostgreSQL.
@@ -11,11 +11,13 @@ The tables below are the current schema; every change to them comes with an Alem
 
 from __future__ import annotations
 
+import hashlib
 import json
 import uuid
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ STATE_TABLE = "sequence_sync_state"
 RUNS_TABLE = "sequence_sync_runs"
 IN_FLIGHT_TABLE = "sequence_sync_in_flight"
 CLAIMS_TABLE = "sequence_sync_claims"
+LEASES_TABLE = "sequence_sync_leases"
 
 #: Statuses of a key in the state table.
 ADDED = "added"
@@ -51,7 +54,9 @@ def _scope_columns() -> list[sa.Column[Any]]:
     """Whose state a row is: the first part of every table's primary key."""
     return [
         sa.Column("service", sa.String(32), primary_key=True),
-        sa.Column("connection_id", sa.String(250), primary_key=True),
+        # The account the service counts against (see ``SequencesHook.account``), never a
+        # secret: two connections reaching one account share its state.
+        sa.Column("account", sa.String(250), primary_key=True),
         sa.Column("sequence_id", sa.String(100), primary_key=True),
     ]
 
@@ -111,6 +116,20 @@ claims_table = sa.Table(
     sa.Column("contact_keys", sa.Text, nullable=False),  # JSON list
     sa.Column("value_hashes", sa.LargeBinary, nullable=False),  # little-endian uint64, key-major
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+#: Runs syncing a scope now: one row per run (or mapped shard), renewed by its heartbeat. Rows
+#: of one scope share a ``lease_group`` (the shards of one task of one DAG run); a run of
+#: another group waits for them to end or expire (see :mod:`~airflow_provider_sequences.sync.lease`).
+leases_table = sa.Table(
+    LEASES_TABLE,
+    metadata,
+    *_scope_columns(),
+    sa.Column("run_id", sa.String(250), primary_key=True),
+    sa.Column("lease_group", sa.String(250), nullable=False),
+    sa.Column("holder", sa.String(250), nullable=False),  # host and process, for messages
+    sa.Column("acquired_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
 )
 
 #: Facts about the state itself (see :mod:`.schema`), e.g. the provider version that upgraded it.
@@ -210,15 +229,34 @@ class KeyOutcome:
 
 @dataclass(frozen=True)
 class Scope:
-    """The state of one sequence reached through one connection of one service."""
+    """The state of one sequence of one account of a service."""
 
     service: str
-    connection_id: str
+    account: str
     sequence_id: str
+
+
+#: The holder a deferred run leaves on its lease: the task that resumes it takes it over.
+DEFERRED_HOLDER = "deferred"
+
+
+@dataclass(frozen=True)
+class LeaseRow:
+    """Who holds a lease on a scope, and until when (UTC)."""
+
+    run_id: str
+    lease_group: str
+    holder: str
+    expires_at: datetime
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
+
+
+def _aware(moment: datetime) -> datetime:
+    """SQLite hands timestamps back naive; they are UTC."""
+    return moment if moment.tzinfo is not None else moment.replace(tzinfo=timezone.utc)
 
 
 def default_state_url(airflow_home: str | Path) -> str:
@@ -253,15 +291,15 @@ def read_state(
     engine: sa.Engine,
     *,
     service: str | None = None,
-    connection_id: str | None = None,
+    account: str | None = None,
     sequence_id: str | None = None,
 ) -> pd.DataFrame:
-    """Rows of the state table as a DataFrame, optionally of one service, connection or sequence.
+    """Rows of the state table as a DataFrame, optionally of one service, account or sequence.
 
     Timestamps are UTC-aware on every database (SQLite hands them back naive).
     """
     ensure_current(engine)
-    scope = {"service": service, "connection_id": connection_id, "sequence_id": sequence_id}
+    scope = {"service": service, "account": account, "sequence_id": sequence_id}
 
     def rows_of(table: sa.Table) -> sa.Select[Any]:
         query = sa.select(table)
@@ -285,10 +323,10 @@ def read_state(
 def _with_in_flight(frame: pd.DataFrame, batches: Sequence[Any]) -> pd.DataFrame:
     """The state as people read it: keys of batches in flight show as ``sending``, with the
     send counted in their attempts."""
-    scope = ["service", "connection_id", "sequence_id", "contact_key"]
+    scope = ["service", "account", "sequence_id", "contact_key"]
     flying = pd.DataFrame(
         [
-            (b.service, b.connection_id, b.sequence_id, key, b.run_id, b.created_at)
+            (b.service, b.account, b.sequence_id, key, b.run_id, b.created_at)
             for b in batches
             for key in json.loads(b.contact_keys)
         ],
@@ -312,7 +350,7 @@ def _with_in_flight(frame: pd.DataFrame, batches: Sequence[Any]) -> pd.DataFrame
 
 
 class SyncState:
-    """Reads and writes the sync state of one scope (service, connection, sequence).
+    """Reads and writes the sync state of one scope (service, account, sequence).
 
     :param engine: a SQLAlchemy engine for the state database (SQLite or PostgreSQL).
     :param scope: whose records this object reads and writes.
@@ -334,7 +372,7 @@ class SyncState:
     def _where(self, table: sa.Table) -> sa.ColumnElement[bool]:
         return sa.and_(
             table.c.service == self.scope.service,
-            table.c.connection_id == self.scope.connection_id,
+            table.c.account == self.scope.account,
             table.c.sequence_id == self.scope.sequence_id,
         )
 
@@ -365,11 +403,11 @@ class SyncState:
 
     @property
     def _scope_sql(self) -> str:
-        return f"service = {self._mark} AND connection_id = {self._mark} AND sequence_id = {self._mark}"
+        return f"service = {self._mark} AND account = {self._mark} AND sequence_id = {self._mark}"
 
     @property
     def _scope_params(self) -> list[str]:
-        return [self.scope.service, self.scope.connection_id, self.scope.sequence_id]
+        return [self.scope.service, self.scope.account, self.scope.sequence_id]
 
     def _fetch(self, sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
         """Rows of a plain query through the driver's own cursor.
@@ -384,6 +422,15 @@ class SyncState:
                 return [tuple(row) for row in cursor.fetchall()]
             finally:
                 cursor.close()
+
+    def is_empty(self) -> bool:
+        """Whether nothing at all is recorded for this scope (no key, no batch in flight)."""
+        for table in (STATE_TABLE, IN_FLIGHT_TABLE):
+            # Only constant names and placeholders are formatted in; the scope is bound.
+            sql = f"SELECT 1 FROM {table} WHERE {self._scope_sql} LIMIT 1"  # noqa: S608
+            if self._fetch(sql, self._scope_params):
+                return False
+        return True
 
     def pending_identities(self, run_id: str) -> dict[str, Any]:
         """Keys ``run_id`` left pending, with their identity (the stored JSON, loaded; ``{}``
@@ -437,7 +484,7 @@ class SyncState:
         return read_state(
             self.engine,
             service=self.scope.service,
-            connection_id=self.scope.connection_id,
+            account=self.scope.account,
             sequence_id=self.scope.sequence_id,
         )
 
@@ -480,18 +527,18 @@ class SyncState:
         added: AddedKeys | None = None,
         pending: PendingKeys | None = None,
         claims: Claims | None = None,
-    ) -> str:
-        """:meth:`record` a batch's outcomes and :meth:`mark_sending` the next batch's ``keys``
-        in one transaction; returns the new batch's id.
+        since: datetime | None = None,
+    ) -> tuple[str | None, set[str]]:
+        """:meth:`record` a batch's outcomes and :meth:`claim_batch` the next batch's ``keys``
+        in one transaction; returns what :meth:`claim_batch` returns.
 
         A sync that sends batch after batch commits once per batch instead of twice.
         """
         rows = self._rows(outcomes, run_id, added, pending)
-        flying = self._in_flight_row(keys, run_id)
         with self.engine.begin() as connection:
+            self.lock_scope(connection)
             self._write(connection, rows, batch_id, claims)
-            connection.execute(sa.insert(in_flight_table), flying)
-        return str(flying["batch_id"])
+            return self._claim(connection, keys, run_id, since)
 
     def _rows(
         self,
@@ -505,7 +552,7 @@ class SyncState:
         if self._now_processor is not None:
             # Once per call, not once per row and column: it is the same moment for all.
             now = self._now_processor(now)
-        scope = (self.scope.service, self.scope.connection_id, self.scope.sequence_id)
+        scope = (self.scope.service, self.scope.account, self.scope.sequence_id)
         rows: list[tuple[Any, ...]] = []
         if added is not None:
             # The same row a KeyOutcome(key, ADDED, ...) makes, with no object per key.
@@ -618,10 +665,64 @@ class SyncState:
             connection.execute(sa.insert(in_flight_table), row)
         return str(row["batch_id"])
 
+    def claim_batch(
+        self, keys: Sequence[str], run_id: str, *, since: datetime | None = None
+    ) -> tuple[str | None, set[str]]:
+        """Mark the keys of a batch about to be sent as in flight under ``run_id``, except those
+        another live run of the scope (a sibling shard) holds; returns ``(batch id or None when
+        nothing is left, keys held elsewhere)``.
+
+        Held: in flight under another live run, or recorded added or pending by another run at
+        or after ``since`` (when this run planned them, they were not). One transaction under
+        the scope's lock, so two shards never both claim a key.
+        """
+        with self.engine.begin() as connection:
+            self.lock_scope(connection)
+            return self._claim(connection, keys, run_id, since)
+
+    def _claim(
+        self, connection: sa.Connection, keys: Sequence[str], run_id: str, since: datetime | None
+    ) -> tuple[str | None, set[str]]:
+        taken = self._held_elsewhere(connection, keys, run_id, since)
+        free = [key for key in keys if key not in taken] if taken else list(keys)
+        if not free:
+            return None, taken
+        row = self._in_flight_row(free, run_id)
+        connection.execute(sa.insert(in_flight_table), row)
+        return str(row["batch_id"]), taken
+
+    def _held_elsewhere(
+        self, connection: sa.Connection, keys: Sequence[str], run_id: str, since: datetime | None
+    ) -> set[str]:
+        others = self._live_runs(connection) - {run_id}
+        if not others or not keys:
+            # Alone in the scope (the usual case): one small query per batch.
+            return set()
+        wanted = set(keys)
+        taken: set[str] = set()
+        flying = sa.select(in_flight_table.c.contact_keys).where(
+            self._where(in_flight_table), in_flight_table.c.run_id.in_(sorted(others))
+        )
+        for (batch_keys,) in connection.execute(flying):
+            taken.update(key for key in json.loads(batch_keys) if key in wanted)
+        if since is not None:
+            table = state_table
+            for start in range(0, len(keys), _LOOKUP_SLICE):
+                part = list(keys[start : start + _LOOKUP_SLICE])
+                recorded = sa.select(table.c.contact_key).where(
+                    self._where(table),
+                    table.c.contact_key.in_(part),
+                    table.c.status.in_((ADDED, PENDING)),
+                    table.c.last_run_id != run_id,
+                    table.c.updated_at >= since,
+                )
+                taken.update(connection.execute(recorded).scalars())
+        return taken
+
     def _in_flight_row(self, keys: Sequence[str], run_id: str) -> dict[str, Any]:
         return {
             "service": self.scope.service,
-            "connection_id": self.scope.connection_id,
+            "account": self.scope.account,
             "sequence_id": self.scope.sequence_id,
             "batch_id": uuid.uuid4().hex,
             "run_id": run_id,
@@ -630,19 +731,42 @@ class SyncState:
         }
 
     def in_flight(self) -> dict[str, list[str]]:
-        """Batches left in flight (by a worker that died, or a run a refusal stopped): id -> keys."""
+        """Every batch in flight in this scope, whoever marked it: id -> keys."""
         query = sa.select(in_flight_table.c.batch_id, in_flight_table.c.contact_keys).where(
             self._where(in_flight_table)
         )
         with self.engine.connect() as connection:
             return {batch_id: json.loads(keys) for batch_id, keys in connection.execute(query)}
 
+    def adopt_in_flight(self, run_id: str) -> dict[str, list[str]]:
+        """The batches ``run_id`` must resolve: its own (an earlier attempt of it died) and those
+        of runs that are no longer alive (no live lease), which become its own in the same
+        transaction, so that exactly one run resolves each. Batches of live runs (a sibling
+        shard sending now) are theirs: left alone. Returns id -> keys."""
+        table = in_flight_table
+        with self.engine.begin() as connection:
+            self.lock_scope(connection)
+            alive = sorted(self._live_runs(connection) - {run_id})
+            orphans = sa.update(table).where(self._where(table), table.c.run_id != run_id)
+            if alive:
+                orphans = orphans.where(table.c.run_id.not_in(alive))
+            connection.execute(orphans.values(run_id=run_id))
+            query = sa.select(table.c.batch_id, table.c.contact_keys).where(
+                self._where(table), table.c.run_id == run_id
+            )
+            return {batch_id: json.loads(keys) for batch_id, keys in connection.execute(query)}
+
     def settle_in_flight(self, batch_ids: Iterable[str], run_id: str, unresolved: Sequence[str] = ()) -> None:
         """Forget batches left in flight once a run dealt with their keys; ``unresolved`` keys
-        (absent from that run) stay in flight, in one batch."""
+        (absent from that run) stay in flight, in one batch, unless the state records them
+        added (a row an earlier version of the provider left behind: they are enrolled)."""
         ids = list(batch_ids)
         if not ids:
             return
+        if unresolved:
+            known = self.lookup(list(unresolved))
+            enrolled = set(known.loc[known["status"] == ADDED, "contact_key"].tolist())
+            unresolved = [key for key in unresolved if key not in enrolled]
         with self.engine.begin() as connection:
             connection.execute(
                 sa.delete(in_flight_table).where(
@@ -651,6 +775,147 @@ class SyncState:
             )
             if unresolved:
                 connection.execute(sa.insert(in_flight_table), self._in_flight_row(unresolved, run_id))
+
+    def merge_scope(self, old_account: str) -> int:
+        """Move the rows an earlier version kept under ``old_account`` (a connection id) into
+        this scope; returns how many state rows moved. A key recorded in both keeps this
+        scope's row, made ``added`` when the old one was: nobody enrolled is sent again."""
+        if old_account == self.scope.account:
+            return 0
+        moved = 0
+        with self.engine.begin() as connection:
+            self.lock_scope(connection)
+            for table in (state_table, runs_table, in_flight_table, claims_table):
+                old = sa.and_(
+                    table.c.service == self.scope.service,
+                    table.c.account == old_account,
+                    table.c.sequence_id == self.scope.sequence_id,
+                )
+                if table is state_table:
+                    if not connection.execute(
+                        sa.select(sa.func.count()).select_from(table).where(old)
+                    ).scalar():
+                        return 0
+                    theirs = table.alias("theirs")
+                    enrolled_there = sa.exists().where(
+                        theirs.c.service == table.c.service,
+                        theirs.c.account == old_account,
+                        theirs.c.sequence_id == table.c.sequence_id,
+                        theirs.c.contact_key == table.c.contact_key,
+                        theirs.c.status == ADDED,
+                    )
+                    connection.execute(
+                        sa.update(table)
+                        .where(self._where(table), table.c.status != ADDED, enrolled_there)
+                        .values(status=ADDED, reason=None, detail=None)
+                    )
+                if table in (state_table, runs_table):
+                    # Rows this scope already has win; the old copies go.
+                    mine = table.alias("mine")
+                    name = "contact_key" if table is state_table else "run_id"
+                    connection.execute(
+                        sa.delete(table).where(
+                            old,
+                            sa.exists().where(
+                                mine.c.service == table.c.service,
+                                mine.c.account == self.scope.account,
+                                mine.c.sequence_id == table.c.sequence_id,
+                                mine.c[name] == table.c[name],
+                            ),
+                        )
+                    )
+                count = connection.execute(sa.update(table).where(old).values(account=self.scope.account))
+                if table is state_table:
+                    moved = count.rowcount
+        return int(moved)
+
+    # -- leases (see :mod:`~airflow_provider_sequences.sync.lease`) ---------------------------
+
+    def lock_scope(self, connection: sa.Connection) -> None:
+        """Serialise this transaction with every other one of the scope that calls this.
+
+        PostgreSQL: a transaction-level advisory lock on the scope. SQLite: a write as the
+        transaction's first statement takes the database's write lock until the commit (what
+        ``BEGIN IMMEDIATE`` does), so what it reads next no other writer changes.
+        """
+        if self.engine.dialect.name == "postgresql":
+            connection.execute(sa.select(sa.func.pg_advisory_xact_lock(self._lock_key)))
+        else:
+            connection.execute(
+                sa.update(leases_table).where(sa.false()).values(expires_at=leases_table.c.expires_at)
+            )
+
+    @cached_property
+    def _lock_key(self) -> int:
+        """The scope as a signed 64-bit advisory lock key, the same in every process."""
+        text = "\x1f".join((LEASES_TABLE, self.scope.service, self.scope.account, self.scope.sequence_id))
+        return int.from_bytes(hashlib.blake2b(text.encode(), digest_size=8).digest(), "big", signed=True)
+
+    def live_runs(self) -> set[str]:
+        """Runs holding an unexpired lease on the scope now."""
+        with self.engine.connect() as connection:
+            return self._live_runs(connection)
+
+    def _live_runs(self, connection: sa.Connection) -> set[str]:
+        """Runs holding an unexpired lease on the scope."""
+        table = leases_table
+        query = sa.select(table.c.run_id).where(self._where(table), table.c.expires_at > _now())
+        return set(connection.execute(query).scalars())
+
+    def take_lease(self, run_id: str, group: str, holder: str, ttl: float) -> LeaseRow | None:
+        """Take or renew ``run_id``'s lease on the scope unless a live run of another group, or
+        another live process of this same run, holds one; returns that holder's row then
+        (``None``: taken). Expired leases are removed on the way."""
+        table = leases_table
+        now = _now()
+        with self.engine.begin() as connection:
+            self.lock_scope(connection)
+            connection.execute(sa.delete(table).where(self._where(table), table.c.expires_at <= now))
+            rows = connection.execute(
+                sa.select(table.c.run_id, table.c.lease_group, table.c.holder, table.c.expires_at).where(
+                    self._where(table)
+                )
+            ).all()
+            for row in rows:
+                other = LeaseRow(row[0], row[1], row[2], _aware(row[3]))
+                if other.lease_group != group:
+                    return other
+                if other.run_id == run_id and other.holder not in (holder, DEFERRED_HOLDER):
+                    return other  # an earlier attempt of this run is still alive
+            connection.execute(sa.delete(table).where(self._where(table), table.c.run_id == run_id))
+            connection.execute(
+                sa.insert(table),
+                {
+                    "service": self.scope.service,
+                    "account": self.scope.account,
+                    "sequence_id": self.scope.sequence_id,
+                    "run_id": run_id,
+                    "lease_group": group,
+                    "holder": holder,
+                    "acquired_at": now,
+                    "expires_at": now + timedelta(seconds=ttl),
+                },
+            )
+        return None
+
+    def renew_lease(self, run_id: str, holder: str, ttl: float) -> bool:
+        """Push ``run_id``'s lease ``ttl`` seconds ahead (and name its new holder); False when
+        the lease is gone (it expired and the scope was taken)."""
+        table = leases_table
+        now = _now()
+        statement = (
+            sa.update(table)
+            .where(self._where(table), table.c.run_id == run_id, table.c.expires_at > now)
+            .values(holder=holder, expires_at=now + timedelta(seconds=ttl))
+        )
+        with self.engine.begin() as connection:
+            return bool(connection.execute(statement).rowcount)
+
+    def release_lease(self, run_id: str) -> None:
+        """End ``run_id``'s lease."""
+        table = leases_table
+        with self.engine.begin() as connection:
+            connection.execute(sa.delete(table).where(self._where(table), table.c.run_id == run_id))
 
     def _upsert(self) -> Any:
         dialect = self.engine.dialect.name
@@ -665,7 +930,7 @@ class SyncState:
         return insert.on_conflict_do_update(
             index_elements=[
                 state_table.c.service,
-                state_table.c.connection_id,
+                state_table.c.account,
                 state_table.c.sequence_id,
                 state_table.c.contact_key,
             ],
@@ -704,7 +969,7 @@ class SyncState:
         now = _now()
         values = {
             "service": self.scope.service,
-            "connection_id": self.scope.connection_id,
+            "account": self.scope.account,
             "sequence_id": self.scope.sequence_id,
             "run_id": run_id,
             "stats": json.dumps(stats, sort_keys=True),
@@ -717,7 +982,7 @@ class SyncState:
         statement = insert.on_conflict_do_update(
             index_elements=[
                 runs_table.c.service,
-                runs_table.c.connection_id,
+                runs_table.c.account,
                 runs_table.c.sequence_id,
                 runs_table.c.run_id,
             ],
@@ -739,7 +1004,7 @@ class SyncState:
     def _claims_row(self, claims: Claims) -> dict[str, Any]:
         return {
             "service": self.scope.service,
-            "connection_id": self.scope.connection_id,
+            "account": self.scope.account,
             "sequence_id": self.scope.sequence_id,
             "claim_id": uuid.uuid4().hex,
             "fields": ",".join(claims.fields),

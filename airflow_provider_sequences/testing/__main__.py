@@ -14,7 +14,7 @@ from airflow_provider_sequences.testing.accounts import (
     seed_whippy_account,
     simulator_connection_extra,
 )
-from airflow_provider_sequences.testing.base import Simulator
+from airflow_provider_sequences.testing.base import BEHAVIOURS, DEFAULT_BEHAVIOUR, Simulator
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,6 +35,13 @@ def _parser() -> argparse.ArgumentParser:
         "--processing-delay", type=float, default=0.0, help="Whippy: seconds before background work runs"
     )
     parser.add_argument(
+        "--behaviour",
+        choices=BEHAVIOURS,
+        default=DEFAULT_BEHAVIOUR,
+        help="answer as the reference docs say (documented) or as the services' own clients "
+        "report the real servers do (observed); default documented",
+    )
+    parser.add_argument(
         "--request-log", metavar="DIR", help="write each simulator's request log here on exit"
     )
     return parser
@@ -46,7 +53,11 @@ def _print_export(conn_id: str, value: str) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
-    common: dict[str, Any] = {"time_scale": args.time_scale, "enforce_rate_limits": not args.no_rate_limits}
+    common: dict[str, Any] = {
+        "time_scale": args.time_scale,
+        "enforce_rate_limits": not args.no_rate_limits,
+        "behaviour": args.behaviour,
+    }
     extra = simulator_connection_extra(args.time_scale)
     running: list[tuple[str, Simulator]] = []
     if args.service in ("reply", "both"):
@@ -55,7 +66,10 @@ def main(argv: list[str] | None = None) -> None:
         reply = ReplySimulator(**common).start(args.host, args.reply_port)
         account = seed_reply_account(reply)
         running.append(("reply", reply))
-        print(f"Reply simulator on {reply.url}: user {account.user_id}, sequence {account.sequence_id}")
+        print(
+            f"Reply simulator ({args.behaviour}) on {reply.url}: user {account.user_id}, "
+            f"sequence {account.sequence_id}"
+        )
         _print_export("reply_default", connection_json("reply", reply.url, account.api_key, **extra))
     if args.service in ("whippy", "both"):
         from airflow_provider_sequences.testing.whippy import WhippySimulator
@@ -66,7 +80,7 @@ def main(argv: list[str] | None = None) -> None:
         w_account = seed_whippy_account(whippy)
         running.append(("whippy", whippy))
         print(
-            f"Whippy simulator on {whippy.url}: channel {w_account.channel_phone}, "
+            f"Whippy simulator ({args.behaviour}) on {whippy.url}: channel {w_account.channel_phone}, "
             f"SMS sequence {w_account.sequence_id}, email sequence {w_account.email_sequence_id}"
         )
         _print_export("whippy_default", connection_json("whippy", whippy.url, w_account.api_key, **extra))

@@ -10,6 +10,11 @@ from typing import Any, TypeVar
 import msgspec
 from starlette.responses import Response
 
+# Re-exported: the behaviours are part of the simulators' API.
+from airflow_provider_sequences.testing.behaviour import BEHAVIOURS as BEHAVIOURS
+from airflow_provider_sequences.testing.behaviour import DEFAULT_BEHAVIOUR as DEFAULT_BEHAVIOUR
+from airflow_provider_sequences.testing.behaviour import Behaviour as Behaviour
+from airflow_provider_sequences.testing.behaviour import check_behaviour as check_behaviour
 from airflow_provider_sequences.testing.faults import CannedResponse, FaultInjector, RequestRecord
 from airflow_provider_sequences.testing.ratelimit import SimClock, SlidingWindowLimiter
 from airflow_provider_sequences.testing.server import SimulatorServer
@@ -35,9 +40,18 @@ class Simulator(ABC):
     :param time_scale: simulated seconds per real second for the rate limits; 60 makes a
         per-minute limit a per-second one.
     :param enforce_rate_limits: refuse requests over the documented limits with 429s.
+    :param behaviour: ``documented`` (the reference docs) or ``observed`` (what the service's
+        own clients report); see :data:`Behaviour`.
     """
 
-    def __init__(self, *, time_scale: float = 1.0, enforce_rate_limits: bool = True) -> None:
+    def __init__(
+        self,
+        *,
+        time_scale: float = 1.0,
+        enforce_rate_limits: bool = True,
+        behaviour: Behaviour = DEFAULT_BEHAVIOUR,
+    ) -> None:
+        self.behaviour: Behaviour = check_behaviour(behaviour)
         self.clock = SimClock(time_scale)
         self.limiter = SlidingWindowLimiter(self.clock)
         self.enforce_rate_limits = enforce_rate_limits
@@ -56,6 +70,11 @@ class Simulator(ABC):
     @abstractmethod
     def server_error_response(self) -> CannedResponse:
         """The service's own 500 answer."""
+
+    @property
+    def observed(self) -> bool:
+        """Whether the simulator answers as the service's own clients report it does."""
+        return self.behaviour == "observed"
 
     @property
     def time_scale(self) -> float:

@@ -40,6 +40,33 @@ Choices of this simulator where the contract is silent:
   until ``job_delay`` real seconds have passed, then ``Done`` with ``"result"``: the same
   body a synchronous import answers. That ``result`` field is our assumption, not the docs'.
 - Problem ``type`` is ``https://api.reply.io/problems/<code>``.
+
+``behaviour="observed"`` answers as Reply's own CLI (``reply-team/reply-cli``) reports the
+real server does (``shared/api/reply.md``, "What Reply's own CLI reports"); where that
+evidence leaves a choice, the harder case for a client:
+
+- Bulk add: every per-contact refusal is ``{"error": "invalidInput", "errorDetails":
+  "Contact could not be added to sequence"}``, never ``contactAlreadyInSequence``. A member
+  named again with a ``startStepId`` after its current step is moved there and answered
+  ``added`` (``sim.moves``); with the same, an earlier or no step it is refused. A plan limit
+  the request would pass is a whole-request 400 ``sequenceContact.contactLimitExceeded``
+  (nothing added), a sequence without steps 400 ``sequenceContact.noStepsInSequence``.
+  Archived sequences are accepted, in both behaviours (the CLI refuses them itself).
+- Import: an item without ``firstName`` makes the whole call a 400 pinned to
+  ``/items/<i>/firstName``. Statuses are lowercase; the user's own deleted contact is
+  ``restored``; an email another user's contact holds is ``skipped`` with ``skipReason``
+  (``contactDeleted`` or ``contactOwnedByTeammate``) and the item's ``id`` is that contact's.
+- Background jobs: ``progress`` 0..1 and the result as a JSON string in ``jsonDataResult``.
+- Identity: an organization key with neither ``X-User-Id`` nor ``X-User-Email`` is 403
+  ``USER_REQUIRED``; with ``X-User-Email`` and no ``X-Team-Id``, or any key that reaches
+  several teams without one, 403 ``TEAM_REQUIRED``. A missing scope is 403
+  ``insufficient_scope``.
+- Sequence contacts: ``currentStep`` is ``{stepId, displayName}``; a page holds at most 100
+  items whatever ``top`` asks (silently: ``hasMore`` says more follow); a sequence the user
+  cannot see answers an empty 200 instead of a 404.
+
+Ground truth for both: ``enrolments``, ``readds`` (bulk adds that named a member again),
+``moves`` and ``foreign_adds`` (bulk adds that named another user's contact).
 """
 
 from __future__ import annotations
@@ -52,7 +79,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow_provider_sequences.testing.base import Simulator, json_response
+from airflow_provider_sequences.testing.base import (
+    DEFAULT_BEHAVIOUR,
+    Behaviour,
+    Simulator,
+    check_behaviour,
+    json_response,
+)
 from airflow_provider_sequences.testing.faults import CannedResponse
 from airflow_provider_sequences.testing.ratelimit import Limit
 from airflow_provider_sequences.testing.reply_requests import (
@@ -74,6 +107,7 @@ from airflow_provider_sequences.testing.reply_requests import (
     retry_after,
 )
 from airflow_provider_sequences.testing.reply_state import (
+    OBSERVED_MAX_PAGE,
     SEQUENCE_STATUSES,
     ApiKey,
     KeyKind,
@@ -113,6 +147,8 @@ class ReplySimulator(Simulator):
     :param import_async_threshold: imports of more items than this answer 202 with a
         background job (``None``: never).
     :param job_delay: real seconds a background job takes before it reports ``Done``.
+    :param behaviour: ``documented`` (the reference docs) or ``observed`` (what Reply's own
+        CLI reports the real server does; see the module docstring).
     """
 
     def __init__(
@@ -126,15 +162,16 @@ class ReplySimulator(Simulator):
         import_rejects_whole_batch_on_invalid_email: bool = True,
         import_async_threshold: int | None = None,
         job_delay: float = 0.0,
+        behaviour: Behaviour = DEFAULT_BEHAVIOUR,
     ) -> None:
         # The base builds the app, so the state must exist first.
-        self.state = ReplyState(contact_limit)
+        self.state = ReplyState(contact_limit, observed=check_behaviour(behaviour) == "observed")
         self.max_bulk_ids = max_bulk_ids
         self.max_import_items = max_import_items
         self.import_rejects_whole_batch_on_invalid_email = import_rejects_whole_batch_on_invalid_email
         self.import_async_threshold = import_async_threshold
         self.job_delay = job_delay
-        super().__init__(time_scale=time_scale, enforce_rate_limits=enforce_rate_limits)
+        super().__init__(time_scale=time_scale, enforce_rate_limits=enforce_rate_limits, behaviour=behaviour)
 
     # -- Python API for tests ------------------------------------------------------------------
 
@@ -151,6 +188,7 @@ class ReplySimulator(Simulator):
         kind: KeyKind = "team",
         scopes: set[str] | None = None,
         members: list[int] | None = None,
+        teams: list[int] | None = None,
     ) -> None:
         """Register an API key owned by ``user_id``.
 
@@ -159,9 +197,11 @@ class ReplySimulator(Simulator):
         :param scopes: granted scopes (``None``: all of ``contacts:read``, ``contacts:write``,
             ``sequences:read``, ``sequences:operate``).
         :param members: users the key may act for besides its owner.
+        :param teams: the teams the key reaches (default ``[1]``); observed, a key that reaches
+            several needs ``X-Team-Id``.
         """
         with self.lock:
-            self.state.add_api_key(key, user_id, kind, scopes, members)
+            self.state.add_api_key(key, user_id, kind, scopes, members, teams)
 
     def add_sequence(self, name: str, *, owner_user_id: int, status: str = "active", steps: int = 3) -> int:
         """Create a sequence with ``steps`` email steps; returns its id."""
@@ -172,12 +212,18 @@ class ReplySimulator(Simulator):
         """Create a contact; returns its id.
 
         ``fields`` are API field names (``firstName``, ``customFields``, ...) plus
-        ``invalid=True`` to flag the contact invalid. An empty ``email`` makes a contact
-        without one.
+        ``invalid=True`` to flag the contact invalid and ``deleted=True`` to make it a deleted
+        one (an import restores or skips it). An empty ``email`` makes a contact without one.
         """
         invalid_flag = bool(fields.pop("invalid", False))
+        deleted = bool(fields.pop("deleted", False))
         with self.lock:
-            return self.state.add_contact(email, owner_user_id, invalid_flag, fields)
+            return self.state.add_contact(email, owner_user_id, invalid_flag, fields, deleted=deleted)
+
+    def archive_sequence(self, sequence_id: int) -> None:
+        """Archive a sequence (``isArchived``); a bulk add into it is still accepted."""
+        with self.lock:
+            self.state.sequences[sequence_id].is_archived = True
 
     def contact(self, contact_id: int) -> dict[str, Any]:
         """A contact as the API returns it; ``KeyError`` if unknown."""
@@ -195,6 +241,25 @@ class ReplySimulator(Simulator):
         """Ground truth (a copy): (sequence id, contact id) -> times the contact was added."""
         with self.lock:
             return dict(self.state.enrolments)
+
+    @property
+    def readds(self) -> dict[tuple[int, int], int]:
+        """Ground truth (a copy): (sequence id, contact id) -> bulk adds that named a contact
+        already in that sequence (a sync should send none: observed, they move or refuse it)."""
+        with self.lock:
+            return dict(self.state.readds)
+
+    @property
+    def moves(self) -> dict[tuple[int, int], int]:
+        """Observed ground truth: (sequence id, contact id) -> re-adds that moved a member forward."""
+        with self.lock:
+            return dict(self.state.moves)
+
+    @property
+    def foreign_adds(self) -> dict[tuple[int, int], int]:
+        """Ground truth: (sequence id, contact id) -> bulk adds that named another user's contact."""
+        with self.lock:
+            return dict(self.state.foreign_adds)
 
     def sequence_contacts(self, sequence_id: int) -> list[dict[str, Any]]:
         """Ground truth: the contacts now in a sequence, in the order they were added.
@@ -241,11 +306,14 @@ class ReplySimulator(Simulator):
                     headers={"Retry-After": retry_after(wait)},
                 )
         if scope is not None and scope not in key.scopes:
-            raise ProblemError(403, f"this API key lacks the scope {scope!r}", "auth.missingScope")
+            code = "insufficient_scope" if self.observed else "auth.missingScope"
+            raise ProblemError(403, f"this API key lacks the scope {scope!r}", code)
         return user_id
 
     def _acting_user(self, request: Request, key: ApiKey) -> int:
         raw_id, raw_email = request.headers.get("x-user-id"), request.headers.get("x-user-email")
+        if self.observed:
+            self._check_team(request, key, raw_id, raw_email)
         named: set[int] = set()
         if raw_id is not None:
             if not raw_id.strip().isdigit():
@@ -260,6 +328,10 @@ class ReplySimulator(Simulator):
             raise ProblemError(400, "X-User-Id and X-User-Email name different users", "user.ambiguous")
         if named:
             return named.pop()
+        if key.kind == "organization" and self.observed:
+            raise ProblemError(
+                403, "an organization key needs an acting user: X-User-Id, or X-User-Email", "USER_REQUIRED"
+            )
         if key.kind == "organization":
             raise ProblemError(
                 400,
@@ -267,6 +339,23 @@ class ReplySimulator(Simulator):
                 "user.notSpecified",
             )
         return key.owner_user_id
+
+    @staticmethod
+    def _check_team(request: Request, key: ApiKey, raw_id: str | None, raw_email: str | None) -> None:
+        """Observed: a user named by email, or a key that reaches several teams, needs
+        ``X-Team-Id`` (one of the key's teams)."""
+        raw_team = request.headers.get("x-team-id")
+        if raw_team is None:
+            if key.kind == "organization" and raw_id is None and raw_email is None:
+                return  # USER_REQUIRED comes first
+            by_email_only = raw_email is not None and raw_id is None
+            if (key.kind == "organization" and by_email_only) or len(key.teams) > 1:
+                raise ProblemError(
+                    403, "this credential needs the acting team: add X-Team-Id", "TEAM_REQUIRED"
+                )
+            return
+        if not raw_team.strip().isdigit() or int(raw_team) not in key.teams:
+            raise ProblemError(403, "this API key may not act for that team", "team.forbidden")
 
     def _sequence(self, raw_id: str, user_id: int) -> Sequence:
         sequence_id = path_id(raw_id)
@@ -310,9 +399,15 @@ class ReplySimulator(Simulator):
         async def sequence_contacts(sequence_id: str, request: Request) -> dict[str, Any]:
             user_id = self._authorize(request, "sequences:read")
             with self.lock:
-                links = self.state.sequence_contacts(self._sequence(sequence_id, user_id).id)
+                if self.observed and self.state.visible_sequence(path_id(sequence_id), user_id) is None:
+                    # Reply's CLI: a missing sequence may answer an empty list.
+                    return {"items": [], "hasMore": False}
+                links = self.state.sequence_contacts(
+                    self._sequence(sequence_id, user_id).id, observed=self.observed
+                )
             fields = ("contactId", "email", "statusInSequence", "currentStep")
-            return page([{f: link[f] for f in fields} for link in links], request)
+            cap = OBSERVED_MAX_PAGE if self.observed else None
+            return page([{f: link[f] for f in fields} for link in links], request, max_items=cap)
 
         @app.post("/v3/sequences/{sequence_id}/contact-links/bulk")
         async def bulk_add(sequence_id: str, request: Request) -> Response:
@@ -332,6 +427,8 @@ class ReplySimulator(Simulator):
                             }
                         ]
                     )
+                if self.observed:
+                    self._whole_request_refusals(sequence, user_id, parsed.contact_ids)
                 added, not_processed = self.state.bulk_add(sequence, user_id, parsed)
             return json_response({"added": added, "notProcessed": not_processed})
 
@@ -361,7 +458,7 @@ class ReplySimulator(Simulator):
                 job = self.state.jobs.get(job_id)
                 if job is None or job.owner_user_id != user_id:
                     raise ProblemError(404, f"background job {job_id} was not found", "job.notFound")
-                return job.to_api()
+                return job.to_api(observed=self.observed)
 
         @app.get("/v3/contacts")
         async def find_contacts(request: Request) -> dict[str, Any]:
@@ -374,6 +471,19 @@ class ReplySimulator(Simulator):
                 return {"items": [contact.to_api()] if contact is not None else []}
 
         return app
+
+    def _whole_request_refusals(self, sequence: Sequence, user_id: int, contact_ids: list[int]) -> None:
+        """Observed: what Reply refuses for the whole bulk add, not per contact."""
+        if not sequence.step_ids:
+            raise ProblemError(
+                400, f"sequence {sequence.id} has no steps", "sequenceContact.noStepsInSequence"
+            )
+        if self.state.exceeds_contact_limit(contact_ids, sequence.id, user_id):
+            raise ProblemError(
+                400,
+                f"the plan allows {self.state.contact_limit} contacts in sequences",
+                "sequenceContact.contactLimitExceeded",
+            )
 
     def _import(self, request: Request, user_id: int, body: dict[str, Any]) -> Any:
         items = body.get("items")
@@ -396,6 +506,15 @@ class ReplySimulator(Simulator):
         errors = check_import_schema(items, options, check_items=not plain)
         if errors:
             invalid(errors)
+        if self.observed:
+            # Reply's CLI: firstName is required on every item, even for a known email.
+            no_name = [
+                {"pointer": f"/items/{i}/firstName", "detail": "firstName is required"}
+                for i, item in enumerate(items)
+                if not (isinstance(item.get("firstName"), str) and item["firstName"].strip())
+            ]
+            if no_name:
+                invalid(no_name, f"{len(no_name)} item(s) have no firstName; nothing was imported")
         email_errors = [email_error(item.get("email")) for item in items]
         bad = [{"pointer": f"/items/{i}/email", "detail": e} for i, e in enumerate(email_errors) if e]
         if bad and self.import_rejects_whole_batch_on_invalid_email:

@@ -110,9 +110,12 @@ def path_id(raw: str, name: str = "id") -> int:
     return int(raw)
 
 
-def page(items: list[dict[str, Any]], request: Request) -> dict[str, Any]:
+def page(items: list[dict[str, Any]], request: Request, *, max_items: int | None = None) -> dict[str, Any]:
+    """One ``top``/``skip`` page; ``max_items`` caps a page silently, whatever ``top`` asked."""
     top = _int_query(request, "top", 25, 1, 1000)
     skip = _int_query(request, "skip", 0, 0, None)
+    if max_items is not None:
+        top = min(top, max_items)
     return {"items": items[skip : skip + top], "hasMore": skip + top < len(items)}
 
 

@@ -9,6 +9,7 @@ kind of id where another belongs meets "not found" instead of a lucky match.
 from __future__ import annotations
 
 import itertools
+import json
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -44,6 +45,12 @@ def email_key(email: str) -> str:
     return email.strip().lower()
 
 
+#: Observed: the one per-contact refusal the real bulk add gives, whatever the cause.
+OBSERVED_REFUSAL = {"error": "invalidInput", "errorDetails": "Contact could not be added to sequence"}
+#: Observed: the most items a sequence-contacts page holds, whatever ``top`` asked for.
+OBSERVED_MAX_PAGE = 100
+
+
 @dataclass(frozen=True)
 class ApiKey:
     key: str
@@ -51,6 +58,7 @@ class ApiKey:
     kind: KeyKind
     scopes: frozenset[str]
     members: frozenset[int]
+    teams: frozenset[int] = frozenset({1})
 
     def may_act_for(self, user_id: int) -> bool:
         return user_id == self.owner_user_id or user_id in self.members
@@ -76,6 +84,13 @@ class Sequence:
             "isArchived": self.is_archived,
         }
 
+    def step_object(self, step_id: int | None) -> dict[str, Any] | None:
+        """Observed: a link's ``currentStep`` as ``{stepId, displayName}``."""
+        if step_id is None:
+            return None
+        number = self.step_ids.index(step_id) + 1 if step_id in self.step_ids else 0
+        return {"stepId": step_id, "displayName": f"Step {number}"}
+
     def steps(self) -> list[dict[str, Any]]:
         return [
             {
@@ -97,6 +112,7 @@ class Contact:
     fields: dict[str, Any]
     custom_fields: list[dict[str, Any]]
     invalid: bool = False
+    deleted: bool = False
 
     @property
     def email(self) -> str:
@@ -131,8 +147,17 @@ class Job:
     delay: float
     started: float = field(default_factory=time.monotonic)
 
-    def to_api(self) -> dict[str, Any]:
+    def to_api(self, *, observed: bool = False) -> dict[str, Any]:
         elapsed = time.monotonic() - self.started
+        if observed:
+            # Reply's documented job: progress 0..1 and the result as a JSON string.
+            done = elapsed >= self.delay
+            return {
+                "jobId": self.id,
+                "status": "Done" if done else "Processing",
+                "progress": 1.0 if done else round(elapsed / self.delay, 3),
+                "jsonDataResult": json.dumps(self.result) if done else None,
+            }
         if elapsed >= self.delay:
             return {"jobId": self.id, "status": "Done", "progress": 100, "result": self.result}
         return {"jobId": self.id, "status": "Processing", "progress": int(100 * elapsed / self.delay)}
@@ -152,8 +177,10 @@ class BulkAdd:
 class ReplyState:
     """Everything the simulated Reply account holds. Callers hold the simulator's lock."""
 
-    def __init__(self, contact_limit: int | None = None) -> None:
+    def __init__(self, contact_limit: int | None = None, *, observed: bool = False) -> None:
         self.contact_limit = contact_limit
+        #: Answer as Reply's own CLI reports the real server does (see the simulator's docstring).
+        self.observed = observed
         self.users: dict[int, str] = {}
         self.keys: dict[str, ApiKey] = {}
         self.sequences: dict[int, Sequence] = {}
@@ -162,6 +189,12 @@ class ReplyState:
         # sequence id -> contact id -> link, in the order contacts were added.
         self.links: dict[int, dict[int, Link]] = {}
         self.enrolments: dict[tuple[int, int], int] = {}
+        #: (sequence, contact) -> bulk adds that named a contact already in the sequence.
+        self.readds: dict[tuple[int, int], int] = {}
+        #: Observed: (sequence, contact) -> re-adds that moved a member to a later step.
+        self.moves: dict[tuple[int, int], int] = {}
+        #: (sequence, contact) -> bulk adds that named a contact another user owns.
+        self.foreign_adds: dict[tuple[int, int], int] = {}
         self.jobs: dict[str, Job] = {}
         self._user_ids = itertools.count(1)
         self._sequence_ids = itertools.count(1001)
@@ -188,6 +221,7 @@ class ReplyState:
         kind: KeyKind,
         scopes: set[str] | None,
         members: list[int] | None,
+        teams: list[int] | None = None,
     ) -> None:
         unknown_users = {user_id, *(members or [])} - set(self.users)
         if unknown_users:
@@ -197,7 +231,12 @@ class ReplyState:
         if scopes is not None and not scopes <= SCOPES:
             raise ValueError(f"unknown scopes: {sorted(scopes - SCOPES)}")
         self.keys[key] = ApiKey(
-            key, user_id, kind, frozenset(SCOPES if scopes is None else scopes), frozenset(members or [])
+            key,
+            user_id,
+            kind,
+            frozenset(SCOPES if scopes is None else scopes),
+            frozenset(members or []),
+            frozenset(teams or [1]),
         )
 
     def add_sequence(self, name: str, owner_user_id: int, status: str, steps: int) -> int:
@@ -212,7 +251,13 @@ class ReplyState:
         return sequence_id
 
     def add_contact(
-        self, email: str | None, owner_user_id: int, invalid: bool, fields: dict[str, Any]
+        self,
+        email: str | None,
+        owner_user_id: int,
+        invalid: bool,
+        fields: dict[str, Any],
+        *,
+        deleted: bool = False,
     ) -> int:
         if owner_user_id not in self.users:
             raise ValueError(f"unknown user id {owner_user_id}")
@@ -222,7 +267,9 @@ class ReplyState:
         if email and email_key(email) in self.by_email:
             raise ValueError(f"a contact with email {email!r} exists already")
         custom = [dict(c) for c in fields.pop("customFields", None) or []]
-        return self._create_contact(owner_user_id, {**fields, "email": email or None}, custom, invalid)
+        contact_id = self._create_contact(owner_user_id, {**fields, "email": email or None}, custom, invalid)
+        self.contacts[contact_id].deleted = deleted
+        return contact_id
 
     def _create_contact(
         self, owner_user_id: int, fields: dict[str, Any], custom: list[dict[str, Any]], invalid: bool
@@ -253,15 +300,17 @@ class ReplyState:
     def find_contact(self, email: str, user_id: int) -> Contact | None:
         contact_id = self.by_email.get(email_key(email))
         contact = self.contacts.get(contact_id) if contact_id is not None else None
-        return contact if contact is not None and contact.owner_user_id == user_id else None
+        visible = contact is not None and contact.owner_user_id == user_id and not contact.deleted
+        return contact if visible else None
 
-    def sequence_contacts(self, sequence_id: int) -> list[dict[str, Any]]:
+    def sequence_contacts(self, sequence_id: int, *, observed: bool = False) -> list[dict[str, Any]]:
+        sequence = self.sequences[sequence_id]
         return [
             {
                 "contactId": link.contact_id,
                 "email": self.contacts[link.contact_id].email or None,
                 "statusInSequence": link.status,
-                "currentStep": link.current_step,
+                "currentStep": sequence.step_object(link.current_step) if observed else link.current_step,
                 "ignoreStepDelay": link.ignore_step_delay,
                 "startFrom": link.start_from,
                 "addedAt": link.added_at,
@@ -293,9 +342,24 @@ class ReplyState:
         start_step = request.start_step_id if request.start_step_id is not None else first_step
         added_at = _now_iso()  # one request, one moment
         for contact_id in dict.fromkeys(request.contact_ids):  # duplicates: the first one counts
+            key = (sequence.id, contact_id)
+            contact = self.contacts.get(contact_id)
+            if contact is not None and contact.owner_user_id != user_id:
+                self.foreign_adds[key] = self.foreign_adds.get(key, 0) + 1
+            link = links.get(contact_id)
+            if link is not None:
+                self.readds[key] = self.readds.get(key, 0) + 1
+                if self.observed and self._moves_forward(sequence, link, request.start_step_id):
+                    # Reply's CLI: a later start step moves the member on, skipping the steps
+                    # between, and the answer says "added".
+                    link.current_step = request.start_step_id
+                    self.moves[key] = self.moves.get(key, 0) + 1
+                    added.append(contact_id)
+                    continue
             refusal = self._refusal(contact_id, sequence.id, user_id, active)
             if refusal is not None:
-                not_processed[str(contact_id)] = {"error": refusal[0], "errorDetails": refusal[1]}
+                documented = {"error": refusal[0], "errorDetails": refusal[1]}
+                not_processed[str(contact_id)] = dict(OBSERVED_REFUSAL) if self.observed else documented
             else:
                 if request.remove_from_existing:
                     for other_id, other_links in self.links.items():
@@ -304,18 +368,42 @@ class ReplyState:
                 links[contact_id] = Link(
                     contact_id, start_step, request.ignore_step_delay, request.start_from, added_at=added_at
                 )
-                key = (sequence.id, contact_id)
                 self.enrolments[key] = self.enrolments.get(key, 0) + 1
                 active.add(contact_id)
                 added.append(contact_id)
         return added, not_processed
+
+    @staticmethod
+    def _moves_forward(sequence: Sequence, link: Link, start_step_id: int | None) -> bool:
+        if start_step_id is None or start_step_id not in sequence.step_ids:
+            return False
+        current = sequence.step_ids.index(link.current_step) if link.current_step in sequence.step_ids else -1
+        return sequence.step_ids.index(start_step_id) > current
+
+    def exceeds_contact_limit(self, contact_ids: list[int], sequence_id: int, user_id: int) -> bool:
+        """Observed: whether adding these contacts would pass the plan's limit (the whole
+        request is then refused)."""
+        if self.contact_limit is None:
+            return False
+        active = self._active_contacts()
+        links = self.links[sequence_id]
+        new = {
+            c
+            for c in contact_ids
+            if c not in active
+            and c not in links
+            and (contact := self.contacts.get(c)) is not None
+            and not contact.deleted
+            and contact.owner_user_id == user_id
+        }
+        return len(active) + len(new) > self.contact_limit
 
     def _refusal(
         self, contact_id: int, sequence_id: int, user_id: int, active: set[int]
     ) -> tuple[str, str] | None:
         """Why a contact cannot be added, as (slug, details), checked in the documented order."""
         contact = self.contacts.get(contact_id)
-        if contact is None:
+        if contact is None or contact.deleted:
             return "contactNotFound", f"contact {contact_id} does not exist"
         if contact.owner_user_id != user_id:
             return "forbidden", f"user {user_id} may not act for the owner of contact {contact_id}"
@@ -352,19 +440,29 @@ class ReplyState:
     def import_contacts(
         self, user_id: int, items: list[dict[str, Any]], errors: list[str | None], options: dict[str, Any]
     ) -> dict[str, Any]:
-        """Upsert contacts by email, in input order; ``errors[i]`` fails item ``i`` up front."""
+        """Upsert contacts by email, in input order; ``errors[i]`` fails item ``i`` up front.
+
+        Observed: statuses are lowercase; a contact of the user's that was deleted is
+        ``restored``; an email another user holds is ``skipped`` with a ``skipReason``, and the
+        item names that user's contact.
+        """
         results: list[dict[str, Any]] = []
-        counts = dict.fromkeys(("Created", "Updated", "Skipped", "Failed"), 0)
+        counts = dict.fromkeys(("Created", "Updated", "Restored", "Skipped", "Failed"), 0)
         skip, overwrite = bool(options.get("skipExisting")), bool(options.get("overwriteExisting"))
         contacts, by_email, get_id = self.contacts, self.by_email, self.by_email.get
+        observed = self.observed
         for item, error in zip(items, errors, strict=True):
             existing = None
             email = ""
+            skip_reason = None
             if error is None:
                 email = email_key(str(item.get("email") or ""))
                 existing = contacts.get(get_id(email, -1))
                 if existing is not None and existing.owner_user_id != user_id:
-                    error = "a contact with this email belongs to another user"
+                    if observed:
+                        skip_reason = "contactDeleted" if existing.deleted else "contactOwnedByTeammate"
+                    else:
+                        error = "a contact with this email belongs to another user"
             if error is not None:
                 status, contact_id = "Failed", None
             elif existing is None:
@@ -377,20 +475,35 @@ class ReplyState:
                 if fields["email"]:
                     by_email[email] = contact_id
                 status = "Created"
+            elif skip_reason is not None:
+                status, contact_id = "Skipped", existing.id
             elif skip:
                 status, contact_id = "Skipped", existing.id
+                skip_reason = "contactExists"
             else:
                 self._update(existing, item, overwrite=overwrite)
                 status, contact_id = "Updated", existing.id
+                if existing.deleted:
+                    existing.deleted = False
+                    status = "Restored" if observed else "Updated"
             counts[status] += 1
-            results.append({"id": contact_id, "status": status, "error": error})
-        return {
+            if observed:
+                result: dict[str, Any] = {"id": contact_id, "status": status.lower(), "error": error}
+                if skip_reason is not None:
+                    result["skipReason"] = skip_reason
+                results.append(result)
+            else:
+                results.append({"id": contact_id, "status": status, "error": error})
+        summary = {
             "items": results,
             "added": counts["Created"],
             "updated": counts["Updated"],
             "skipped": counts["Skipped"],
             "failed": counts["Failed"],
         }
+        if observed:
+            summary["restored"] = counts["Restored"]
+        return summary
 
     @staticmethod
     def _update(contact: Contact, item: dict[str, Any], *, overwrite: bool) -> None:

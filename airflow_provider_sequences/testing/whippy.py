@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from airflow_provider_sequences.testing.base import Simulator, json_response
+from airflow_provider_sequences.testing.base import DEFAULT_BEHAVIOUR, Behaviour, Simulator, json_response
 from airflow_provider_sequences.testing.faults import CannedResponse
 from airflow_provider_sequences.testing.ratelimit import Limit
 from airflow_provider_sequences.testing.whippy_state import (
@@ -90,6 +90,7 @@ class WhippySimulator(WhippyState, Simulator):
     :param processing_delay: real seconds between a 202 and its background job running; jobs
         run one at a time, in the order they were accepted.
     :param max_list_limit: the largest ``limit`` a list accepts.
+    :param behaviour: ``documented`` or ``observed`` (see :data:`~.base.Behaviour`).
     """
 
     def __init__(
@@ -99,11 +100,12 @@ class WhippySimulator(WhippyState, Simulator):
         enforce_rate_limits: bool = True,
         processing_delay: float = 0.0,
         max_list_limit: int = 500,
+        behaviour: Behaviour = DEFAULT_BEHAVIOUR,
     ) -> None:
         self.processing_delay = processing_delay
         self.max_list_limit = max_list_limit
         self._init_state()
-        super().__init__(time_scale=time_scale, enforce_rate_limits=enforce_rate_limits)
+        super().__init__(time_scale=time_scale, enforce_rate_limits=enforce_rate_limits, behaviour=behaviour)
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> WhippySimulator:
         """Serve on loopback in a background thread; ``port=0`` picks a free port."""
