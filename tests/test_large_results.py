@@ -45,6 +45,7 @@ with DAG(dag_id={DAG_ID!r}, schedule=None, start_date=datetime(2026, 1, 1), catc
         source_path={str(source)!r},
         key_column="crm_id",
         column_map={{"email": "email"}},
+        first_name_fallback="there",
         state_conn_id="sync_state",
     )
 

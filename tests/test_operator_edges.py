@@ -54,6 +54,7 @@ def test_a_mapped_task_emits_its_sequence_asset(reply_account: ReplyAccount, dag
         REPLY_OPERATOR,
         sequence_id=sequence,
         column_map={"email": "email"},
+        first_name_fallback="there",
         state_conn_id=STATE_CONN,
         expand_contacts=[[{"email": "ada@example.com"}], [{"email": "grace@example.com"}]],
     )
@@ -74,6 +75,7 @@ def test_a_templated_sequence_id_emits_the_asset_it_resolved(
         params={"sequence_id": sequence},
         sequence_id="{{ params.sequence_id }}",
         column_map={"email": "email"},
+        first_name_fallback="there",
         state_conn_id=STATE_CONN,
         upstream_rows=[{"email": "ada@example.com"}],
     )
@@ -90,6 +92,7 @@ def test_a_dry_run_emits_no_asset(reply_account: ReplyAccount, dags_folder: Path
         params={"sequence_id": reply_account.sequence_id},
         sequence_id="{{ params.sequence_id }}",
         column_map={"email": "email"},
+        first_name_fallback="there",
         state_conn_id=STATE_CONN,
         dry_run=True,
         upstream_rows=[{"email": "ada@example.com"}],
@@ -152,6 +155,7 @@ def test_requests_counts_every_request_the_service_saw(
         REPLY_OPERATOR,
         sequence_id=reply_account.sequence_id,
         column_map={"email": "email"},
+        first_name_fallback="there",
         state_conn_id=STATE_CONN,
         upstream_rows=[{"email": f"p{i}@example.com"} for i in range(5)],
     )
