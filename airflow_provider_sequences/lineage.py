@@ -8,7 +8,8 @@ needed otherwise.
   the source connection's namespace), or the file of ``source_path``; rows handed over by an
   upstream task (``contacts``) are that task's output, not a dataset of this one;
 - output: the sequence, namespace ``<service>://<API host>``, name
-  ``<account>/sequences/<sequence id>``, with a column-lineage facet from ``column_map`` and
+  ``<account>/sequences/<sequence id>`` (the account the hook acts as: ``user-42``,
+  ``org-7``, or the connection id when unknown), with a column-lineage facet from ``column_map`` and
   the rows added as output statistics.
 """
 
@@ -83,6 +84,8 @@ def sequence_lineage(
 ) -> OperatorLineage:
     """The lineage of one sync into a sequence."""
     host = urlsplit(api_url).netloc or api_url
+    # The hook's account (``reply:<host>:user-42``): the namespace already says service and host.
+    account = account.removeprefix(f"{service}:{host}:")
     facets: dict[str, Any] = {}
     if column_map and inputs:
         source = inputs[0]

@@ -403,6 +403,7 @@ class SequenceSyncOperator(BaseOperator):
         self._lineage_run = {
             "service": run.adapter.service,
             "api_url": getattr(run.adapter.hook, "base_url", ""),
+            "account": str(getattr(run.adapter.hook, "account", "") or ""),
             "added": 0 if run.options.dry_run else stats["added"],
         }
         return value
@@ -422,7 +423,7 @@ class SequenceSyncOperator(BaseOperator):
         return sequence_lineage(
             service=done.get("service") or self.service_name,
             api_url=done.get("api_url", ""),
-            account=self.connection_id(),
+            account=done.get("account") or self.connection_id(),
             sequence_id=self.sequence_id,
             column_map=self.column_map,
             inputs=inputs,
