@@ -133,11 +133,18 @@ def run_sync(config: dict[str, Any]) -> dict[str, Any]:
     options = SyncOptions(
         batch_size=int(config["batch_size"]), enrollment_timeout=float(config["enrollment_timeout"])
     )
+    if isinstance(adapter, WhippyAdapter):
+        # As the operator does: a state without a finished run may not know who is in the
+        # sequence (a first night, or its retry), so the members are read first.
+        adapter.read_members_unless_known(state)
     run = SyncRun(adapter, spec, state, config["run_id"], options)
     run.run(_chunks(config, pause))
     run.confirm()
     pause("finish", 0)
-    result = run.finish().to_xcom()
+    finished = run.finish()
+    if isinstance(adapter, WhippyAdapter):
+        state.save_run(config["run_id"], dict(finished.stats), finished=True)
+    result = finished.to_xcom()
     target = Path(config["result"])
     partial = target.with_suffix(".partial")
     partial.write_text(json.dumps(result))

@@ -185,8 +185,14 @@ def member_reads(sim: ReplySimulator) -> int:
     return sum(1 for r in sim.requests if r.method == "GET" and r.path.endswith("/contacts"))
 
 
+@pytest.mark.parametrize("behaviour", BEHAVIOURS)
 @pytest.mark.parametrize("seed", [21, 23])
-def test_whippy_under_chaos(seed: int, tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_whippy_under_chaos(
+    seed: int, behaviour: Behaviour, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under both behaviours of the simulator: observed, step contacts carry no external id
+    (the read-back matches phones) and pages hold at most 100."""
+
     def once(sim: WhippySimulator, plan: FaultPlan | None, name: str) -> tuple[dict[str, Any], int]:
         account = seed_whippy_account(sim)
         monkeypatch.setenv(
@@ -196,8 +202,9 @@ def test_whippy_under_chaos(seed: int, tmp_path: Any, monkeypatch: pytest.Monkey
         if plan:
             sim.faults.configure(plan)
             # Besides the random faults, the first write's answer is lost and the second's
-            # connection is reset, so every kind strikes whatever the seed.
-            sim.faults.force(None, "lost_response", "reset")
+            # connection is reset, so every kind strikes whatever the seed (after the preflight
+            # and the read of the sequence's members a first night makes).
+            sim.faults.force(None, None, "lost_response", "reset")
 
         def make() -> WhippyAdapter:
             return WhippyAdapter(WhippyHook(), account.sequence_id, poll_interval=0.2)
@@ -218,9 +225,9 @@ def test_whippy_under_chaos(seed: int, tmp_path: Any, monkeypatch: pytest.Monkey
         assert set(result["added"]) == in_sequence
         return result, requests
 
-    with WhippySimulator(enforce_rate_limits=False) as calm:
+    with WhippySimulator(enforce_rate_limits=False, behaviour=behaviour) as calm:
         clean, clean_requests = once(calm, None, "calm")
-    with WhippySimulator(enforce_rate_limits=False) as stormy:
+    with WhippySimulator(enforce_rate_limits=False, behaviour=behaviour) as stormy:
         result, requests = once(stormy, chaos(seed), "stormy")
         faults = {r.fault for r in stormy.requests}
     assert {"server_error", "rate_limit", "reset", "lost_response"} <= faults

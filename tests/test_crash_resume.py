@@ -14,9 +14,9 @@ deterministically, without sleeps:
 
 After the retry, the result and the sync state must equal a clean run's on a fresh simulator,
 the simulator's ground truth must show every added key enrolled exactly once, and work
-acknowledged before the kill must not be sent again. Reply's cases run under both behaviours of
-its simulator (documented, and as Reply's own CLI reports the real server), and no bulk add
-may name a contact already in the sequence.
+acknowledged before the kill must not be sent again. Every case runs under both behaviours of
+its simulator (documented, and as the service's own client reports the real server), and no
+bulk add may name a contact already in the sequence.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -172,7 +172,7 @@ def start_service(name: str, behaviour: Behaviour = "documented") -> Service:
             reply.add_contact(email, owner_user_id=other)
         env = {connection_env_var("reply_default"): connection_json("reply", reply.url, account.api_key)}
         return Service(name, reply, str(account.sequence_id), env, reply.stop, behaviour=behaviour)
-    whippy = WhippySimulator(enforce_rate_limits=False).start()
+    whippy = WhippySimulator(enforce_rate_limits=False, behaviour=behaviour).start()
     whippy_account = seed_whippy_account(whippy)
     steps = whippy.sequence(whippy_account.sequence_id)["steps"]
     for phone in WHIPPY_ELSEWHERE:
@@ -182,7 +182,7 @@ def start_service(name: str, behaviour: Behaviour = "documented") -> Service:
     env = {
         connection_env_var("whippy_default"): connection_json("whippy", whippy.url, whippy_account.api_key)
     }
-    return Service(name, whippy, whippy_account.sequence_id, env, whippy.stop, steps[0]["id"])
+    return Service(name, whippy, whippy_account.sequence_id, env, whippy.stop, steps[0]["id"], behaviour)
 
 
 @pytest.fixture
@@ -392,7 +392,10 @@ def without_ids(service: Service, text: Any) -> Any:
     """A detail without the simulator's random ids (Whippy's sequence and step ids)."""
     if not isinstance(text, str) or service.name != "whippy":
         return text
-    return text.replace(service.sequence_id, "<sequence>").replace(service.step_id, "<step>")
+    text = text.replace(service.sequence_id, "<sequence>")
+    for n, step in enumerate(service.sim.sequence(service.sequence_id)["steps"], start=1):
+        text = text.replace(step["id"], f"<step {n}>")
+    return text
 
 
 def comparable(service: Service, result: dict[str, Any], state: pd.DataFrame) -> Clean:
@@ -413,7 +416,7 @@ class Clean:
     written: int
 
 
-CLEAN_RUNS = ("reply-documented", "reply-observed", "whippy-documented")
+CLEAN_RUNS = ("reply-documented", "reply-observed", "whippy-documented", "whippy-observed")
 
 
 @pytest.fixture(scope="module")
@@ -496,18 +499,27 @@ KILL_POINTS = {
     "whippy-create-2-applied": _whippy(1, gate=(*WHIPPY_CREATE, 2, "after"), in_flight=True, applied=True),
     # Batch 3 answered 202, not yet recorded as pending.
     "whippy-batch-3-answered": _whippy(2, pause={"at": "push_done", "n": 3}, in_flight=True, applied=True),
-    # Every batch accepted and recorded pending; the read-back in flight.
-    "whippy-confirming": _whippy(3, gate=(*WHIPPY_READ_BACK, 1, "before")),
+    # Every batch accepted and recorded pending; the read-back in flight (the first read of the
+    # step contacts is the members', before the first write).
+    "whippy-confirming": _whippy(3, gate=(*WHIPPY_READ_BACK, 2, "before")),
 }
+
+
+def _at(point: KillPoint, behaviour: str) -> KillPoint:
+    """The kill point under a behaviour: observed, Whippy refuses the members' first read at
+    500 a page, and the sync reads them again at 100: one more read of the step contacts."""
+    gate = point.gate
+    if point.service == "whippy" and behaviour == "observed" and gate and gate[:2] == WHIPPY_READ_BACK:
+        return replace(point, gate=(*WHIPPY_READ_BACK, gate[2] + 1, gate[3]))
+    return point
 
 
 @pytest.mark.parametrize(
     ("service", "point"),
     [
-        pytest.param((p.service, behaviour), p, id=f"{name}-{behaviour}")
+        pytest.param((p.service, behaviour), _at(p, behaviour), id=f"{name}-{behaviour}")
         for name, p in KILL_POINTS.items()
-        # Whippy's observed behaviour is another change's.
-        for behaviour in (BEHAVIOURS if p.service == "reply" else ("documented",))
+        for behaviour in BEHAVIOURS
     ],
     indirect=["service"],
 )
@@ -560,6 +572,9 @@ def test_killed_then_retried_equals_a_clean_run(
     reference = clean[f"{service.name}-{service.behaviour}"]
     batch = REPLY_BATCH if service.name == "reply" else WHIPPY_BATCH
     sent_before = crashed[pd.to_numeric(crashed["attempts"]) > 0]
+    if service.name == "whippy":
+        # Members of the sequence before the first night: recorded with their batch, never written.
+        sent_before = sent_before.drop(list(WHIPPY_ELSEWHERE), errors="ignore")
     in_flight = set(sent_before.index[sent_before["status"] == SENDING])
     acknowledged = sent_before[sent_before["status"] != SENDING]
     expected = min(point.acknowledged * batch, reference.written)

@@ -758,12 +758,12 @@ def test_templated_sequence_and_start_from_render_and_the_link_follows(world: Re
 def test_the_operator_declares_its_link_and_its_sequence_asset() -> None:
     from airflow.sdk import Asset
 
-    from airflow_provider_sequences.links import SequenceLink
+    from airflow_provider_sequences.links import SequenceLink, SyncReportLink
 
     operator = ReplyAddContactsToSequenceOperator(
         task_id=TASK, sequence_id=1001, contacts=[], column_map={"email": "email"}
     )
-    assert [type(link) for link in operator.operator_extra_links] == [SequenceLink]
+    assert [type(link) for link in operator.operator_extra_links] == [SequenceLink, SyncReportLink]
     assert operator.operator_extra_links[0].name == "Sequence"
     assert operator.operator_extra_links[0].get_link(operator, ti_key=None) == (
         "https://run.reply.io/#/sequences/1001"

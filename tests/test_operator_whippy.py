@@ -3,6 +3,10 @@ database) against the Whippy simulator over real HTTP, each test with its own sy
 
 What a run reports is checked against the simulator's ground truth: who is in the step, how
 many times each contact was enrolled, who Whippy silently ignored, and every request sent.
+Every test runs under both behaviours of the simulator: ``documented`` (Whippy's reference)
+and ``observed`` (what Whippy's own code shows: step contacts without ``external_id``, 422s
+that name no item, step-contact pages of at most 100, channels without ``email`` or
+``total``, steps without position or channel type).
 """
 
 from __future__ import annotations
@@ -21,10 +25,14 @@ import pandas as pd
 import pytest
 
 from airflow_provider_sequences.hooks.whippy import WhippyHook
+from airflow_provider_sequences.sync.state import ADDED, KeyOutcome, Scope, SyncState, create_state_engine
 from airflow_provider_sequences.testing import WhippyAccount, connection_env_var, connection_json
+from airflow_provider_sequences.testing.base import BEHAVIOURS
 from airflow_provider_sequences.testing.dags import load_dag, run_dag, task_states, task_xcom
 from airflow_provider_sequences.testing.whippy import WhippySimulator
 from tests.dag_files import WHIPPY_OPERATOR, write_operator_dag
+
+pytestmark = pytest.mark.parametrize("simulator_behaviour", BEHAVIOURS)
 
 STATE_CONN_ID = "whippy_sync_state"
 COLUMN_MAP = {"crm_id": "external_id", "phone": "phone", "email": "email", "full_name": "name"}
@@ -35,10 +43,16 @@ DEFAULTS: dict[str, Any] = {
     "poll_interval": 0.2,
     "enrollment_timeout": 3,
 }
-NOT_ENROLLED_CAUSES = (
-    "Whippy silently ignores contacts that lack what a sms step needs, contacts active in another "
-    "step of the sequence, and, unless the sequence re-adds contacts, contacts that already went through it"
-)
+
+
+def not_enrolled_causes(behaviour: str) -> str:
+    # Observed: Whippy does not say a step's channel type, so the detail cannot either.
+    channel = "a sms step" if behaviour == "documented" else "the step's channel"
+    return (
+        f"Whippy silently ignores contacts that lack what {channel} needs, contacts active in another "
+        "step of the sequence, and, unless the sequence re-adds contacts, contacts that already went "
+        "through it"
+    )
 
 
 # -- wiring ---------------------------------------------------------------------------------------
@@ -57,6 +71,29 @@ class Whippy:
     @property
     def sequence_id(self) -> str:
         return self.account.sequence_id
+
+    @property
+    def observed(self) -> bool:
+        return self.sim.behaviour == "observed"
+
+    def before_first_write(self) -> list[None]:
+        """One ``None`` per request a first night sends before its first write, for
+        ``sim.faults.force``: the sequence, its members (observed: pages of 500 refused, then
+        read at 100), the step's count."""
+        return [None] * (4 if self.observed else 3)
+
+    def known_sequence(self, sequence_id: str | None = None) -> None:
+        """Record a finished night that enrolled someone else in the sync state, as if the sync
+        had run on this sequence before: a run then does not read the sequence's members first
+        (only a first night does)."""
+        engine = create_state_engine(f"sqlite:///{self.state_path}")
+        try:
+            scope = Scope("whippy", "whippy_default", sequence_id or self.sequence_id)
+            state = SyncState(engine, scope)
+            state.record([KeyOutcome("someone-earlier", ADDED)], "an-earlier-night")
+            state.save_run("an-earlier-night", {}, finished=True)
+        finally:
+            engine.dispose()
 
     def steps(self, sequence_id: str | None = None) -> list[str]:
         return [step["id"] for step in self.sim.sequence(sequence_id or self.sequence_id)["steps"]]
@@ -304,8 +341,10 @@ def test_every_data_reason_whippy_can_give(whippy: Whippy, capsys: pytest.Captur
 
 
 def test_contacts_whippy_silently_ignores_are_not_enrolled(whippy: Whippy) -> None:
+    """On a later night (the first reads the members before sending: see the first-night test)."""
     sim, sequence = whippy.sim, whippy.sequence_id
     first_step, second_step = whippy.steps()
+    whippy.known_sequence()
     hook = WhippyHook()
     # Before the run: 201 is active in step 2; 202 went through the sequence (it does not re-add).
     hook.create_sequence_contacts(
@@ -329,7 +368,7 @@ def test_contacts_whippy_silently_ignores_are_not_enrolled(whippy: Whippy) -> No
     assert run.result["added"] == ["203"]
     detail = (
         f"Whippy accepted this contact but it was not in step {first_step} of sequence {sequence} after 2 s: "
-        + NOT_ENROLLED_CAUSES
+        + not_enrolled_causes(sim.behaviour)
     )
     assert run.result["not_processed"] == {
         "201": {"reason": "notEnrolled", "detail": detail},
@@ -354,21 +393,32 @@ def test_email_sequence_rejects_rows_without_email_before_sending(whippy: Whippy
         ("303", "+1 415-555-0303", "   ", "Blank email"),
         ("304", "+1 415-555-0304", "not an email", "Bad email"),
     )
-    run = whippy.run(upstream_rows=export, sequence_id=sequence, max_not_processed_share=None)
+    run = whippy.run(
+        upstream_rows=export, sequence_id=sequence, max_not_processed_share=None, enrollment_timeout=1
+    )
 
     assert run.state == "success"
     check_accounting(run.result, ["301", "302", "303", "304"])
     assert run.result["added"] == ["301"]
-    assert run.result["not_processed"] == {
-        "302": {"reason": "missingEmail", "detail": "email is empty (column 'email')"},
-        "303": {"reason": "missingEmail", "detail": "email is empty (column 'email')"},
-        "304": {
-            "reason": "invalidEmail",
-            "detail": "'not an email' is not a valid email: An email address must have an @-sign.",
-        },
+    invalid = {
+        "reason": "invalidEmail",
+        "detail": "'not an email' is not a valid email: An email address must have an @-sign.",
     }
-    assert [p.items for p in run.posts] == [1]  # the rejected rows never reached Whippy
-    assert whippy.sim.ignored == []
+    if whippy.observed:
+        # Whippy does not say the step is an email step: rows without an email are sent, Whippy
+        # ignores them, and the read-back says so. A bad email is still refused before sending.
+        assert reasons(run.result) == {"302": "notEnrolled", "303": "notEnrolled", "304": "invalidEmail"}
+        assert run.result["not_processed"]["304"] == invalid
+        assert [p.items for p in run.posts] == [3]
+        assert {entry["reason"] for entry in whippy.sim.ignored} == {"email step: the contact has no email"}
+    else:
+        assert run.result["not_processed"] == {
+            "302": {"reason": "missingEmail", "detail": "email is empty (column 'email')"},
+            "303": {"reason": "missingEmail", "detail": "email is empty (column 'email')"},
+            "304": invalid,
+        }
+        assert [p.items for p in run.posts] == [1]  # the rejected rows never reached Whippy
+        assert whippy.sim.ignored == []
     assert in_step(whippy.sim, sequence, whippy.steps(sequence)[0]) == {"301": 1}
 
 
@@ -383,8 +433,8 @@ def test_a_batch_that_keeps_failing_is_request_failed_and_the_rest_is_sent(
         connection_env_var("whippy_default"),
         connection_json("whippy", sim.url, whippy.account.api_key, max_attempts=2),
     )
-    # preflight read, step count, then both attempts of the first batch's POST fail.
-    sim.faults.force(None, None, "server_error", "server_error")
+    # Both attempts of the first batch's POST fail.
+    sim.faults.force(*whippy.before_first_write(), "server_error", "server_error")
     run = whippy.run(upstream_rows=good_rows(4), batch_size=2)
 
     assert run.state == "success"  # 2 of 4 failed: not more than max_not_processed_share (50%)
@@ -443,9 +493,13 @@ def test_a_batch_rejected_whole_is_bisected_down_to_its_bad_row(whippy: Whippy, 
     check_accounting(run.result, keys)
     bad_key = keys[BAD_ROW]
     assert sorted(run.result["added"], key=int) == [k for k in keys if k != bad_key]
-    assert run.result["not_processed"] == {
-        bad_key: {"reason": "invalidInput", "detail": f"Whippy rejected this contact: {message}"}
-    }
+    # Observed: the 422 names no item, so the contact is known bad only once refused alone.
+    detail = (
+        f"Whippy refused this contact ({message}) when sent alone"
+        if whippy.observed
+        else f"Whippy rejected this contact: {message}"
+    )
+    assert run.result["not_processed"] == {bad_key: {"reason": "invalidInput", "detail": detail}}
     # Halving: 8 -> 4 + 4 -> the bad half as 2 + 2 -> the bad pair as 1 + 1: 2*log2(8) + 1 POSTs.
     assert [(p.items, p.status) for p in run.posts] == [
         (8, 422),
@@ -476,15 +530,30 @@ def test_an_error_about_the_request_stops_the_run_after_one_write(
     )
 
     assert run.state == "failed"
-    assert run.result is None
     log = capsys.readouterr().out
-    assert (
-        "SyncAbortedError: Whippy refused the request, so no batch can succeed: Whippy API POST "
-        f"/v1/sequences/{whippy.sequence_id}/contacts failed: 422 "
-        "[custom_data.custom_object_id: custom object not found]"
-    ) in log
-    # Not five batches, not bisected; a batch already queued behind it is not sent either.
-    assert [(p.items, p.status) for p in run.posts] == [(2, 422)]
+    if whippy.observed:
+        # The 422 names no field: it may be about a contact, so batches are split, but a batch
+        # of which no piece is accepted counts as failed, and three in a row stop the run.
+        assert run.result is not None
+        check_accounting(run.result, [str(row["crm_id"]) for row in export])
+        assert set(reasons(run.result).values()) == {"requestFailed"}
+        assert run.result["not_processed"]["1"]["detail"] == (
+            "Whippy refused this contact (custom object not found) when sent alone, and accepted no "
+            "write of this run, so the request rather than the contact may be at fault; the next run "
+            "tries again"
+        )
+        stopped = run.result["not_processed"]["10"]["detail"]
+        assert stopped.startswith("not sent: the previous 3 batches failed")
+        assert [(p.items, p.status) for p in run.posts] == [(2, 422), (1, 422), (1, 422)] * 3
+    else:
+        assert run.result is None
+        assert (
+            "SyncAbortedError: Whippy refused the request, so no batch can succeed: Whippy API POST "
+            f"/v1/sequences/{whippy.sequence_id}/contacts failed: 422 "
+            "[custom_data.custom_object_id: custom object not found]"
+        ) in log
+        # Not five batches, not bisected; a batch already queued behind it is not sent either.
+        assert [(p.items, p.status) for p in run.posts] == [(2, 422)]
     assert whippy.sim.enrolments == {}
 
 
@@ -531,7 +600,10 @@ def test_deferrable_run_waits_in_a_trigger_that_only_reads(
 ) -> None:
     sim = whippy.sim
     other = sim.add_sequence("Nightly onboarding (SMS, copy)", steps=["sms", "sms"])
-    # One contact of each sequence is active in its step 2 already: Whippy will ignore it.
+    # One contact of each sequence is active in its step 2 already: Whippy will ignore it (on a
+    # later night; the first reads the members and does not send it).
+    for sequence_id in (whippy.sequence_id, other):
+        whippy.known_sequence(sequence_id)
     hook = WhippyHook()
     for sequence_id in (whippy.sequence_id, other):
         hook.create_sequence_contacts(
@@ -632,7 +704,8 @@ def test_inline_wait_reads_back_every_poll_interval_until_the_timeout(whippy: Wh
     last_post = max(i for i, r in enumerate(run.requests) if r.method == "POST")
     reads = [r for r in run.requests[last_post + 1 :] if r.method == "GET"]
     assert 3 <= len(reads) <= 6  # after 0, 0.2, 0.6 and 1.4 s (the interval doubles)
-    assert run.result["stats"]["read_requests"] == len(reads) + 1  # and the step's count before sending
+    # And before sending: the members (a first night) and the step's count.
+    assert run.result["stats"]["read_requests"] == len(reads) + 2 + whippy.observed
 
 
 @pytest.mark.whippy_simulator(processing_delay=0.5)
@@ -700,8 +773,8 @@ def test_pending_contacts_stored_by_an_earlier_version_are_still_confirmed(whipp
 
 
 def test_a_lost_response_is_not_retried_blindly_and_the_read_back_finds_the_contacts(whippy: Whippy) -> None:
-    # preflight read, step count, then the POST is applied and its answer lost.
-    whippy.sim.faults.force(None, None, "lost_response")
+    # The POST is applied and its answer lost.
+    whippy.sim.faults.force(*whippy.before_first_write(), "lost_response")
     run = whippy.run(upstream_rows=good_rows(6))
 
     assert run.state == "success"
@@ -714,6 +787,7 @@ def test_a_lost_response_is_not_retried_blindly_and_the_read_back_finds_the_cont
 
 def test_a_lost_response_for_contacts_whippy_ignored_says_so(whippy: Whippy) -> None:
     """The read-back cannot find them: the detail says the answer was lost, not that they were refused."""
+    whippy.known_sequence()  # not the first night: contact 1 is not known to be in step 2
     hook = WhippyHook()
     hook.create_sequence_contacts(
         whippy.sequence_id, [{"phone": "+14155550001", "external_id": "1"}], step_id=whippy.steps()[1]
@@ -736,8 +810,8 @@ def test_a_lost_response_for_contacts_whippy_ignored_says_so(whippy: Whippy) -> 
 def test_a_write_whose_connection_was_reset_is_sent_again_once_in_the_same_run(whippy: Whippy) -> None:
     """Whippy never saw the reset write: once its work is over and a read of the whole step
     proves the contacts absent, the run sends them again itself; no task retry is needed."""
-    # preflight read, step count, then the first batch's connection is reset before Whippy sees it.
-    whippy.sim.faults.force(None, None, "reset")
+    # The first batch's connection is reset before Whippy sees it.
+    whippy.sim.faults.force(*whippy.before_first_write(), "reset")
     run = whippy.run(upstream_rows=good_rows(6), batch_size=3)
 
     assert run.state == "success"
@@ -750,8 +824,8 @@ def test_a_write_whose_connection_was_reset_is_sent_again_once_in_the_same_run(w
         (3, 202, None),  # contacts 1 to 3 again, once
     ]
     assert run.result["stats"]["write_requests"] == 3
-    # Preflight, the step's count, then polls: each reads only past what was read before.
-    assert run.result["stats"]["read_requests"] <= 6
+    # Preflight, the members, the step's count, then polls: each reads only past what was read before.
+    assert run.result["stats"]["read_requests"] <= 7 + whippy.observed
     assert in_step(whippy.sim, whippy.sequence_id, whippy.steps()[0]) == dict.fromkeys(keys, 1)
     assert enrolments_in(whippy.sim, whippy.sequence_id) == 6
 
@@ -761,7 +835,7 @@ def test_a_lost_answer_is_not_sent_again_while_whippy_may_still_apply_it(whippy:
     """The second write's 202 is lost after a retry made it a second later than the first: when
     the first batch shows up, the second's job is still queued. Sending it then would enrol its
     contacts twice; the run waits (twice as long as Whippy took for the first) and finds them."""
-    whippy.sim.faults.force(None, None, None, "server_error", "lost_response")
+    whippy.sim.faults.force(*whippy.before_first_write(), None, "server_error", "lost_response")
     run = whippy.run(upstream_rows=good_rows(6), batch_size=3, poll_interval=0.1, enrollment_timeout=10)
 
     assert run.state == "success"
@@ -783,6 +857,7 @@ def test_absence_is_proven_by_a_full_read_not_by_the_tail(whippy: Whippy) -> Non
     still ends notEnrolled."""
     sim, sequence = whippy.sim, whippy.sequence_id
     first_step, second_step = whippy.steps()
+    whippy.known_sequence()  # a later night: the first reads the members before sending
     hook = WhippyHook()
     hook.create_sequence_contacts(
         sequence, [{"phone": "+14155550001", "external_id": "1"}], step_id=second_step
@@ -942,3 +1017,90 @@ def test_a_new_row_with_a_phone_an_earlier_night_sent_is_refused(whippy: Whippy)
     }
     assert [p.items for p in second.posts] == [1]
     assert Counter(whippy.sim.enrolments.values()) == Counter({1: 2})
+
+
+# -- what Whippy's own code shows (issue 12) ------------------------------------------------------
+
+
+def test_a_nightly_sync_is_read_back_by_phone_and_email_not_external_id(whippy: Whippy) -> None:
+    """Issue 12's finding: 2,415 rows against step contacts that carry no external_id (observed)
+    were all reported notEnrolled, and the next night would have sent them all again."""
+    export = [
+        *good_rows(2410),
+        *rows(*((f"bad-{i}", f"call {i}", None, f"Bad {i}") for i in range(5))),
+    ]
+    keys = [str(row["crm_id"]) for row in export]
+
+    night_1 = whippy.run("_1", upstream_rows=export, enrollment_timeout=10)
+
+    assert night_1.state == "success"
+    check_accounting(night_1.result, keys)
+    assert len(night_1.result["added"]) == 2410
+    assert set(reasons(night_1.result).values()) == {"invalidPhone"}
+    assert [p.items for p in night_1.posts] == [2410]
+    truth = in_step(whippy.sim, whippy.sequence_id, whippy.steps()[0])
+    assert truth == dict.fromkeys(night_1.result["added"], 1)
+
+    night_2 = whippy.run("_2", upstream_rows=export)
+    assert night_2.state == "success"
+    check_accounting(night_2.result, keys)
+    assert night_2.result["stats"]["unchanged"] == 2410
+    assert night_2.posts == []
+    assert Counter(whippy.sim.enrolments.values()) == Counter({1: 2410})
+
+
+def test_the_first_night_on_a_sequence_with_members_sends_none_of_them(whippy: Whippy) -> None:
+    """A sync state that knows nothing of the sequence (a first night, or a deleted state):
+    its members are read first and not sent again (Whippy would message them again)."""
+    sim, sequence = whippy.sim, whippy.sequence_id
+    first_step, second_step = whippy.steps()
+    hook = WhippyHook()
+    # Before the sync ever ran: 1 is in step 1 (the target), 2 in step 2, 3 went through step 1,
+    # and 4 is in step 1 under another phone but the email row 4 has (Whippy matches by email).
+    hook.create_sequence_contacts(sequence, [{"phone": "+14155550001", "external_id": "1"}])
+    hook.create_sequence_contacts(sequence, [{"phone": "+14155550002"}], step_id=second_step)
+    hook.create_sequence_contacts(sequence, [{"phone": "+14155550003"}])
+    hook.create_sequence_contacts(sequence, [{"phone": "+14155550099", "email": "C4@example.com"}])
+    sim.wait_idle()
+    finished = sim.contact_by(phone="+14155550003")
+    assert finished is not None
+    sim.set_step_contact_status(sequence, finished["id"], "complete")
+    before = sim.enrolments
+    export = good_rows(6)
+    keys = [str(i) for i in range(1, 7)]
+
+    first = whippy.run("_1", upstream_rows=export)
+
+    assert first.state == "success"
+    check_accounting(first.result, keys)
+    assert sorted(first.result["added"]) == ["1", "4", "5", "6"]
+    assert reasons(first.result) == {"2": "contactAlreadyInSequence", "3": "contactAlreadyInSequence"}
+    assert first.result["not_processed"]["2"]["detail"] == (
+        f"already active in step {second_step} of Whippy sequence {sequence} before this sync first "
+        "ran: not sent (Whippy ignores a contact active in another step)"
+    )
+    assert first.result["not_processed"]["3"]["detail"] == (
+        f"went through Whippy sequence {sequence} before this sync first ran (step {first_step}, "
+        "complete): not sent, so that nobody gets the sequence twice"
+    )
+    assert [p.items for p in first.posts] == [2]  # 5 and 6 only
+    members_after = sim.enrolments
+    assert {pair: members_after[pair] for pair in before} == before  # no member enrolled again
+    assert Counter(members_after.values()) == Counter({1: 6})
+
+    # The state deleted: the next night knows nothing again, reads the members, sends nobody.
+    whippy.state_path.unlink()
+    again = whippy.run("_2", upstream_rows=export)
+    assert again.state == "success"
+    check_accounting(again.result, keys)
+    assert sorted(again.result["added"]) == ["1", "4", "5", "6"]
+    assert set(reasons(again.result)) == {"2", "3"}
+    assert again.posts == []
+    assert sim.enrolments == members_after
+
+    # A later night with the state: nothing read first, nothing sent.
+    later = whippy.run("_3", upstream_rows=export)
+    assert later.posts == []
+    assert later.result["stats"]["unchanged"] == 4
+    assert later.result["stats"]["read_requests"] == 1  # the step's count, no members
+    assert sim.enrolments == members_after

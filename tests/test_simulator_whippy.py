@@ -677,3 +677,60 @@ def test_request_log_records_method_path_status_items_never_the_key(sim: WhippyS
         ("GET", "/v1/channels", 401, None, None),
     ]
     assert KEY not in repr(sim.requests)
+
+
+# -- the observed behaviour (shared/api/whippy.md, "What Whippy's own code shows", 2026-12) --------
+
+
+@pytest.fixture
+def observed(make_sim: Callable[..., WhippySimulator]) -> WhippySimulator:
+    return make_sim(enforce_rate_limits=False, behaviour="observed")
+
+
+def test_observed_step_contacts_carry_no_external_id(observed: WhippySimulator) -> None:
+    api = Api(observed)
+    sequence = observed.add_sequence("Onboarding")
+    to = [{"phone": "+14155550101", "email": "a@example.com", "external_id": "crm-1"}]
+    assert api.enrol(sequence, to).status_code == 202
+    observed.wait_idle()
+
+    item = api.get(f"/v1/sequences/{sequence}/contacts").json()["data"][0]
+
+    assert set(item["contact"]) == {"id", "name", "email", "phone"}
+    # The ground truth still knows it: Whippy matched and stored it.
+    assert observed.step_contacts(sequence)[0]["contact"]["external_id"] == "crm-1"
+
+
+def test_observed_422_names_no_item(observed: WhippySimulator) -> None:
+    api = Api(observed)
+    sequence = observed.add_sequence("Onboarding")
+
+    to = [{"phone": "+14155550101"}, {"phone": "+14155550102", "default_channel_id": "x"}]
+    response = api.enrol(sequence, to)
+
+    assert response.status_code == 422
+    assert errors_of(response) == [{"description": "must be a UUID"}]
+
+
+def test_observed_step_contact_lists_refuse_a_limit_above_100(observed: WhippySimulator) -> None:
+    api = Api(observed)
+    sequence = observed.add_sequence("Onboarding")
+    assert api.get(f"/v1/sequences/{sequence}/contacts", limit=100).status_code == 200
+    refused = api.get(f"/v1/sequences/{sequence}/contacts", limit=101)
+    assert refused.status_code == 422
+    assert errors_of(refused) == [{"description": "must be an integer between 1 and 100"}]
+    assert api.get("/v1/sequences", limit=500).status_code == 200  # other lists as documented
+
+
+def test_observed_channels_have_no_email_and_no_total(observed: WhippySimulator) -> None:
+    observed.add_channel(email="sales@example.com", name="Sales mail", type="email")
+    body = Api(observed).get("/v1/channels").json()
+    assert set(body) == {"data"}
+    assert [set(channel) for channel in body["data"]] == [{"id", "name", "phone", "type"}] * 2
+
+
+def test_observed_steps_have_no_position_and_no_channel_type(observed: WhippySimulator) -> None:
+    sequence = observed.add_sequence("Onboarding", steps=["sms", "email"])
+    data = Api(observed).get(f"/v1/sequences/{sequence}").json()["data"]
+    assert [set(step) for step in data["steps"]] == [{"id", "title"}] * 2
+    assert data["status"] == "active"

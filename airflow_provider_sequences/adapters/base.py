@@ -112,6 +112,11 @@ class ServiceAdapter(ABC):
         """Whether a rejected batch was refused for its rows (split it) rather than for the
         request's settings (stop: every batch would fail the same way)."""
 
+    def may_be_row_error(self, error: SequencesApiError) -> bool:
+        """Whether a rejected batch may have been refused for one of its rows although the
+        answer names none (the engine splits it within a budget)."""
+        return False
+
     @property
     def request_counts(self) -> tuple[int, int]:
         """(write requests, read requests) sent so far."""

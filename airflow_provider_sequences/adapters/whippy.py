@@ -20,10 +20,16 @@ from airflow_provider_sequences.exceptions import (
     SequencesApiError,
     SyncConfigurationError,
 )
-from airflow_provider_sequences.hooks.base import PageGuard, describe_shape
-from airflow_provider_sequences.hooks.whippy import WHIPPY_MAX_CONTACTS_PER_CALL, WHIPPY_MAX_PAGE, WhippyHook
-from airflow_provider_sequences.sync.outcomes import NOT_ENROLLED
+from airflow_provider_sequences.hooks.base import PageGuard
+from airflow_provider_sequences.hooks.whippy import (
+    WHIPPY_MAX_CONTACTS_PER_CALL,
+    WHIPPY_MAX_PAGE,
+    WhippyHook,
+    page_total,
+)
+from airflow_provider_sequences.sync.outcomes import CONTACT_ALREADY_IN_SEQUENCE, NOT_ENROLLED
 from airflow_provider_sequences.sync.prepare import FieldRules
+from airflow_provider_sequences.sync.state import SyncState
 
 WHIPPY_PLAIN_FIELDS = frozenset({"phone", "email", "name", "external_id", "language", "default_channel_id"})
 NESTED = ("address", "birth_date", "properties")
@@ -83,51 +89,61 @@ def to_items(columns: Mapping[str, list[Any]], rows: int) -> list[dict[str, Any]
     return items
 
 
+#: Separates the parts of a stored identity (see :func:`whippy_identity`).
+_SEP = "\x1f"
+
+
 def _identities(
     keys: Sequence[str | None], columns: Mapping[str, list[Any]]
-) -> Iterator[WhippyIdentity | None]:
-    """:meth:`WhippyAdapter.identity` of every row, from the batch's columns."""
+) -> Iterator[str | WhippyIdentity | None]:
+    """:meth:`WhippyAdapter.identity` of every row, from the batch's columns: one string,
+    ``phone<US>email<US>external_id`` (a run may hold a million pending keys: a string costs a
+    third of a tuple of three), or the tuple when a value holds the separator."""
     missing = [None] * len(keys)
     external_ids = columns.get("external_id", missing)
     phones = columns.get("phone", missing)
     emails = columns.get("email", missing)
-    for key, external_id, phone, email in zip(keys, external_ids, phones, emails, strict=True):
-        if external_id is not None:
-            text = external_id if type(external_id) is str else str(external_id)
-            yield key if text == key else text
-            continue
-        if phone is None and email is None:
+    for external_id, phone, email in zip(external_ids, phones, emails, strict=True):
+        if phone is None and email is None and external_id is None:
             yield None
             continue
-        if phone is not None:
-            phone = str(phone)
-            phone = key if phone == key else phone
-        if email is not None:
-            email = str(email)
-            email = (key if email == key else email).lower()
-        yield phone, email
+        parts = (
+            "" if phone is None else str(phone),
+            "" if email is None else str(email).lower(),
+            "" if external_id is None else str(external_id),
+        )
+        if any(_SEP in part for part in parts):
+            yield parts[0] or None, parts[1] or None, parts[2] or None
+        else:
+            yield _SEP.join(parts)
 
 
-#: What identifies a pending contact in a read-back, small because a run may hold a million:
-#: its external id (matched by it alone), else its (phone, lowercase email).
-WhippyIdentity = str | tuple[str | None, str | None]
+#: What identifies a pending contact in a read-back: its (E.164 phone, lowercase email, external
+#: id), any of them ``None``. Whippy's step contacts may not show an external id (its own
+#: client receives ``contact: {id, name, email, phone}``), so the phone and the email are
+#: always kept; the external id counts only when a step contact shows one.
+WhippyIdentity = tuple[str | None, str | None, str | None]
 
 
 def whippy_identity(value: Any) -> WhippyIdentity | None:
-    """An identity in its compact form, from what the state stores too: the list JSON makes of
-    a pair, and the ``{phone, email, external_id}`` dict of earlier versions."""
+    """An identity as (phone, lowercase email, external id), from what :meth:`WhippyAdapter.identity`
+    makes and the state stores: the joined string, the list JSON makes of a triple, and the forms
+    of earlier versions (an external id alone, a (phone, email) pair, a ``{phone, email,
+    external_id}`` dict)."""
     if isinstance(value, str):
-        return value or None
-    if isinstance(value, tuple):
+        if _SEP in value:
+            parts = value.split(_SEP, 2)
+            return parts[0] or None, parts[1] or None, parts[2] or None
+        return (None, None, value) if value else None
+    if isinstance(value, tuple) and len(value) == 3:
         return value  # as :meth:`WhippyAdapter.identity` made it (lowering the email again would copy it)
     if isinstance(value, Mapping):
-        if value.get("external_id"):
-            return str(value["external_id"])
-        value = (value.get("phone"), value.get("email"))
-    if isinstance(value, (list, tuple)) and len(value) == 2:
+        value = (value.get("phone"), value.get("email"), value.get("external_id"))
+    if isinstance(value, (list, tuple)) and len(value) in (2, 3):
         phone = str(value[0]) if value[0] else None
         email = str(value[1]).lower() if value[1] else None
-        return (phone, email) if phone or email else None
+        external_id = str(value[2]) if len(value) == 3 and value[2] else None
+        return (phone, email, external_id) if phone or email or external_id else None
     return None
 
 
@@ -158,12 +174,16 @@ _FOUND: Any = object()
 class _Waiting:
     """Pending keys not seen yet, indexed by what identifies them in a read-back.
 
-    A key with an external id is matched by it alone; a key without one by its phone or email
-    (the rules of the read-back before it was indexed). Each step contact read costs O(1).
+    A step contact takes the key whose external id it shows, when it shows one that a key
+    has; otherwise the keys with its phone or its (lowercase) email, the values Whippy itself
+    matches contacts by. So a read-back never depends on ``external_id``, which Whippy's step
+    contacts may not carry. Each step contact read costs O(1).
 
     Sized for a million keys: a key found is marked in ``pending`` itself (its identity
-    replaced by :data:`_FOUND`) rather than copied to another dict, and a key that is its own
-    external id (the usual set-up) is looked up in ``pending`` rather than in a second index.
+    replaced by :data:`_FOUND`) rather than copied to another dict; a key that is its own
+    external id (the usual set-up) is looked up in ``pending`` rather than in a second index;
+    the phone and email indexes are built only when a step contact's external id identifies
+    no key (always, when Whippy shows none).
 
     :param foreign: keys this adapter did not write, for :attr:`found_written`.
     """
@@ -176,21 +196,17 @@ class _Waiting:
         self.found_written = 0
         self._own_ids = False  # whether some key is matched by ``pending`` as its external id
         self._by_external_id: dict[str, _Entry] = {}
-        self._by_phone: dict[str, _Entry] = {}
+        self._by_phone: dict[str, _Entry] | None = None
         self._by_email: dict[str, _Entry] = {}
         for key, stored in pending.items():
             identity = whippy_identity(stored)
-            if isinstance(identity, str):
-                if identity == key:
-                    self._own_ids = True
-                else:
-                    self._index(self._by_external_id, identity, key)
-            elif identity is not None:
-                phone, email = identity
-                if phone:
-                    self._index(self._by_phone, phone, key)
-                if email:
-                    self._index(self._by_email, email, key)
+            external_id = identity[2] if identity is not None else None
+            if external_id is None:
+                continue
+            if external_id == key:
+                self._own_ids = True
+            else:
+                self._index(self._by_external_id, external_id, key)
 
     @staticmethod
     def _index(index: dict[str, _Entry], value: str, key: str) -> None:
@@ -201,6 +217,21 @@ class _Waiting:
             held.append(key)
         else:
             index[value] = [held, key]
+
+    def _contact_indexes(self) -> tuple[dict[str, _Entry], dict[str, _Entry]]:
+        """The phone and email indexes of the keys still waiting, built at the first need."""
+        if self._by_phone is None:
+            self._by_phone = {}
+            for key, stored in self._pending.items():
+                identity = None if stored is _FOUND else whippy_identity(stored)
+                if identity is None:
+                    continue
+                phone, email, _ = identity
+                if phone:
+                    self._index(self._by_phone, phone, key)
+                if email:
+                    self._index(self._by_email, email, key)
+        return self._by_phone, self._by_email
 
     def __bool__(self) -> bool:
         return self._left > 0
@@ -233,18 +264,30 @@ class _Waiting:
             self._pending[key] = None
         return self._pending, left
 
+    def _own(self, external_id: str) -> int:
+        """Take the key that is this external id itself, if it waits with it as its external id."""
+        held = self._pending.get(external_id)
+        if held is None or held is _FOUND:
+            return 0
+        identity = whippy_identity(held)
+        return self._take(external_id) if identity is not None and identity[2] == external_id else 0
+
     def _see(self, external_id: str | None, phone: str | None, email: str | None) -> int:
         taken = 0
         if external_id is not None:
-            own = self._pending.get(external_id) if self._own_ids else None
-            if own is not None and whippy_identity(own) == external_id:
-                # The pending key's own string (``identity`` made it so), not the page's copy.
-                taken += self._take(own if isinstance(own, str) else external_id)
-            taken += self._take_all(self._by_external_id, external_id)
+            if self._own_ids:
+                taken += self._own(external_id)
+            if self._by_external_id:
+                taken += self._take_all(self._by_external_id, external_id)
+            if taken:
+                return taken
+        if phone is None and email is None:
+            return 0
+        by_phone, by_email = self._contact_indexes()
         if phone is not None:
-            taken += self._take_all(self._by_phone, phone)
+            taken += self._take_all(by_phone, phone)
         if email is not None:
-            taken += self._take_all(self._by_email, email)
+            taken += self._take_all(by_email, email)
         return taken
 
     def _take_all(self, index: dict[str, _Entry], value: str) -> int:
@@ -268,26 +311,21 @@ class _Waiting:
         """Take the keys a page's current step contacts identify; returns those of its items at
         or past index ``tail`` that are current and took no key.
 
-        :meth:`see_item` of each, with the usual case (a key that is its own external id, no
-        other index left) in one dict lookup: a read-back sees a million of them."""
+        :meth:`see_item` of each, with the usual case of the documented answer (a key that is
+        its own external id, shown by the step contact) in one dict lookup: a read-back sees a
+        million of them."""
         unmatched: list[Mapping[str, Any]] = []
-        pending, found, own_ids = self._pending, _FOUND, self._own_ids
+        own_ids = self._own_ids
         for at, item in enumerate(items):
             status = item.get("status")
             current = type(status) is str and status in CURRENT_STATUSES
             if not current and str(status or "").lower() not in CURRENT_STATUSES:
                 continue
-            contact = item.get("contact") or {}
-            external_id = contact.get("external_id")
-            if (
-                own_ids
-                and type(external_id) is str
-                and external_id  # an empty one identifies nothing, as in :meth:`see_item`
-                and not (self._by_external_id or self._by_phone or self._by_email)
-            ):
-                held = pending.get(external_id)
-                if held is not None and held is not found and type(held) is str and held == external_id:
-                    self._take(held)  # the pending key's own string, not the page's copy
+            if own_ids:
+                contact = item.get("contact") or {}
+                external_id = contact.get("external_id")
+                # An empty one identifies nothing, as in :meth:`see_item`.
+                if type(external_id) is str and external_id and self._own(external_id):
                     continue
             if not self.see_item(item) and at >= tail:
                 unmatched.append(item)
@@ -302,6 +340,50 @@ class _Waiting:
             str(phone) if phone else None,
             str(email).lower() if email else None,
         )
+
+
+#: How a contact stands in the sequence, from a read of its members: the step contact that
+#: counts (a current one before a finished one) as (step id, status).
+_Standing = tuple[str, str]
+
+
+class _Members:
+    """The sequence's step contacts before the sync's first write, by what Whippy matches an
+    incoming contact on: its phone, its lowercase email, and its external id when shown."""
+
+    def __init__(self) -> None:
+        self.read = 0
+        self._by: dict[str, dict[str, _Standing]] = {"phone": {}, "email": {}, "external_id": {}}
+
+    def add(self, item: Mapping[str, Any]) -> None:
+        self.read += 1
+        contact = item.get("contact") or {}
+        standing = (str(item.get("step_id") or ""), str(item.get("status") or "").lower())
+        for name in ("phone", "email", "external_id"):
+            value = contact.get(name)
+            if not value:
+                continue
+            value = str(value).lower() if name == "email" else str(value)
+            held = self._by[name].get(value)
+            if held is None or (held[1] not in CURRENT_STATUSES and standing[1] in CURRENT_STATUSES):
+                self._by[name][value] = standing
+
+    def __len__(self) -> int:
+        return self.read
+
+    def standing(self, phone: Any, email: Any, external_id: Any) -> _Standing | None:
+        """How the contact Whippy would match these values to stands in the sequence, if at all."""
+        found: _Standing | None = None
+        for name, value in (("external_id", external_id), ("phone", phone), ("email", email)):
+            if value is None:
+                continue
+            value = str(value).lower() if name == "email" else str(value)
+            held = self._by[name].get(value)
+            if held is not None and (found is None or held[1] in CURRENT_STATUSES):
+                found = held
+                if held[1] in CURRENT_STATUSES:
+                    break
+        return found
 
 
 @dataclass(frozen=True)
@@ -383,6 +465,10 @@ class WhippyAdapter(ServiceAdapter):
         self._seen = _Identities()
         #: (count, offset) of the pages read from offset 0 on while the count stayed the same.
         self._span: tuple[int, int] | None = None
+        #: The sequence's members before the first write, when :meth:`read_members` read them.
+        self._members: _Members | None = None
+        #: Whether Whippy accepted a write of this adapter (its settings work).
+        self.accepted_writes = 0
 
     def preflight(self) -> None:
         try:
@@ -397,30 +483,31 @@ class WhippyAdapter(ServiceAdapter):
                 f"Whippy sequence {self.sequence_id} ({self.sequence_title!r}) is a draft and accepts no "
                 "contacts: activate it in Whippy first"
             )
-        raw_steps = sequence.get("steps") or []
-        if not isinstance(raw_steps, list) or not all(
-            isinstance(step, dict) and isinstance(step.get("id"), (str, int)) for step in raw_steps
-        ):
-            raise self.hook.unexpected(
-                "GET",
-                f"/v1/sequences/{self.sequence_id}",
-                200,
-                f"an answer of unexpected shape: steps are {describe_shape(raw_steps)}",
-            )
-        steps = sorted(
-            raw_steps, key=lambda s: s.get("position") if isinstance(s.get("position"), int) else 0
-        )
-        if not steps:
+        # The fields of a sequence are undocumented: used when present, never required, but
+        # for a list of steps to enrol into when no step_id says which.
+        listed = sequence.get("steps")
+        listed = listed if isinstance(listed, list) else None
+        steps = [s for s in listed or [] if isinstance(s, Mapping) and s.get("id")]
+        if listed is not None and not steps:
             raise SyncConfigurationError(f"Whippy sequence {self.sequence_id} has no steps")
+        if all(isinstance(s.get("position"), (int, float)) for s in steps):
+            steps.sort(key=lambda s: s["position"])  # else in the order Whippy lists them
         by_id = {str(step["id"]): step for step in steps}
         if self.step_id is None:
+            if not steps:
+                raise SyncConfigurationError(
+                    f"Whippy's answer for sequence {self.sequence_id} lists no steps: set step_id to "
+                    "the step to enrol into"
+                )
             self.step_id = str(steps[0]["id"])
-        elif self.step_id not in by_id:
+        elif by_id and self.step_id not in by_id:
             raise SyncConfigurationError(
                 f"step_id {self.step_id} is not a step of Whippy sequence {self.sequence_id}; "
                 f"its steps are {list(by_id)}"
             )
-        self.step_channel = str(by_id[self.step_id].get("channel_type") or "")
+        # Unknown channel type: email is not required; contacts Whippy ignores for lack of one
+        # are reported notEnrolled by the read-back.
+        self.step_channel = str(by_id.get(self.step_id, {}).get("channel_type") or "")
         self._rules = whippy_rules(email_required=self.step_channel == "email")
         if self.enrolment.from_channel:
             self._check_channel(self.enrolment.from_channel)
@@ -431,19 +518,15 @@ class WhippyAdapter(ServiceAdapter):
             )
 
     def _check_channel(self, wanted: str) -> None:
-        channels: list[dict[str, Any]] = []
-        offset = 0
-        guard = PageGuard(self.hook, "/v1/channels", 500)
-        while True:
-            page = self.hook.list_channels(limit=500, offset=offset)
-            total = page.get("total")
-            more = isinstance(total, int) and offset + len(page["data"]) < total
-            guard.check(page["data"], offset=offset, more=more)
-            channels += page["data"]
-            offset += len(page["data"])
-            if not page["data"] or not more:
-                break
+        channels = [c for c in self.hook.iter_channels() if isinstance(c, Mapping)]
         known = {str(c.get(f)) for c in channels for f in ("phone", "email") if c.get(f)}
+        if "@" in wanted and not any("email" in c for c in channels):
+            # Whippy's own client shows channels without an email: an email ``from`` cannot be
+            # checked here, and Whippy's answer to the first write says whether it is one.
+            self.hook.log.warning(
+                "Whippy lists its channels without emails, so from_channel cannot be checked before sending"
+            )
+            return
         if wanted not in known:
             raise SyncConfigurationError(
                 f"from_channel {wanted!r} is not a channel of this Whippy organization; "
@@ -454,10 +537,81 @@ class WhippyAdapter(ServiceAdapter):
         fields = [e.get("field") or "" for e in error.errors]
         return bool(fields) and all(f.startswith("to[") for f in fields)
 
-    def identity(self, row: Mapping[str, Any]) -> WhippyIdentity | None:
-        """The external id, else (phone, lowercase email): see :class:`_Waiting`. A value equal to
-        the row's ``key`` is that same string, so that a key that is its own external id or
-        phone costs nothing more while it waits."""
+    def may_be_row_error(self, error: SequencesApiError) -> bool:
+        """A 422 that names no field: Whippy documents its errors as descriptions only, so the
+        body may be about one contact of ``to`` without saying which."""
+        return error.status == 422 and not error.errors
+
+    # -- members before the first night -------------------------------------------------------
+
+    def read_members(self) -> int:
+        """Read every step contact of the sequence (every step, every status) before the first
+        write, so that :meth:`push` sends nobody who is in it already: Whippy would reprocess
+        (message again) a contact sent to the step it is in. For a sync state that knows
+        nothing of the sequence yet (a first night, or a deleted state). Returns how many
+        step contacts were read."""
+        members = _Members()
+        for item in self.hook.iter_sequence_contacts(self.sequence_id):
+            if isinstance(item, Mapping):
+                members.add(item)
+        self._members = members
+        self.hook.log.info(
+            "Read the %d step contacts of Whippy sequence %s before the first write: members are not sent",
+            len(members),
+            self.sequence_id,
+        )
+        return len(members)
+
+    def start(self, *, fresh_state: bool) -> None:
+        if fresh_state and self._members is None:
+            self.read_members()
+
+    def read_members_unless_known(self, state: SyncState) -> bool:
+        """:meth:`read_members` when no run of this sync state has finished yet: then the state
+        may not know everyone in the sequence (a first night, a deleted state, or a retry of a
+        first night that died). Returns whether they were read."""
+        if self._members is not None or state.any_run_finished():
+            return False
+        self.read_members()
+        return True
+
+    def _members_of(self, batch: pd.DataFrame, outcome: BatchOutcome) -> pd.DataFrame:
+        """The batch without the rows Whippy would match to a member of the sequence; those are
+        ``added`` (current in the target step) or ``contactAlreadyInSequence`` in ``outcome``."""
+        members = self._members
+        if not members:
+            return batch
+        missing = [None] * len(batch)
+        columns = [
+            column_values(batch[name]) if name in batch.columns else missing
+            for name in ("phone", "email", "external_id")
+        ]
+        keep: list[bool] = []
+        for key, phone, email, external_id in zip(batch["key"].tolist(), *columns, strict=True):
+            standing = members.standing(phone, email, external_id)
+            keep.append(standing is None)
+            if standing is None:
+                continue
+            step, status = standing
+            if step == self.step_id and status in CURRENT_STATUSES:
+                outcome.added[key] = None
+            elif status in CURRENT_STATUSES:
+                outcome.failed[key] = (
+                    CONTACT_ALREADY_IN_SEQUENCE,
+                    f"already {status} in step {step} of Whippy sequence {self.sequence_id} before this "
+                    "sync first ran: not sent (Whippy ignores a contact active in another step)",
+                )
+            else:
+                outcome.failed[key] = (
+                    CONTACT_ALREADY_IN_SEQUENCE,
+                    f"went through Whippy sequence {self.sequence_id} before this sync first ran (step "
+                    f"{step}, {status or 'no status'}): not sent, so that nobody gets the sequence twice",
+                )
+        return batch if all(keep) else batch[keep]
+
+    def identity(self, row: Mapping[str, Any]) -> str | WhippyIdentity | None:
+        """The row's phone, lowercase email and external id, as one string (see
+        :func:`whippy_identity`); :class:`_Waiting` says how a read-back matches them."""
         columns = {
             name: [row[name] if name in row and present(row[name]) else None]
             for name in ("external_id", "phone", "email")
@@ -465,11 +619,14 @@ class WhippyAdapter(ServiceAdapter):
         return next(_identities([row.get("key")], columns))
 
     def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
+        outcome = BatchOutcome()
+        batch = self._members_of(batch, outcome)
+        if batch.empty:
+            return outcome
         fields = [c for c in batch.columns if c in WHIPPY_PLAIN_FIELDS or c.split(".", 1)[0] in NESTED]
         # Column by column: a 4,000-row batch as records, item by item, cost more CPU than
         # its request (the identities are the ones :meth:`identity` makes of each record).
         columns = {name: column_values(batch[name]) for name in fields}
-        outcome = BatchOutcome()
         keys = batch["key"].tolist()
         items = to_items(columns, len(keys))
         self._writes += 1
@@ -484,6 +641,7 @@ class WhippyAdapter(ServiceAdapter):
             self._lost_at = time.monotonic()
         else:
             self._accepted_at = time.monotonic()
+            self.accepted_writes += 1
         outcome.pending = dict(zip(keys, _identities(keys, columns), strict=True))
         return outcome
 
@@ -509,8 +667,7 @@ class WhippyAdapter(ServiceAdapter):
 
         Before the first write, it is also where this run's step contacts start.
         """
-        page = self.hook.list_sequence_contacts(self.sequence_id, limit=1, step_ids=[str(self.step_id)])
-        total = int(page.get("total", 0))
+        total: int = self.hook.count_sequence_contacts(self.sequence_id, step_ids=[str(self.step_id)])
         if self._baseline is None and self._writes == 0:
             self._baseline = self._cursor = total
         return total
@@ -631,9 +788,11 @@ class WhippyAdapter(ServiceAdapter):
             while True:
                 page = following.result()
                 items = page.get("data") or []
-                total = int(page.get("total", 0))
-                done = not items or offset + len(items) >= total
-                guard.check(items, offset=offset, more=not done or (not items and offset < total))
+                given = page_total(page)
+                # Without a total, the end is the first empty page (see WhippyHook.pages).
+                total = offset + len(items) if given is None else given
+                done = not items or (given is not None and offset + len(items) >= total)
+                guard.check(items, offset=offset, more=given is not None and offset + len(items) < given)
                 if not done:
                     following = self._fetch(fetcher, offset + len(items))
                 offset = self._take_page(waiting, items, total, offset)
@@ -651,11 +810,7 @@ class WhippyAdapter(ServiceAdapter):
 
     def _fetch(self, fetcher: ThreadPoolExecutor, offset: int) -> Future[dict[str, Any]]:
         return fetcher.submit(
-            self.hook.list_sequence_contacts,
-            self.sequence_id,
-            limit=WHIPPY_MAX_PAGE,
-            offset=offset,
-            step_ids=[str(self.step_id)],
+            self.hook.sequence_contacts_page, self.sequence_id, offset, step_ids=[str(self.step_id)]
         )
 
     def _take_page(self, waiting: _Waiting, items: list[Any], total: int, offset: int) -> int:
@@ -759,7 +914,11 @@ class WhippyAdapter(ServiceAdapter):
             return f"the answer to the request that sent this contact was lost, and it is not in {step}"
         return (
             f"Whippy accepted this contact but it was not in {step} after {timeout:.0f} s: Whippy silently "
-            f"ignores contacts that lack what a {self.step_channel or 'step'} step needs, contacts active "
+            f"ignores contacts that lack what {_channel_words(self.step_channel)} needs, contacts active "
             "in another step of the sequence, and, unless the sequence re-adds contacts, contacts that "
             "already went through it"
         )
+
+
+def _channel_words(channel: str | None) -> str:
+    return f"a {channel} step" if channel else "the step's channel"

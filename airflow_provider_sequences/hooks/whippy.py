@@ -25,6 +25,10 @@ WHIPPY_SEQUENCE_WRITES_PER_MINUTE = 10
 WHIPPY_REQUESTS_PER_SECOND = 25
 #: Contacts per create-sequence-contacts call (``to``: 1 to 4000).
 WHIPPY_MAX_CONTACTS_PER_CALL = 4000
+#: The page size a list is read with once a larger one was refused: a Whippy-written client
+#: says the sequence-contacts list takes 1 to 100 (500 is documented only for another list).
+WHIPPY_PAGE_SIZE = 100
+#: The largest ``limit`` documented for any list: tried first, and kept while it works.
 WHIPPY_MAX_PAGE = 500
 
 _TIME_CONSUMING_PREFIXES = ("/v1/sequences", "/v1/campaigns", "/v1/contacts/lists")
@@ -58,6 +62,8 @@ class WhippyHook(SequencesHook):
     - ``organization_id``: the organization the key belongs to; connections naming the same
       one share the sync state and the rate budget (else each key is its own account);
     - ``rate_limit_conn_id``: where the rate budget lives (see :mod:`.budget`);
+    - ``page_size``: items per page when reading lists (1 to 500); by default 500 until
+      Whippy refuses it, then 100;
     - ``rate_limit_time_scale`` (1): for simulators only, shortens the limit windows.
 
     Methods map one to one to API endpoints and return the parsed JSON.
@@ -137,6 +143,40 @@ class WhippyHook(SequencesHook):
             retry_after=retry_after,
         )
 
+    #: Base URL -> the page size a list read fell back to in this process (a larger one was refused).
+    _refused_pages: ClassVar[dict[str, int]] = {}
+
+    @property
+    def page_size(self) -> int:
+        """Items per page when this hook reads a whole list: the ``page_size`` extra, else the
+        documented largest (500) until Whippy refuses it, then 100 (see :meth:`list_page`)."""
+        if "page_size" in self.extras:
+            return min(max(int(self.extra_number("page_size", WHIPPY_PAGE_SIZE)), 1), WHIPPY_MAX_PAGE)
+        return self._refused_pages.get(self.base_url, WHIPPY_MAX_PAGE)
+
+    def list_page(self, path: str, params: dict[str, Any], offset: int) -> dict[str, Any]:
+        """One page of a list, :attr:`page_size` items from ``offset``.
+
+        The largest ``limit`` of the sequence-contacts list is not documented (a Whippy-written
+        client says 100; 500 is documented for another list): a page size Whippy refuses (400 or
+        422) falls back to 100 for this base URL, in this process, and the page is asked again.
+        A page size that is accepted but capped silently is no problem: see :meth:`pages`.
+        """
+        while True:
+            size = self.page_size
+            try:
+                page: dict[str, Any] = self.request_json(
+                    "GET", path, params={**params, "limit": size, "offset": offset}
+                )
+                return page
+            except SequencesApiError as exc:
+                if exc.status not in (400, 422) or size <= WHIPPY_PAGE_SIZE or "page_size" in self.extras:
+                    raise
+                self.log.warning(
+                    "Whippy refused pages of %d (%s); reading pages of %d", size, exc.status, WHIPPY_PAGE_SIZE
+                )
+                self._refused_pages[self.base_url] = WHIPPY_PAGE_SIZE
+
     def check_credentials(self) -> str:
         page = self.list_channels(limit=1)
         channels = page.get("total", "?")
@@ -158,7 +198,7 @@ class WhippyHook(SequencesHook):
 
     def iter_sequences(self, *, title: str | None = None) -> Iterator[dict[str, Any]]:
         """Every sequence of the organization, page by page."""
-        return self._pages("/v1/sequences", {"title": title})
+        return self.pages("/v1/sequences", {"title": title})
 
     def get_sequence(self, sequence_id: str) -> dict[str, Any]:
         """``GET /v1/sequences/{id}``: the sequence with its steps (the ``data`` object)."""
@@ -222,7 +262,7 @@ class WhippyHook(SequencesHook):
         self,
         sequence_id: str,
         *,
-        limit: int = WHIPPY_MAX_PAGE,
+        limit: int = WHIPPY_PAGE_SIZE,
         offset: int = 0,
         status: str | None = None,
         step_ids: Sequence[str] | None = None,
@@ -246,34 +286,73 @@ class WhippyHook(SequencesHook):
                 "step_ids": ",".join(step_ids) if step_ids else None,
             },
         )
-        return self.expect_object(result, "GET", path, ("data", list), ("total", int))
+        # ``total`` is optional: pages end on it when it is there (see :meth:`pages`).
+        return self.expect_object(result, "GET", path, ("data", list))
+
+    def sequence_contacts_page(
+        self, sequence_id: str, offset: int, *, step_ids: Sequence[str] | None = None
+    ) -> dict[str, Any]:
+        """One page of step contacts from ``offset``, :attr:`page_size` of them (see :meth:`list_page`)."""
+        params = {"step_ids": ",".join(step_ids) if step_ids else None}
+        path = f"/v1/sequences/{path_segment(sequence_id, 'Whippy sequence id')}/contacts"
+        return self.expect_object(self.list_page(path, params, offset), "GET", path, ("data", list))
 
     def iter_sequence_contacts(
         self, sequence_id: str, *, status: str | None = None, step_ids: Sequence[str] | None = None
     ) -> Iterator[dict[str, Any]]:
         """Every step contact of a sequence, page by page."""
-        return self._pages(
+        return self.pages(
             f"/v1/sequences/{path_segment(sequence_id, 'Whippy sequence id')}/contacts",
             {"status": status, "step_ids": ",".join(step_ids) if step_ids else None},
         )
 
+    def count_sequence_contacts(self, sequence_id: str, *, step_ids: Sequence[str] | None = None) -> int:
+        """How many step contacts the list holds: its ``total`` (one request), or, from an
+        answer without one, by reading every page."""
+        page = self.list_sequence_contacts(sequence_id, limit=1, step_ids=step_ids)
+        total = page_total(page)
+        if total is not None:
+            return total
+        return sum(1 for _ in self.iter_sequence_contacts(sequence_id, step_ids=step_ids))
+
     def list_channels(self, *, limit: int = 50, offset: int = 0) -> dict[str, Any]:
-        """``GET /v1/channels``: ``{"data": [{id, name, phone, type, ...}], "total": n}``."""
+        """``GET /v1/channels``: ``{"data": [{id, name, phone, type, ...}], "total": n}``;
+        Whippy's own client shows no ``email`` and maybe no ``total``: only the list is required."""
         result = self.request_json("GET", "/v1/channels", params={"limit": limit, "offset": offset})
-        # Whippy's own clients see no ``total`` here: only the list is required.
         return self.expect_object(result, "GET", "/v1/channels", ("data", list))
 
-    def _pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    def iter_channels(self) -> Iterator[dict[str, Any]]:
+        """Every channel of the organization, page by page."""
+        return self.pages("/v1/channels", {})
+
+    def pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
+        """Every item of a list, :attr:`page_size` at a time.
+
+        Whatever the real largest ``limit`` is, a page may hold fewer items than asked for
+        without being the last (a server that caps the limit silently). So the list ends when
+        the items read reach the page's ``total``, or, on an answer without a ``total``, at the
+        first empty page: one request more, never a list cut short.
+        """
         offset = 0
         guard = PageGuard(self, path, WHIPPY_MAX_PAGE)
         while True:
-            page = self.request_json(
-                "GET", path, params={**params, "limit": WHIPPY_MAX_PAGE, "offset": offset}
-            )
-            page = self.expect_object(page, "GET", path, ("data", list), ("total", int))
+            page = self.expect_object(self.list_page(path, params, offset), "GET", path, ("data", list))
             items: list[Any] = page["data"]
-            guard.check(items, offset=offset, more=offset + len(items) < page["total"])
+            total = page_total(page)
+            # A short page with more to come is no contradiction (a silently capped limit).
+            guard.check(items, offset=offset, more=total is not None and offset + len(items) < total)
             yield from items
             offset += len(items)
-            if not items or offset >= page["total"]:
+            if not items or (total is not None and offset >= total):
                 return
+
+
+def page_total(page: Any) -> int | None:
+    """A list answer's ``total``, or ``None`` when it has none (or not a whole number)."""
+    total = page.get("total") if isinstance(page, dict) else None
+    if isinstance(total, bool) or not isinstance(total, (int, str)):
+        return None
+    try:
+        return int(total)
+    except ValueError:
+        return None

@@ -14,6 +14,7 @@ from airflow_provider_sequences.hooks.whippy import WhippyHook
 from airflow_provider_sequences.links import SequenceLink, SyncReportLink
 from airflow_provider_sequences.operators.base import SequenceSyncOperator
 from airflow_provider_sequences.sync.engine import SyncRun
+from airflow_provider_sequences.sync.outcomes import SyncResult
 from airflow_provider_sequences.triggers.whippy import WhippyEnrollmentTrigger
 
 
@@ -141,6 +142,10 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
     def _sync(self, context: Context, run: SyncRun) -> dict[str, Any]:
         adapter = run.adapter
         assert isinstance(adapter, WhippyAdapter)
+        if not run.options.dry_run:
+            assert run.state is not None
+            # Whippy messages a contact sent again to its step: who is in already is read first.
+            adapter.read_members_unless_known(run.state)
         baseline = 0 if run.options.dry_run else adapter.step_total()
         self.read_and_push(run)
         if run.pending_count and self.wait_for_enrollment and not run.options.dry_run:
@@ -168,7 +173,14 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
                     method_name="execute_complete",
                 )
             run.confirm()
-        return self.complete(context, run.finish(), run)
+        return self._finished(context, run.finish(), run)
+
+    def _finished(self, context: Context, result: SyncResult, run: SyncRun) -> dict[str, Any]:
+        """Save the run as finished (later runs need not read the sequence's members first),
+        then report it."""
+        if run.state is not None and not run.options.dry_run:
+            run.state.save_run(run.run_id, dict(result.stats), finished=True)
+        return self.complete(context, result, run)
 
     def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
         """Resume after the trigger: read the step back once and finish the run's result."""
@@ -196,4 +208,4 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
                 result.stats[name] += int(value)
             elif name not in ("added", "not_processed", "finished"):
                 result.stats[name] = value
-        return self.complete(context, result, run)
+        return self._finished(context, result, run)

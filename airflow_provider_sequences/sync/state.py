@@ -964,6 +964,16 @@ class SyncState:
         stats["finished"] = bool(row[1])
         return stats
 
+    def any_run_finished(self) -> bool:
+        """Whether a run of this scope was saved as finished (see :meth:`save_run`)."""
+        query = (
+            sa.select(runs_table.c.run_id)
+            .where(self._where(runs_table), runs_table.c.finished.is_(True))
+            .limit(1)
+        )
+        with self.engine.connect() as connection:
+            return connection.execute(query).first() is not None
+
     def save_run(self, run_id: str, stats: dict[str, Any], *, finished: bool = False) -> None:
         """Save a run's counters (so a resumed or deferred task can finish the run's result)."""
         now = _now()

@@ -11,6 +11,19 @@ Assumptions beyond the documented contract, each chosen to be safe for a client:
   custom object (the docs: the object and its properties must exist first).
 - ``schedule_at`` needs a date and a time; without an offset it is read as UTC.
 - Conversations are not modelled.
+
+With ``behaviour="observed"`` it answers as Whippy's own code shows the live service does, where
+that departs from the reference or where the reference is silent (``shared/api/whippy.md``,
+"What Whippy's own code shows", 2026-12), taking the harder case where the evidence leaves a
+choice:
+
+- a step contact's ``contact`` is ``{id, name, email, phone}``, without ``external_id``;
+- error bodies are ``{"errors": [{"description"}], "status"}``: a 422 names no item of ``to``
+  (nor any other field);
+- the step-contact lists refuse a ``limit`` above 100 with a 422 (a Whippy-written client
+  says 1 to 100; 500 is documented only for another list);
+- channels carry no ``email`` and their list no ``total``;
+- a sequence's steps carry no ``position`` and no ``channel_type``.
 """
 
 from __future__ import annotations
@@ -51,6 +64,8 @@ ADDRESS_FIELDS = ("address_line_one", "address_line_two", "city", "state", "coun
 BIRTH_DATE_FIELDS = ("day", "month", "year")
 RESOURCES = ("contact", "step_contact")
 DATE_TIME = re.compile(r"^\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+#: The largest ``limit`` of a step-contact list in the observed behaviour.
+OBSERVED_STEP_CONTACT_LIMIT = 100
 
 
 class WhippyError(Exception):
@@ -90,7 +105,8 @@ class WhippySimulator(WhippyState, Simulator):
     :param processing_delay: real seconds between a 202 and its background job running; jobs
         run one at a time, in the order they were accepted.
     :param max_list_limit: the largest ``limit`` a list accepts.
-    :param behaviour: ``documented`` or ``observed`` (see :data:`~.base.Behaviour`).
+    :param behaviour: ``documented`` (the reference) or ``observed`` (what Whippy's own code
+        shows: see the module's docstring).
     """
 
     def __init__(
@@ -133,6 +149,7 @@ class WhippySimulator(WhippyState, Simulator):
 
     def build_app(self) -> FastAPI:
         app = FastAPI(title="Whippy simulator", openapi_url=None, docs_url=None, redoc_url=None)
+        app.state.observed = self.observed
         app.add_exception_handler(WhippyError, _whippy_error)
         app.add_exception_handler(RequestValidationError, _validation_error)
         app.add_exception_handler(StarletteHTTPException, _http_error)
@@ -166,9 +183,12 @@ class WhippySimulator(WhippyState, Simulator):
                 return JSONResponse(body, status_code=429, headers={RATE_LIMIT_HEADER: milliseconds})
         return await call_next(request)
 
-    def _page(self, params: Mapping[str, Any]) -> tuple[int, int]:
+    def _page(self, params: Mapping[str, Any], *, step_contacts: bool = False) -> tuple[int, int]:
         errors: list[Error] = []
-        limit = _int_param(params, "limit", 50, 1, self.max_list_limit, errors)
+        high = self.max_list_limit
+        if step_contacts and self.observed:
+            high = min(high, OBSERVED_STEP_CONTACT_LIMIT)
+        limit = _int_param(params, "limit", 50, 1, high, errors)
         offset = _int_param(params, "offset", 0, 0, None, errors)
         if errors:
             raise WhippyError(422, errors)
@@ -179,21 +199,23 @@ class WhippySimulator(WhippyState, Simulator):
         title = (request.query_params.get("title") or "").lower()
         with self.lock:
             found = [s for s in self.list_sequences(_org(request)) if title in s.title.lower()]
-            return {"data": [s.to_api() for s in found[offset : offset + limit]], "total": len(found)}
+            page = [s.to_api(observed=self.observed) for s in found[offset : offset + limit]]
+            return {"data": page, "total": len(found)}
 
     def _get_sequence(self, sequence_id: str, request: Request) -> dict[str, Any]:
         with self.lock:
-            return {"data": self._sequence_or_404(_org(request), sequence_id).to_api()}
+            return {"data": self._sequence_or_404(_org(request), sequence_id).to_api(observed=self.observed)}
 
     def _list_channels(self, request: Request) -> dict[str, Any]:
         limit, offset = self._page(request.query_params)
         with self.lock:
             channels = self.list_channels(_org(request))
-            return {"data": [c.to_api() for c in channels[offset : offset + limit]], "total": len(channels)}
+            page = [c.to_api(observed=self.observed) for c in channels[offset : offset + limit]]
+            return {"data": page} if self.observed else {"data": page, "total": len(channels)}
 
     def _list_step_contacts(self, sequence_id: str, request: Request) -> Response:
         params = request.query_params
-        limit, offset = self._page(params)
+        limit, offset = self._page(params, step_contacts=True)
         status = params.get("status")
         step_ids = frozenset(
             s.strip() for value in params.getlist("step_ids") for s in value.split(",") if s.strip()
@@ -212,7 +234,7 @@ class WhippySimulator(WhippyState, Simulator):
         payload = {} if payload is None else payload
         if not isinstance(payload, dict):
             raise WhippyError(422, [error("the body must be a JSON object")])
-        limit, offset = self._page(payload)
+        limit, offset = self._page(payload, step_contacts=True)
         sequence_id = payload.get("sequence_id")
         if sequence_id is not None and not isinstance(sequence_id, str):
             raise WhippyError(422, [error("must be a string", "sequence_id")])
@@ -409,9 +431,16 @@ def _is_uuid(value: Any) -> bool:
     return isinstance(value, str)
 
 
+def _answer(request: Request, status: int, errors: list[Error]) -> JSONResponse:
+    if request.app.state.observed:
+        # Only the documented shape: the description, never which field or item it is about.
+        errors = [{"description": e["description"]} for e in errors]
+    return JSONResponse(error_body(status, errors), status_code=status)
+
+
 async def _whippy_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, WhippyError)
-    return JSONResponse(error_body(exc.status, exc.errors), status_code=exc.status)
+    return _answer(request, exc.status, exc.errors)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
@@ -422,7 +451,7 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
         error(str(detail["msg"]), ".".join(str(part) for part in detail["loc"][1:]) or None)
         for detail in exc.errors()
     ]
-    return JSONResponse(error_body(422, errors), status_code=422)
+    return _answer(request, 422, errors)
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -24,6 +24,8 @@ from typing import Any, Literal
 
 from email_validator import EmailNotValidError, validate_email
 
+from airflow_provider_sequences.testing.base import Behaviour
+
 log = logging.getLogger(__name__)
 
 E164 = re.compile(r"^\+[1-9]\d{6,14}$")
@@ -86,7 +88,10 @@ class Channel:
     phone: str | None
     email: str | None
 
-    def to_api(self) -> dict[str, Any]:
+    def to_api(self, *, observed: bool = False) -> dict[str, Any]:
+        if observed:
+            # What Whippy's own client reads of a channel: no email field (whippy.md, 2026-12).
+            return {"id": self.id, "name": self.name, "phone": self.phone, "type": self.type}
         return {"id": self.id, "name": self.name, "phone": self.phone, "email": self.email, "type": self.type}
 
 
@@ -108,12 +113,14 @@ class SequenceRecord:
     steps: list[Step]
     created_at: str
 
-    def to_api(self) -> dict[str, Any]:
+    def to_api(self, *, observed: bool = False) -> dict[str, Any]:
+        # Observed: a step's position and channel type are undocumented; answer without them.
+        steps = [{"id": s.id, "title": s.title} if observed else vars(s).copy() for s in self.steps]
         return {
             "id": self.id,
             "title": self.title,
             "status": self.status,
-            "steps": [vars(step).copy() for step in self.steps],
+            "steps": steps,
             "created_at": self.created_at,
             "updated_at": self.created_at,
         }
@@ -144,7 +151,10 @@ class Contact:
     #: custom object key -> properties, for ``custom_data.resource == "contact"``
     custom_data: dict[str, dict[str, Any]] = field(default_factory=dict)
 
-    def summary(self) -> dict[str, Any]:
+    def summary(self, *, observed: bool = False) -> dict[str, Any]:
+        if observed:
+            # As Whippy's Activepieces piece receives it: no external_id (whippy.md, 2026-12).
+            return {"id": self.id, "name": self.name, "email": self.email, "phone": self.phone}
         return {
             "id": self.id,
             "name": self.name,
@@ -194,6 +204,8 @@ class WhippyState:
 
     lock: threading.RLock
     processing_delay: float
+    #: ``observed``: answer as Whippy's own clients report the live service does.
+    behaviour: Behaviour
 
     def _init_state(self) -> None:
         self._keys: dict[str, str] = {}
@@ -340,9 +352,12 @@ class WhippyState:
             return dict(self._enrolments)
 
     def step_contacts(self, sequence_id: str) -> list[dict[str, Any]]:
-        """The sequence's step contacts in the API's item shape, oldest first."""
+        """The sequence's step contacts in the documented item shape, oldest first: the ground
+        truth, with each contact's ``external_id`` whatever the behaviour."""
         with self.lock:
-            return [self.step_contact_to_api(record) for record in self._step_contacts[sequence_id]]
+            return [
+                self.step_contact_to_api(record, full=True) for record in self._step_contacts[sequence_id]
+            ]
 
     @property
     def upload_tags(self) -> list[dict[str, Any]]:
@@ -423,7 +438,10 @@ class WhippyState:
     def contact_step_contacts(self, contact_id: str) -> list[StepContact]:
         return list(self._by_contact.get(contact_id, []))
 
-    def step_contact_to_api(self, record: StepContact) -> dict[str, Any]:
+    def step_contact_to_api(self, record: StepContact, *, full: bool = False) -> dict[str, Any]:
+        """A step contact as the API shows it (``full``: with the contact's external id, whatever
+        the behaviour)."""
+        observed = not full and self.behaviour == "observed"
         return {
             "id": record.id,
             "status": record.status,
@@ -432,7 +450,7 @@ class WhippyState:
             "scheduled_at": record.scheduled_at,
             "created_at": record.created_at,
             "updated_at": record.updated_at,
-            "contact": self._contacts[record.contact_id].summary(),
+            "contact": self._contacts[record.contact_id].summary(observed=observed),
         }
 
     # -- the background job -------------------------------------------------------------------

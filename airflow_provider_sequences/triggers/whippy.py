@@ -78,8 +78,7 @@ class WhippyEnrollmentTrigger(BaseTrigger):
         )
 
     def _count(self, hook: WhippyHook) -> int:
-        page = hook.list_sequence_contacts(self.sequence_id, limit=1, step_ids=[self.step_id])
-        return int(page.get("total", 0))
+        return hook.count_sequence_contacts(self.sequence_id, step_ids=[self.step_id])
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
         hook = WhippyHook(self.whippy_conn_id)
