@@ -5,7 +5,17 @@ AIRFLOW_VERSION ?= 3.3.2
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(AIRFLOW_VERSION)
 
-.PHONY: demo test lint bench venv clean e2e-ui e2e e2e-celery
+# The supported range, tested: the lowest Airflow pyproject.toml claims (its latest patch) and
+# the newest, each on the lowest and a recent Python. Each combination has its own venv.
+# pyenv's interpreters when present (its shims fail for versions not selected), else PATH's.
+PYTHON_LOW ?= $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/3.10.*/bin/python)),python3.10)
+PYTHON_HIGH ?= $(or $(lastword $(wildcard $(HOME)/.pyenv/versions/3.12.*/bin/python)),python3.12)
+AIRFLOW_LOW ?= 3.1.8
+AIRFLOW_HIGH ?= 3.3.2
+MATRIX ?= $(PYTHON_LOW):$(AIRFLOW_LOW) $(PYTHON_HIGH):$(AIRFLOW_LOW) $(PYTHON_LOW):$(AIRFLOW_HIGH) \
+	$(PYTHON_HIGH):$(AIRFLOW_HIGH)
+
+.PHONY: demo test lint bench venv clean suite compat test-matrix e2e-ui e2e e2e-celery
 
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -24,14 +34,38 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench $(BENCH_ARGS)
 
-## test: lint, type-check and run the whole test suite
-test: lint
-	$(BIN)/python -m pytest
+## test: everything: lint and type-check, the whole suite, a real Airflow deployment (e2e), the
+## Sequence syncs view in a browser (e2e-ui), and the suite on the lowest supported versions
+test: lint suite e2e e2e-ui compat
+
+## compat: the whole suite on the lowest supported Python and Airflow, in its own venv
+compat:
+	@version="$$($(PYTHON_LOW) -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; \
+	$(MAKE) --no-print-directory suite PYTHON="$(PYTHON_LOW)" AIRFLOW_VERSION="$(AIRFLOW_LOW)" \
+		VENV=".venv-py$$version-af$(AIRFLOW_LOW)"
+
+## suite: the whole test suite, without lint (PYTEST_ARGS to narrow it)
+suite: $(STAMP)
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+## test-matrix: lint once, then the whole suite on every Python x Airflow of MATRIX, each in
+## its own venv (.venv-py<version>-af<version>); stops at the first combination that fails
+test-matrix: lint
+	@set -e; for combo in $(MATRIX); do \
+		python="$${combo%%:*}"; airflow="$${combo##*:}"; \
+		version="$$($$python -c 'import sys; print("%d.%d" % sys.version_info[:2])')"; \
+		echo "== Python $$version, Airflow $$airflow"; \
+		start=$$(date +%s); \
+		$(MAKE) --no-print-directory suite PYTHON="$$python" AIRFLOW_VERSION="$$airflow" \
+			VENV=".venv-py$$version-af$$airflow"; \
+		echo "== Python $$version, Airflow $$airflow: passed in $$(( $$(date +%s) - start )) s"; \
+	done
 
 ## e2e-ui: the Sequence syncs view in Debian's Chromium (installed by scripts/chromium.sh when
 ## missing) against airflow api-server on the demo's state; saves docs/sequence-syncs.png
 e2e-ui: $(STAMP)
 	SEQUENCES_E2E_UI=1 $(BIN)/python -m pytest tests/test_ui_browser.py -v
+
 ## e2e: a real Airflow deployment on loopback (PostgreSQL, api-server, scheduler, dag-processor,
 ## triggerer, LocalExecutor) against the simulators; asserts and prints its figures
 e2e: $(STAMP)
@@ -51,4 +85,4 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 clean:
-	rm -rf $(VENV) .demo .e2e .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .venv-py* .demo .e2e .pytest_cache .mypy_cache .ruff_cache

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import sys
 from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -37,29 +39,61 @@ from airflow_provider_sequences.testing.crm import crm_frame, write_crm_sqlite
 from airflow_provider_sequences.testing.dags import load_dag, run_dag, task_states, task_xcom
 
 EXPORT_ROWS = 5_000
+AIRFLOW_LOG = WORK / "airflow.log"
+#: The demo's own lines; Airflow's (about 170 per night) go to AIRFLOW_LOG.
+OUT = sys.stdout
+
+
+def say(text: str = "") -> None:
+    print(text, file=OUT, flush=True)
+
+
+@contextmanager
+def airflow_output_to(path: Path) -> Iterator[None]:
+    """Send everything written to this process's stdout and stderr to ``path`` (Airflow's task
+    logs go there), while :func:`say` still prints to the terminal."""
+    global OUT
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    OUT = os.fdopen(os.dup(1), "w", buffering=1)
+    with path.open("a") as log:
+        os.dup2(log.fileno(), 1)
+        os.dup2(log.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            for fd in saved:
+                os.close(fd)
+            OUT.close()
+            OUT = sys.stdout
 
 
 def summarise(title: str, result: dict[str, Any] | None, sim_requests: int) -> None:
-    print(f"\n-- {title}")
+    say(f"\n-- {title}")
     if result is None:
-        print("   no result (the task failed: see its log above)")
+        say(f"   no result (the task failed: see {AIRFLOW_LOG})")
         return
     stats = result["stats"]
-    print(
+    say(
         f"   {stats['rows']:,} rows: {stats['added']:,} added, {stats['not_processed']:,} not processed, "
         f"{stats.get('unchanged', 0):,} unchanged (enrolled on an earlier night), "
         f"{stats['duplicates']:,} duplicate rows"
     )
-    print(
-        f"   requests: {stats['write_requests']} writes, {stats['read_requests']} reads "
-        f"(the simulator saw {sim_requests})"
+    say(
+        f"   requests: {stats['requests']} ({stats['write_requests']} writes, {stats['read_requests']} reads "
+        f"of contacts; the simulator saw {sim_requests})"
     )
     reasons = Counter(outcome["reason"] for outcome in result["not_processed"].values())
     for reason, count in reasons.most_common():
         example_key, example = next(
             (k, o) for k, o in result["not_processed"].items() if o["reason"] == reason
         )
-        print(f"   {reason:<24} {count:>5}   e.g. {example_key}: {example['detail'][:90]}")
+        say(f"   {reason:<24} {count:>5}   e.g. {example_key}: {example['detail'][:90]}")
 
 
 def night_two(export: pd.DataFrame) -> pd.DataFrame:
@@ -71,6 +105,13 @@ def night_two(export: pd.DataFrame) -> pd.DataFrame:
 
 
 def main() -> int:
+    AIRFLOW_LOG.unlink(missing_ok=True)
+    print(f"Airflow's own log lines go to {AIRFLOW_LOG}", flush=True)
+    with airflow_output_to(AIRFLOW_LOG):
+        return demo()
+
+
+def demo() -> int:
     export_path = WORK / "crm_export.db"
     export = crm_frame(EXPORT_ROWS)
     os.environ[connection_env_var("crm_export")] = f'{{"conn_type": "sqlite", "host": "{export_path}"}}'
@@ -99,10 +140,10 @@ def main() -> int:
             if night == 2:
                 export = night_two(export)
             write_crm_sqlite(export_path, export)
-            print(f"\n=== Night {night}: CRM export of {len(export):,} rows in {export_path} ===")
+            say(f"\n=== Night {night}: CRM export of {len(export):,} rows in {export_path} ===")
             seen_reply, seen_whippy = len(reply.requests), len(whippy.requests)
             run = run_dag(reply_dag, run_conf={"sequence_id": reply_account.sequence_id})
-            print(f"reply_nightly_crm_sync: {task_states(run)}")
+            say(f"reply_nightly_crm_sync: {task_states(run)}")
             summarise("Reply.io", task_xcom(run, "enrol_new_leads"), len(reply.requests) - seen_reply)
             run = run_dag(
                 whippy_dag,
@@ -111,11 +152,11 @@ def main() -> int:
                     "from_channel": whippy_account.channel_phone,
                 },
             )
-            print(f"whippy_nightly_crm_sync: {task_states(run)}")
+            say(f"whippy_nightly_crm_sync: {task_states(run)}")
             summarise("Whippy", task_xcom(run, "enrol_new_leads"), len(whippy.requests) - seen_whippy)
         twice = sum(1 for n in [*reply.enrolments.values(), *whippy.enrolments.values()] if n > 1)
-        print(f"\nContacts enrolled more than once across both nights, per the simulators: {twice}")
-    print(f"Full results: each task's XCom 'return_value'; the sync state: {state_file}")
+        say(f"\nContacts enrolled more than once across both nights, per the simulators: {twice}")
+    say(f"Full results: each task's XCom 'return_value'; the sync state: {state_file}")
     return 0
 
 

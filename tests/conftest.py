@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -45,17 +46,24 @@ def dags_folder(airflow_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 
 
 @pytest.fixture(scope="session")
-def postgres_url() -> str:
+def postgres_url() -> Iterator[str]:
     """URL of a throwaway PostgreSQL on loopback, started once per session by
-    ``scripts/postgres.sh`` (which installs PostgreSQL first on a machine without it).
+    ``scripts/postgres.sh`` (which installs PostgreSQL first on a machine without it), and
+    stopped when the session ends if the session started it (one already running is left alone).
+    ``SEQUENCES_PG_DATA`` names its data directory (default ``.pg``).
 
     When the script fails, tests that need PostgreSQL fail under CI (``CI`` set) and are
     skipped elsewhere, with the script's output either way.
     """
     script = REPO / "scripts" / "postgres.sh"
+    data = os.environ.get("SEQUENCES_PG_DATA", str(REPO / ".pg"))
+    started = False
     try:
         # apt-get may run on a fresh machine: give it time, within pytest-timeout's 300 s.
-        done = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=280, check=False)
+        done = subprocess.run(
+            ["bash", str(script), "start", data], capture_output=True, text=True, timeout=280, check=False
+        )
+        started = "starting the server" in done.stderr
         lines = done.stdout.strip().splitlines()
         url = lines[-1] if lines else ""
         failure = (
@@ -70,4 +78,6 @@ def postgres_url() -> str:
         if os.environ.get("CI"):
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
-    return url
+    yield url
+    if started:
+        subprocess.run(["bash", str(script), "stop", data], capture_output=True, timeout=120, check=False)

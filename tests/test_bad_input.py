@@ -622,7 +622,7 @@ def test_reply_key_without_the_operate_scope_aborts_with_every_row_recorded(worl
             world.execute(world.reply_op(contacts=[ok_row(n), ok_row(n + 1)], column_map={"email": "email"}))
     seq = world.reply_account.sequence_id
     assert str(raised.value) == (
-        f"Reply refused the request, so no batch can succeed: Reply API POST /v3/sequences/{seq}/"
+        f"Reply.io refused the request, so no batch can succeed: Reply.io API POST /v3/sequences/{seq}/"
         "contact-links/bulk failed: 403 auth.missingScope: this API key lacks the scope 'sequences:operate'"
     )
     assert "no-operate" not in str(raised.value)
@@ -643,9 +643,9 @@ def test_reply_refused_key_stops_the_run_before_sending(world: World, case: str)
     seq = world.reply_account.sequence_id
     expected = {
         # The first request asks whoami for the account the key acts as (it names the state).
-        "bad key (401)": "Reply API GET /v3/whoami failed: 401: the API key is missing, wrong or revoked",
+        "bad key (401)": "Reply.io API GET /v3/whoami failed: 401: the API key is missing, wrong or revoked",
         "key without the read scope (403)": (
-            f"Reply API GET /v3/sequences/{seq} failed: 403 auth.missingScope: "
+            f"Reply.io API GET /v3/sequences/{seq} failed: 403 auth.missingScope: "
             "this API key lacks the scope 'sequences:read'"
         ),
     }[case]
@@ -665,7 +665,7 @@ def test_reply_expired_start_from(world: World) -> None:
     assert type(raised.value) is SyncAbortedError
     seq = world.reply_account.sequence_id
     assert re.fullmatch(
-        rf"Reply refused the request, so no batch can succeed: Reply API POST /v3/sequences/{seq}/"
+        rf"Reply.io refused the request, so no batch can succeed: Reply.io API POST /v3/sequences/{seq}/"
         r"contact-links/bulk failed: 400 \S+ .*\[startFrom: startFrom 2001-01-01T00:00:00\+00:00 is in "
         r"the past \(now is [-0-9T:+]+\)\]",
         str(raised.value),

@@ -63,7 +63,7 @@ def test_unknown_sequence_is_a_404_with_the_service_code(hook: ReplyHook) -> Non
         hook.get_sequence(999)
     assert caught.value.status == 404
     assert caught.value.code == "sequence.notFound"
-    assert "Reply API GET /v3/sequences/999 failed: 404 sequence.notFound" in str(caught.value)
+    assert "Reply.io API GET /v3/sequences/999 failed: 404 sequence.notFound" in str(caught.value)
 
 
 def test_import_contacts_creates_then_matches_by_email(hook: ReplyHook, reply_simulator) -> None:

@@ -451,7 +451,7 @@ def test_a_batch_that_fails_after_retries_is_request_failed_and_retried_next_run
     keys = [str(i) for i in ids]
     assert sorted(result["added"]) == keys[2:]
     detail = (
-        f"the request failed after retries: Reply API POST {world.bulk_path} failed: "
+        f"the request failed after retries: Reply.io API POST {world.bulk_path} failed: "
         "500 server.error: an unexpected error occurred"
     )
     assert result["not_processed"] == {key: {"reason": "requestFailed", "detail": detail} for key in keys[:2]}
@@ -526,7 +526,7 @@ def test_a_batch_the_import_rejects_whole_is_split_until_the_bad_row_stands_alon
     assert result["not_processed"] == {
         refused: {
             "reason": "invalidInput",
-            "detail": "Reply rejected this contact: this mailbox is on the blocklist",
+            "detail": "Reply.io rejected this contact: this mailbox is on the blocklist",
         }
     }
     check_accounting(result, set(emails))

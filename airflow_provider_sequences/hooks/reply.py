@@ -91,7 +91,7 @@ class ReplyHook(SequencesHook):
     conn_name_attr = "reply_conn_id"
     default_conn_name = "reply_default"
     conn_type = "reply"
-    hook_name = "Reply"
+    hook_name = "Reply.io"
     default_base_url = "https://api.reply.io"
     api_prefix = "/v3"
     #: The web app, for links from Airflow's UI.

@@ -7,7 +7,7 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 import pandas as pd
-from airflow.sdk import BaseHook, BaseOperator
+from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator
 from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_sequences.adapters.base import ServiceAdapter
@@ -51,8 +51,11 @@ class SequenceSyncOperator(BaseOperator):
     JSON Lines; local or any object store ``ObjectStoragePath`` reaches, with
     ``source_conn_id`` for its credentials) or ``contacts`` (rows from an upstream task).
 
-    :param sequence_id: the sequence to enrol into.
-    :param column_map: source column -> contact field (dotted for nested and custom fields).
+    :param sequence_id: the sequence to enrol into. A literal id declares the sequence's Asset
+        as an outlet; a templated or mapped id declares the service's AssetAlias, and the run
+        emits the Asset of the id it resolved.
+    :param column_map: source column -> contact field (dotted for nested and custom fields);
+        Reply rows that carry only contact ids (``contact_id_column``) need none.
     :param key_column: the source column that names a row in results and in the sync state.
     :param sql: a query returning one row per contact.
     :param source_conn_id: the database connection for ``sql``, or the object-store
@@ -80,6 +83,10 @@ class SequenceSyncOperator(BaseOperator):
         ``sqlite`` one. By default the service connection's ``rate_limit_conn_id`` extra, else
         ``state_conn_id`` when it is PostgreSQL, else a file under ``AIRFLOW_HOME`` shared by
         the processes of one machine.
+    :param mask_values: keep people's values out of the details of not-processed keys (in
+        XCom and in the sync state): ``'a•••@example.com' in column 'email'`` instead of the
+        address. Off by default, since those values are what the person fixing the CRM acts
+        on; keys are not masked (key by a CRM id to keep emails out of results altogether).
     """
 
     template_fields: Sequence[str] = (
@@ -91,15 +98,23 @@ class SequenceSyncOperator(BaseOperator):
         "key_column",
         "dry_run",
         "full_resync",
+        "mask_values",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"sql": "sql", "column_map": "json"}
     ui_color = "#e8f4ff"
+
+    #: The service's slug (``reply``, ``whippy``), as the state and the links name it.
+    service_name: ClassVar[str]
+    #: The service's display name (its hook's ``hook_name``), in messages.
+    display_name: ClassVar[str]
+    #: The AssetAlias a templated or mapped sequence id emits its sequence's Asset through.
+    sequence_alias: ClassVar[AssetAlias]
 
     def __init__(
         self,
         *,
         sequence_id: Any,
-        column_map: Mapping[str, str],
+        column_map: Mapping[str, str] | None = None,
         key_column: str | None = None,
         sql: str | None = None,
         source_conn_id: str | None = None,
@@ -115,10 +130,15 @@ class SequenceSyncOperator(BaseOperator):
         max_attempts: int = 5,
         state_conn_id: str | None = None,
         default_region: str | None = None,
+        mask_values: bool = False,
         lock_timeout: float | timedelta = DEFAULT_LOCK_TIMEOUT,
         rate_limit_conn_id: str | None = None,
         **kwargs: Any,
     ) -> None:
+        if "outlets" not in kwargs:
+            # Known at parse time: the scheduler sees the Asset itself. Otherwise the run names it.
+            templated = sequence_id is None or "{{" in str(sequence_id)
+            kwargs["outlets"] = [self.sequence_alias if templated else self.sequence_asset(sequence_id)]
         super().__init__(**kwargs)
         given = [name for name, value in (("sql", sql), ("source_path", source_path)) if value is not None]
         if contacts is not None:
@@ -131,7 +151,7 @@ class SequenceSyncOperator(BaseOperator):
         if sql is not None and not source_conn_id:
             raise ValueError("sql needs source_conn_id: the Airflow connection of the database to query")
         self.sequence_id = sequence_id
-        self.column_map = dict(column_map)
+        self.column_map = dict(column_map or {})
         self.key_column = key_column
         self.sql = sql
         self.source_conn_id = source_conn_id
@@ -151,8 +171,20 @@ class SequenceSyncOperator(BaseOperator):
             lock_timeout.total_seconds() if isinstance(lock_timeout, timedelta) else float(lock_timeout)
         )
         self.rate_limit_conn_id = rate_limit_conn_id
+        self.mask_values = mask_values
+
+    @classmethod
+    def partial(cls, **kwargs: Any) -> Any:
+        """Mapped tasks resolve their sequence ids at run time: they emit through the alias."""
+        kwargs.setdefault("outlets", [cls.sequence_alias])
+        return super().partial(**kwargs)
 
     # -- what each service provides -----------------------------------------------------------
+
+    @staticmethod
+    def sequence_asset(sequence_id: Any) -> Asset:
+        """The Asset a sync into this sequence updates, for data-aware scheduling."""
+        raise NotImplementedError
 
     def make_adapter(self) -> ServiceAdapter:
         raise NotImplementedError
@@ -187,6 +219,7 @@ class SequenceSyncOperator(BaseOperator):
             rules=adapter.rules,
             default_region=self.default_region,
             id_column=self.id_column(),
+            mask_values=_flag("mask_values", self.mask_values),
         )
 
     def source_chunks(self) -> Iterator[pd.DataFrame]:
@@ -257,6 +290,7 @@ class SequenceSyncOperator(BaseOperator):
             incremental=bool(self.incremental),
             full_resync=_flag("full_resync", self.full_resync),
             max_attempts=self.max_attempts,
+            mask_values=_flag("mask_values", self.mask_values),
             **extra,
         )
 
@@ -279,10 +313,11 @@ class SequenceSyncOperator(BaseOperator):
         # its rate budget.
         adapter.hook.account  # noqa: B018
         adapter.preflight()
+        preflight_requests = sum(adapter.request_counts)
         spec = self.prepare_spec(adapter)
         state = self.sync_state(adapter)
         run_id = self.run_key(context)
-        return SyncRun(
+        run = SyncRun(
             adapter,
             spec,
             state,
@@ -292,12 +327,14 @@ class SequenceSyncOperator(BaseOperator):
             logger=self.log,
             lease=ScopeLease(state, run_id, group=self.lease_group(context), lock_timeout=self.lock_timeout),
         )
+        run.preflight_requests = preflight_requests
+        return run
 
     def read_and_push(self, run: SyncRun) -> None:
         mode = "dry run: nothing is sent" if run.options.dry_run else "sending"
         self.log.info(
             "Syncing into %s sequence %s (%s); batches of %d; %s",
-            run.adapter.service,
+            self.display_name,
             self.sequence_id,
             self.sequence_url(),
             run.options.batch_size,
@@ -309,6 +346,14 @@ class SequenceSyncOperator(BaseOperator):
             self.log.error("Stopped: every outcome so far is recorded, so a retry resumes from here")
             raise
 
+    def emit_sequence_asset(self, context: Mapping[str, Any], dry_run: bool) -> None:
+        """Through the alias, the Asset of the sequence this run resolved (a dry run changes none)."""
+        if dry_run or "outlet_events" not in context:
+            return
+        for outlet in self.outlets:
+            if isinstance(outlet, AssetAlias) and outlet.name == self.sequence_alias.name:
+                context["outlet_events"][outlet].add(self.sequence_asset(self.sequence_id))
+
     def complete(self, context: Mapping[str, Any], result: SyncResult, run: SyncRun) -> dict[str, Any]:
         """Log the summary, push the result and apply the partial-failure policy."""
         value = result.to_xcom()
@@ -317,14 +362,15 @@ class SequenceSyncOperator(BaseOperator):
         stats = value["stats"]
         self.log.info(
             "%s sequence %s: %d rows; %d added, %d not processed, %d unchanged, %d duplicates; "
-            "%d write and %d read requests",
-            run.adapter.service,
+            "%d requests (%d write, %d read)",
+            self.display_name,
             self.sequence_id,
             stats["rows"],
             stats["added"],
             stats["not_processed"],
             stats.get("unchanged", 0),
             stats["duplicates"],
+            stats["requests"],
             stats["write_requests"],
             stats["read_requests"],
         )
@@ -353,4 +399,34 @@ class SequenceSyncOperator(BaseOperator):
                 f"{failed} of {keys} contacts ({share:.0%}) were not processed, more "
                 f"than max_not_processed_share={limit:.0%}; the result with every reason is in XCom"
             )
+        self.emit_sequence_asset(context, run.options.dry_run)
+        self._lineage_run = {
+            "service": run.adapter.service,
+            "api_url": getattr(run.adapter.hook, "base_url", ""),
+            "account": str(getattr(run.adapter.hook, "account", "") or ""),
+            "added": 0 if run.options.dry_run else stats["added"],
+        }
         return value
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
+        """OpenLineage: the source read, the sequence written, column lineage, rows added."""
+        from airflow_provider_sequences.lineage import file_dataset, sequence_lineage, sql_lineage
+
+        inputs: list[Any] = []
+        job_facets: dict[str, Any] = {}
+        if self.sql is not None:
+            source = sql_lineage(str(self.source_conn_id), self.sql)
+            inputs, job_facets = list(source.inputs), dict(source.job_facets)
+        elif self.source_path is not None:
+            inputs = [file_dataset(str(self.source_path))]
+        done = getattr(self, "_lineage_run", None) or {}
+        return sequence_lineage(
+            service=done.get("service") or self.service_name,
+            api_url=done.get("api_url", ""),
+            account=done.get("account") or self.connection_id(),
+            sequence_id=self.sequence_id,
+            column_map=self.column_map,
+            inputs=inputs,
+            added=done.get("added"),
+            job_facets=job_facets,
+        )

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from airflow.sdk import Asset, Context
+from airflow.sdk import Asset, AssetAlias, Context
 
 from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.adapters.reply import ReplyAdapter, ReplyEnrolment
@@ -51,13 +51,17 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
     :class:`~airflow_provider_sequences.operators.base.SequenceSyncOperator`. ``column_map``
     targets Reply's contact fields (``email``, ``firstName``, ``lastName``, ``company``,
     ``title``, ``phone``, ``city``, ``state``, ``country``, ``timeZoneId``, ``linkedInUrl``,
-    ``notes``) and custom fields as ``customFields.<name>``. ``key_column`` defaults to
+    ``notes``) and custom fields as ``customFields.<name>``; with ``contact_id_column`` it may be
+    left out. ``key_column`` defaults to
     ``contact_id_column`` when set, else the column mapped to ``email``.
     """
 
     template_fields: Sequence[str] = (*SequenceSyncOperator.template_fields, "start_from", "start_step_id")
     operator_extra_links = (SequenceLink(), SyncReportLink())
     service_name = ReplyAdapter.service
+    display_name = ReplyHook.hook_name
+    sequence_alias = AssetAlias(name="reply-sequences")
+    sequence_asset = staticmethod(reply_sequence_asset)
 
     def __init__(
         self,
@@ -72,9 +76,8 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
         first_name_fallback: str | None = None,
         **kwargs: Any,
     ) -> None:
-        sequence_id = kwargs.get("sequence_id")
-        if sequence_id is not None and "{{" not in str(sequence_id) and "outlets" not in kwargs:
-            kwargs["outlets"] = [reply_sequence_asset(sequence_id)]
+        if not kwargs.get("column_map") and not contact_id_column:
+            raise ValueError("column_map is required unless rows carry Reply contact ids (contact_id_column)")
         super().__init__(**kwargs)
         self.reply_conn_id = reply_conn_id
         self.contact_id_column = contact_id_column

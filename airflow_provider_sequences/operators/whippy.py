@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from airflow.sdk import Asset, Context
+from airflow.sdk import Asset, AssetAlias, Context
 
 from airflow_provider_sequences.adapters.whippy import WhippyAdapter, WhippyEnrolment
 from airflow_provider_sequences.hooks.base import path_segment
@@ -64,6 +64,9 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
     )
     operator_extra_links = (SequenceLink(), SyncReportLink())
     service_name = WhippyAdapter.service
+    display_name = WhippyHook.hook_name
+    sequence_alias = AssetAlias(name="whippy-sequences")
+    sequence_asset = staticmethod(whippy_sequence_asset)
 
     def __init__(
         self,
@@ -81,9 +84,8 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         deferrable: bool = False,
         **kwargs: Any,
     ) -> None:
-        sequence_id = kwargs.get("sequence_id")
-        if sequence_id is not None and "{{" not in str(sequence_id) and "outlets" not in kwargs:
-            kwargs["outlets"] = [whippy_sequence_asset(sequence_id)]
+        if not kwargs.get("column_map"):
+            raise ValueError("column_map is required: map a column to 'phone'")
         super().__init__(**kwargs)
         self.whippy_conn_id = whippy_conn_id
         self.from_channel = from_channel

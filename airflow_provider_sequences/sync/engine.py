@@ -28,6 +28,7 @@ from airflow_provider_sequences.exceptions import SyncAbortedError
 from airflow_provider_sequences.sync.hashes import HashIndex, hash_strings
 from airflow_provider_sequences.sync.identities import SharedIdentities
 from airflow_provider_sequences.sync.lease import ScopeLease
+from airflow_provider_sequences.sync.masking import mask_text
 from airflow_provider_sequences.sync.outcomes import (
     ENROLLMENT_UNCONFIRMED,
     MISSING_KEY,
@@ -65,6 +66,8 @@ class SyncOptions:
     :param enrollment_timeout: seconds to wait for a service that confirms in the background.
     :param max_failed_batches: consecutive failed batches before the run stops sending.
     :param progress_interval: seconds between progress lines in the log.
+    :param mask_values: mask emails and phones in the details of not-processed keys, in the
+        result and in the state (see :mod:`~airflow_provider_sequences.sync.masking`).
     """
 
     batch_size: int
@@ -75,6 +78,7 @@ class SyncOptions:
     enrollment_timeout: float = 600.0
     max_failed_batches: int = 3
     progress_interval: float = 30.0
+    mask_values: bool = False
 
 
 @dataclass
@@ -130,6 +134,9 @@ class SyncRun:
         self._resent: set[str] = set()
         self._progress = _Progress()
         self._requests_before = adapter.request_counts
+        #: Requests made before the run (reading the sequence, its steps, the channels): not
+        #: reads or writes of the run, but the service counts them against the budget too.
+        self.preflight_requests = 0
         self._sender: ThreadPoolExecutor | None = None
         self._left_in_flight: dict[str, list[str]] = {}
         self._left_in_flight_keys: set[str] = set()
@@ -588,7 +595,9 @@ class SyncRun:
         added = AddedKeys(outcome.added, fingerprints, sent)
         pending = PendingKeys(outcome.pending, fingerprints, sent)
         outcomes = [
-            KeyOutcome(key, NOT_PROCESSED, reason, detail, fingerprint=fingerprints.get(key), sent=sent)
+            KeyOutcome(
+                key, NOT_PROCESSED, reason, self._shown(detail), fingerprint=fingerprints.get(key), sent=sent
+            )
             for key, (reason, detail) in outcome.failed.items()
         ]
         if self.writes_state:
@@ -629,7 +638,7 @@ class SyncRun:
             for key in outcome.added:
                 self.result.add(key)
             for key, (reason, detail) in outcome.failed.items():
-                self.result.reject(key, reason, detail)
+                self.result.reject(key, reason, self._shown(detail))
 
     def _reject(self, rejected: pd.DataFrame) -> None:
         if rejected.empty:
@@ -638,7 +647,7 @@ class SyncRun:
             zip(
                 rejected["key"].tolist(),
                 rejected["reason"].tolist(),
-                rejected["detail"].tolist(),
+                [self._shown(detail) for detail in rejected["detail"].tolist()],
                 rejected["fingerprint"].tolist(),
                 strict=True,
             )
@@ -654,6 +663,10 @@ class SyncRun:
                 return
             for key, reason, detail, _ in rows:
                 self.result.reject(key, reason, detail)
+
+    def _shown(self, detail: str) -> str:
+        """A detail as the result and the state hold it: masked when the options say so."""
+        return mask_text(detail) if self.options.mask_values and detail else detail
 
     # -- confirm ------------------------------------------------------------------------------
 
@@ -744,7 +757,7 @@ class SyncRun:
         self.result.stats["write_requests"] = writes - self._requests_before[0]
         self.result.stats["read_requests"] = reads - self._requests_before[1]
         self.result.stats["requests"] = (
-            self.result.stats["write_requests"] + self.result.stats["read_requests"]
+            self.result.stats["write_requests"] + self.result.stats["read_requests"] + self.preflight_requests
         )
         self.result.stats["split_batches"] = self.pusher.splits
 

@@ -29,6 +29,7 @@ from airflow_provider_sequences.sync.emails import EMAIL_FAST_PATTERN as EMAIL_F
 from airflow_provider_sequences.sync.emails import EMAIL_SLOW_PATTERN as EMAIL_SLOW_PATTERN
 from airflow_provider_sequences.sync.emails import check_email as check_email
 from airflow_provider_sequences.sync.emails import normalise_emails as normalise_emails
+from airflow_provider_sequences.sync.masking import mask_quoted
 from airflow_provider_sequences.sync.phones import check_phone as check_phone
 from airflow_provider_sequences.sync.phones import normalise_phones as normalise_phones
 from airflow_provider_sequences.sync.source import UNDECODABLE_BYTES
@@ -104,6 +105,9 @@ class PrepareSpec:
     default_region: str | None = None
     #: Source column carrying the service's contact id (Reply); output column ``id`` (int64).
     id_column: str | None = None
+    #: Details name the column and the problem, with the value masked (see
+    #: :mod:`~airflow_provider_sequences.sync.masking`), instead of quoting the value.
+    mask_values: bool = False
 
     def __post_init__(self) -> None:
         region = self.default_region
@@ -231,6 +235,12 @@ def prepare_chunk(frame: pd.DataFrame, spec: PrepareSpec, *, first_row: int) -> 
 
     field_source = {target: source for source, target in spec.column_map.items()}
 
+    def shown(detail: Callable[[int], str], column: str) -> Callable[[int], str]:
+        """A check's detail, with the value it quotes masked when the spec says so."""
+        if not spec.mask_values:
+            return detail
+        return lambda i: mask_quoted(detail(i), _shown(text_of(column), i), column)
+
     # 1. key
     key_text = text_of(spec.key_column)
     keys: npt.NDArray[np.object_] = key_text.to_numpy(zero_copy_only=False).astype(object, copy=False)
@@ -269,7 +279,12 @@ def prepare_chunk(frame: pd.DataFrame, spec: PrepareSpec, *, first_row: int) -> 
         rows.reject(
             ~id_good,
             outcomes.INVALID_CONTACT_ID,
-            lambda i: f"contact id {_shown(id_text, i)!r} in column {id_column!r} is not a positive integer",
+            shown(
+                lambda i: (
+                    f"contact id {_shown(id_text, i)!r} in column {id_column!r} is not a positive integer"
+                ),
+                id_column,
+            ),
         )
 
     # 3. required fields
@@ -293,12 +308,12 @@ def prepare_chunk(frame: pd.DataFrame, spec: PrepareSpec, *, first_row: int) -> 
     for target, source in field_source.items():
         if target in rules.email_fields:
             column = normalise_emails(text_of(source))
-            rows.reject(column.bad, outcomes.INVALID_EMAIL, column.details.__getitem__)
+            rows.reject(column.bad, outcomes.INVALID_EMAIL, shown(column.details.__getitem__, source))
             values[target] = column.values
     for target, source in field_source.items():
         if target in rules.phone_fields and target not in values:
             column = normalise_phones(text_of(source), spec.default_region)
-            rows.reject(column.bad, outcomes.INVALID_PHONE, column.details.__getitem__)
+            rows.reject(column.bad, outcomes.INVALID_PHONE, shown(column.details.__getitem__, source))
             values[target] = column.values
     for target, source in field_source.items():
         if target in rules.integer_fields and target not in values:
@@ -307,7 +322,7 @@ def prepare_chunk(frame: pd.DataFrame, spec: PrepareSpec, *, first_row: int) -> 
             rows.reject(
                 valid_mask(field_text) & ~good,
                 outcomes.INVALID_FIELD,
-                functools.partial(_integer_detail, target, field_text),
+                shown(functools.partial(_integer_detail, target, field_text), source),
             )
             values[target] = pd.array(numbers, dtype="Int64")
             values[target][~good] = pd.NA

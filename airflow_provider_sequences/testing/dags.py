@@ -28,7 +28,10 @@ def prepare_airflow_home(airflow_home: str | Path, dags_folder: str | Path) -> N
 
 def load_dag(dag_id: str, dags_folder: str | Path) -> Any:
     """The DAG ``dag_id`` from the folder, failing with the import errors when it does not load."""
-    from airflow.dag_processing.dagbag import DagBag
+    try:
+        from airflow.dag_processing.dagbag import DagBag
+    except ImportError:  # Airflow 3.1
+        from airflow.models.dagbag import DagBag
 
     bag = DagBag(str(dags_folder))
     if bag.import_errors:
