@@ -777,6 +777,10 @@ def _reply_stub(bulk_answer: Answer) -> Callable[[Seen], Answer]:
     """A Reply whose sequence 1001 exists and whose bulk add answers ``bulk_answer``."""
 
     def script(seen: Seen) -> Answer:
+        if seen.path == "/v3/whoami":
+            return json_answer({"userId": 1})
+        if seen.method == "GET" and seen.path.startswith("/v3/sequences/1001/contacts"):
+            return json_answer({"items": [], "hasMore": False})
         if seen.method == "GET" and seen.path.startswith("/v3/sequences/1001"):
             return json_answer({"id": 1001, "name": "Stub", "steps": [{"id": 1}]})
         if seen.path.startswith("/v3/sequences/1001/contact-links/bulk"):

@@ -20,7 +20,7 @@ from airflow_provider_sequences.exceptions import (
     SequencesApiError,
     SyncConfigurationError,
 )
-from airflow_provider_sequences.hooks.base import PageGuard
+from airflow_provider_sequences.hooks.base import PageGuard, describe_shape
 from airflow_provider_sequences.hooks.whippy import (
     WHIPPY_MAX_CONTACTS_PER_CALL,
     WHIPPY_MAX_PAGE,
@@ -487,7 +487,15 @@ class WhippyAdapter(ServiceAdapter):
         # for a list of steps to enrol into when no step_id says which.
         listed = sequence.get("steps")
         listed = listed if isinstance(listed, list) else None
-        steps = [s for s in listed or [] if isinstance(s, Mapping) and s.get("id")]
+        steps = [s for s in listed or [] if isinstance(s, Mapping) and isinstance(s.get("id"), (str, int))]
+        if listed is not None and len(steps) != len(listed):
+            # Steps without an id: an answer this adapter does not know, not a verdict.
+            raise self.hook.unexpected(
+                "GET",
+                f"/v1/sequences/{self.sequence_id}",
+                200,
+                f"an answer of unexpected shape: steps are {describe_shape(listed)}",
+            )
         if listed is not None and not steps:
             raise SyncConfigurationError(f"Whippy sequence {self.sequence_id} has no steps")
         if all(isinstance(s.get("position"), (int, float)) for s in steps):

@@ -54,6 +54,9 @@ _LOOPBACK_NAMES = {"localhost", "localhost.localdomain"}
 
 # pyrate-limiter announces every bucket it creates at INFO; that is noise in task logs.
 logging.getLogger("pyrate_limiter").setLevel(logging.WARNING)
+#: Answers of unexpected shape are logged here: Airflow's own hook loggers do not propagate, and
+#: this line (a shape, never values) must reach the task log however the hook is used.
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -597,7 +600,7 @@ class SequencesHook(BaseHook):
         if problem is None:
             return value  # type: ignore[no-any-return]
         message = f"an answer of unexpected shape ({problem}): {describe_shape(value)}"
-        self.log.warning("%s %s %s: %s", self.hook_name, method, path, message)
+        log.warning("%s %s %s: %s", self.hook_name, method, path, message)
         raise self.unexpected(method, path, 200, message, repeat_safe=repeat_safe)
 
     def _send(
