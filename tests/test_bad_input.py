@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from airflow.sdk.exceptions import AirflowFailException
 
 from airflow_provider_sequences.adapters.whippy import WhippyAdapter
 from airflow_provider_sequences.exceptions import (
@@ -30,7 +29,7 @@ from airflow_provider_sequences.exceptions import (
     UnexpectedAnswerError,
 )
 from airflow_provider_sequences.hooks.whippy import WhippyHook
-from airflow_provider_sequences.operators.base import SyncFailedError
+from airflow_provider_sequences.operators.base import AirflowFailException, SyncFailedError
 from airflow_provider_sequences.operators.reply import ReplyAddContactsToSequenceOperator
 from airflow_provider_sequences.operators.whippy import WhippyAddContactsToSequenceOperator
 from airflow_provider_sequences.sync.source import SourceError

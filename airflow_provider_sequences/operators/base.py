@@ -8,7 +8,11 @@ from typing import Any, ClassVar
 
 import pandas as pd
 from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
+
+try:
+    from airflow.sdk.exceptions import AirflowFailException
+except ImportError:  # Airflow 3.1 has it only in airflow.exceptions
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
 
 from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.exceptions import SyncAbortedError

@@ -73,8 +73,10 @@ class Simulators:
         else:
             raise RuntimeError(f"the simulators did not print their connections:\n{text[-2000:]}")
         connections = dict(re.findall(r"export (AIRFLOW_CONN_\w+)='([^']*)'", text))
-        reply = re.search(r"Reply simulator on (\S+): user \d+, sequence (\d+)", text)
-        whippy = re.search(r"Whippy simulator on (\S+): channel (\S+), SMS sequence ([^,\s]+)", text)
+        reply = re.search(r"Reply simulator(?: \(\w+\))? on (\S+): user \d+, sequence (\d+)", text)
+        whippy = re.search(
+            r"Whippy simulator(?: \(\w+\))? on (\S+): channel (\S+), SMS sequence ([^,\s]+)", text
+        )
         if reply is None or whippy is None or len(connections) < 2:
             raise RuntimeError(f"cannot read the simulators' accounts from:\n{text[-2000:]}")
         return cls(
