@@ -21,6 +21,11 @@ from typing import Any
 
 import pytest
 
+try:
+    from airflow.sdk.exceptions import AirflowFailException
+except ImportError:  # Airflow 3.1
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
+
 from airflow_provider_sequences.adapters.whippy import WhippyAdapter
 from airflow_provider_sequences.exceptions import (
     SequencesApiError,
@@ -29,7 +34,7 @@ from airflow_provider_sequences.exceptions import (
     UnexpectedAnswerError,
 )
 from airflow_provider_sequences.hooks.whippy import WhippyHook
-from airflow_provider_sequences.operators.base import AirflowFailException, SyncFailedError
+from airflow_provider_sequences.operators.base import SyncFailedError
 from airflow_provider_sequences.operators.reply import ReplyAddContactsToSequenceOperator
 from airflow_provider_sequences.operators.whippy import WhippyAddContactsToSequenceOperator
 from airflow_provider_sequences.sync.source import SourceError
