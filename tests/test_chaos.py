@@ -34,7 +34,7 @@ from airflow_provider_sequences.testing import (
     seed_reply_account,
     seed_whippy_account,
 )
-from airflow_provider_sequences.testing.base import BEHAVIOURS, Behaviour
+from airflow_provider_sequences.testing.base import Behaviour
 from airflow_provider_sequences.testing.reply import ReplySimulator
 from airflow_provider_sequences.testing.whippy import WhippySimulator
 
@@ -126,8 +126,8 @@ def run_until_done(
     return result, len(sim.requests)
 
 
-@pytest.mark.parametrize("behaviour", BEHAVIOURS)
-@pytest.mark.parametrize("seed", [11, 12])
+# Each seed under one behaviour: both behaviours and both seeds, in half the time of every pair.
+@pytest.mark.parametrize(("seed", "behaviour"), [(11, "documented"), (12, "observed")])
 def test_reply_under_chaos(
     seed: int, behaviour: Behaviour, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -185,8 +185,7 @@ def member_reads(sim: ReplySimulator) -> int:
     return sum(1 for r in sim.requests if r.method == "GET" and r.path.endswith("/contacts"))
 
 
-@pytest.mark.parametrize("behaviour", BEHAVIOURS)
-@pytest.mark.parametrize("seed", [21, 23])
+@pytest.mark.parametrize(("seed", "behaviour"), [(21, "documented"), (23, "observed")])
 def test_whippy_under_chaos(
     seed: int, behaviour: Behaviour, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -463,7 +463,19 @@ class SequencesHook(BaseHook):
         budget, so two connections to one account share both. Never holds a secret."""
         if self._account is None:
             self._account = self.resolve_account()
+            if self.account_needs_request:
+                self._charge_account_budget()
         return self._account
+
+    def _charge_account_budget(self) -> None:
+        """Charge the account's shared budget for the requests this hook made before it knew
+        the account (the one that named it, at least): they came from the credential's budget,
+        which the account's other workers do not see, and the service counted them."""
+        for counter, count in list(self.request_counts.items()):
+            bucket = counter.split(" ", 1)[1]
+            limiter = self._limiter(bucket)
+            for _ in range(count):
+                limiter.try_acquire(bucket, blocking=True)
 
     def rate_limit_scope(self) -> str:
         """Who the service counts requests against: the account once known (a service whose
