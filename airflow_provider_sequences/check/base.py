@@ -64,7 +64,7 @@ class ServiceCheck(Generic[H]):
         self.report = report
         self.recorder = report.recorder
         self.probes = probes
-        self.recorder.attach(hook.session)
+        self.recorder.attach(hook)
 
     def run(self) -> None:
         """Run every check, adding findings to the report."""
@@ -95,7 +95,7 @@ class ServiceCheck(Generic[H]):
         hook = type(self.hook)(self.hook.conn_id)
         # Set before the session is built, so its auth header carries the wrong key.
         hook.__dict__["api_key"] = WRONG_KEY
-        self.recorder.attach(hook.session)
+        self.recorder.attach(hook)
         return hook
 
     # -- judgements both services share ------------------------------------------------------

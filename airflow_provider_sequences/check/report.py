@@ -15,12 +15,15 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from enum import Enum
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import requests
 
 from airflow_provider_sequences import __version__
 from airflow_provider_sequences.check.shapes import Shape, merge, shape_of
+
+if TYPE_CHECKING:
+    from airflow_provider_sequences.hooks.base import SequencesHook
 
 #: Headers whose presence (never their value) says something about the contract.
 _HEADERS_OF_INTEREST = re.compile(
@@ -82,8 +85,8 @@ class Recorder:
         self._label = "other"
         self._shapes: dict[str, _EndpointShapes] = {}
 
-    def attach(self, session: requests.Session) -> None:
-        session.hooks["response"].append(self._on_response)
+    def attach(self, hook: SequencesHook) -> None:
+        hook.answer_observers.append(self._on_response)
 
     @contextmanager
     def endpoint(self, label: str) -> Iterator[list[Exchange]]:
@@ -98,7 +101,7 @@ class Recorder:
             seen.extend(self.exchanges[start:])
             self._label = saved
 
-    def _on_response(self, response: requests.Response, *args: Any, **kwargs: Any) -> requests.Response:
+    def _on_response(self, response: requests.Response) -> requests.Response:
         body: Any = None
         is_json = False
         if response.content:

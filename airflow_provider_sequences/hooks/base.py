@@ -12,6 +12,7 @@ import random
 import re
 import time
 import unicodedata
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -301,6 +302,10 @@ class SequencesHook(BaseHook):
         self._limiter_cache: dict[tuple[str, str], Limiter] = {}
         #: Requests sent by this hook (attempts included), by "METHOD bucket".
         self.request_counts: dict[str, int] = {}
+        #: Called with every answer once its body is read (the contract check records shapes):
+        #: a session's own response hooks run before that, and reading the body there would
+        #: leave none for the hook.
+        self.answer_observers: list[Callable[[requests.Response], Any]] = []
         #: Retries made after an answer was lost: the first attempt may have been applied.
         self.uncertain_retries = 0
 
@@ -639,6 +644,8 @@ class SequencesHook(BaseHook):
             self._read_body(response, deadline, method, path, repeat_safe)
         finally:
             response.close()
+        for observe in self.answer_observers:
+            observe(response)
         self.log.debug(
             "%s %s %s -> %s in %.3f s",
             self.hook_name,
