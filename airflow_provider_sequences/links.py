@@ -27,15 +27,16 @@ class SyncReportLink(BaseOperatorLink):
         from airflow_provider_sequences.ui.paths import view_path
 
         service = getattr(operator, "service_name", "")
-        connection = getattr(operator, "connection_id", None)
-        if not service or not callable(connection):
+        # Computed on the worker once the task ran: the account its state is kept under.
+        account = getattr(operator, "sync_account", None)
+        if not service or not account:
             return ""
         # The run id the operator records its run under (SequenceSyncOperator.run_key).
         run_key = f"{ti_key.dag_id}.{ti_key.task_id}[{ti_key.map_index}]:{ti_key.run_id}"
         query = urlencode(
             {
                 "service": service,
-                "connection": connection(),
+                "account": account,
                 "sequence": str(operator.sequence_id),
                 "run": run_key,
             }

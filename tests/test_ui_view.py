@@ -89,7 +89,11 @@ def nights(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
                 dag_run = run_dag(load_dag(dag_id, folder))
                 results[(dag_id, night)] = task_xcom(dag_run, TASK)
                 keys[(dag_id, night)] = f"{dag_id}.{TASK}[-1]:{dag_run.run_id}"
-        scope = {"service": "reply", "connection": "reply_default", "sequence": str(account.sequence_id)}
+            # The state is kept per account, which the hook names as the operator did.
+            from airflow_provider_sequences.hooks.reply import ReplyHook
+
+            reply_account = ReplyHook().account
+        scope = {"service": "reply", "account": reply_account, "sequence": str(account.sequence_id)}
         yield Nights(results, keys, scope)
     finally:
         os.environ.clear()
@@ -248,6 +252,9 @@ def test_the_sync_report_link_opens_the_view_at_the_tasks_run(client, nights):
     operator = ReplyAddContactsToSequenceOperator(
         task_id=TASK, sequence_id=nights.scope["sequence"], contacts=[], column_map={"email": "email"}
     )
+    # Airflow computes the link on the worker once the task ran, when the account is known.
+    assert SyncReportLink().get_link(operator, ti_key=None) == ""
+    operator.sync_account = nights.scope["account"]
     link = SyncReportLink().get_link(
         operator, ti_key=TaskInstanceKey(dag_id=VISIBLE_DAG, task_id=TASK, run_id=dag_run_id, map_index=-1)
     )

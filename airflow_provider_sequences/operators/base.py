@@ -271,6 +271,8 @@ class SequenceSyncOperator(BaseOperator):
         """The state of this sequence of the account the connection reaches; rows an earlier
         version kept under the connection id join it."""
         scope = Scope(adapter.service, adapter.hook.account, str(self.sequence_id))
+        #: The account the run's state belongs to (the Sync report link names it).
+        self.sync_account = scope.account
         state = SyncState(state_engine(self.state_conn_id), scope)
         if state.merge_scope(self.connection_id()):
             self.log.info(

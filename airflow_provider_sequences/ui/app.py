@@ -105,7 +105,7 @@ class View:
         if self.state_param:
             query["state"] = self.state_param
         if scope is not None:
-            query.update(service=scope.service, connection=scope.connection_id, sequence=scope.sequence_id)
+            query.update(service=scope.service, account=scope.account, sequence=scope.sequence_id)
         query.update({k: v for k, v in params.items() if v not in (None, "")})
         return f"{root}{path}" + (f"?{urlencode(query)}" if query else "")
 
@@ -178,8 +178,8 @@ def create_app() -> FastAPI:
         dependencies=[Depends(get_user)],
     )
 
-    def scope_of(service: str, connection: str, sequence: str) -> ScopeId:
-        return ScopeId(service, connection, sequence)
+    def scope_of(service: str, account: str, sequence: str) -> ScopeId:
+        return ScopeId(service, account, sequence)
 
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request, user: User, state: State = None) -> HTMLResponse:
@@ -191,7 +191,7 @@ def create_app() -> FastAPI:
         request: Request,
         user: User,
         service: str,
-        connection: str,
+        account: str,
         sequence: str,
         state: State = None,
         run: str | None = None,
@@ -200,7 +200,7 @@ def create_app() -> FastAPI:
         after: str | None = None,
     ) -> HTMLResponse:
         view = _view(request, user, state)
-        scope = scope_of(service, connection, sequence)
+        scope = scope_of(service, account, sequence)
         found = view.readable_runs(scope)
         if not found:
             raise HTTPException(status_code=404, detail="no runs you may read in this sequence")
@@ -245,7 +245,7 @@ def create_app() -> FastAPI:
         request: Request,
         user: User,
         service: str,
-        connection: str,
+        account: str,
         sequence: str,
         run: str,
         state: State = None,
@@ -253,7 +253,7 @@ def create_app() -> FastAPI:
         key_prefix: str | None = None,
     ) -> StreamingResponse:
         view = _view(request, user, state)
-        scope = scope_of(service, connection, sequence)
+        scope = scope_of(service, account, sequence)
         if view.empty or not view.access.may_read(run):
             raise HTTPException(status_code=404, detail="no such run you may read")
 

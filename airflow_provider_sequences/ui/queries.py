@@ -22,7 +22,7 @@ import sqlalchemy as sa
 from airflow_provider_sequences.sync.state import NOT_PROCESSED, runs_table, state_table
 
 #: The columns that name whose state a row is (issue 14 turns the connection into an account).
-SCOPE_COLUMNS = ("service", "connection_id", "sequence_id")
+SCOPE_COLUMNS = ("service", "account", "sequence_id")
 #: What the view shows of a key; ``identity`` (phones, emails sent for a read-back) never.
 KEY_COLUMNS = (
     "contact_key",
@@ -45,7 +45,7 @@ class ScopeId:
     """One sequence reached through one connection (or account) of one service."""
 
     service: str
-    connection_id: str
+    account: str
     sequence_id: str
 
 
