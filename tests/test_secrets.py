@@ -199,7 +199,7 @@ def test_no_key_leaks_from_either_operator(
     # The searches found what they were looking in: the wrong key's failure was logged.
     assert "401" in seen[0] + seen[1]
     assert "the API key is missing, wrong or revoked" in seen[0] + seen[1]
-    assert "Syncing into reply sequence" in seen[0] + seen[1]
+    assert "Syncing into Reply.io sequence" in seen[0] + seen[1]
     assert _leaks(f"x {REPLY_KEY} {WHIPPY_KEY} {WRONG_KEY}")  # the search would see a leak
     leaks = [leak for text in seen for leak in _leaks(text)]
     assert leaks == []
