@@ -468,26 +468,16 @@ class SequencesHook(BaseHook):
         budget, so two connections to one account share both. Never holds a secret."""
         if self._account is None:
             self._account = self.resolve_account()
-            if self.account_needs_request:
-                self._charge_account_budget()
         return self._account
 
-    def _charge_account_budget(self) -> None:
-        """Charge the account's shared budget for the requests this hook made before it knew
-        the account (the one that named it, at least): they came from the credential's budget,
-        which the account's other workers do not see, and the service counted them."""
-        for counter, count in list(self.request_counts.items()):
-            bucket = counter.split(" ", 1)[1]
-            limiter = self._limiter(bucket)
-            for _ in range(count):
-                limiter.try_acquire(bucket, blocking=True)
-
     def rate_limit_scope(self) -> str:
-        """Who the service counts requests against: the account once known (a service whose
-        account takes a request to learn uses the credential until then)."""
-        if self._account is None and not self.account_needs_request:
-            return self.account
-        return self._account or self.credential_scope()
+        """Whose budget a request draws from. A service whose account takes a request to learn
+        (Reply's whoami) keeps the credential's budget throughout: a worker's whoami could not
+        wait on the account's budget before the account is known, and several workers starting
+        at once then met 429s. Connections with one key share it; two keys of one user do not."""
+        if self.account_needs_request:
+            return self.credential_scope()
+        return self.account
 
     def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:
         """Turn an error answer into the provider's exception."""
