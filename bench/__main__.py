@@ -125,6 +125,12 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     results["duration_s"] = round(time.perf_counter() - started, 1)
     output.parent.mkdir(parents=True, exist_ok=True)
+    if output.exists():
+        # The view's figures come from their own command (bench.ui_first_page): kept.
+        earlier = json.loads(output.read_text()).get("scenarios", {})
+        for key in set(earlier) - set(scenarios):
+            if key == "ui_first_page":
+                scenarios[key] = earlier[key]
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     chart = draw_chart(results, output.with_suffix(".png"))
