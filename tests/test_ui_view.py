@@ -3,7 +3,8 @@ on a state written by real DAG runs against the Reply simulator.
 
 Two DAGs sync into one sequence: ``ui_visible_nightly`` over two nights and
 ``ui_secret_nightly`` once. The user ``admin`` reads both DAGs; ``viewer`` may not read the
-secret one (tests/ui_auth_manager.py).
+secret one (tests/ui_auth_manager.py). ``ui_revealed_nightly``, whose operator sets
+``reveal_values``, syncs the same rows into a second sequence.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.dag_files import REPLY_OPERATOR, write_operator_dag
 from tests.ui_auth_manager import HIDDEN_DAG
 
 VISIBLE_DAG = "ui_visible_nightly"
+REVEALED_DAG = "ui_revealed_nightly"
 STATE_CONN = "ui_state"
 TASK = "enrol"
 # Shaped like an email, refused by the prepare stage (no dot in the domain): the view must mask it.
@@ -53,6 +55,8 @@ class Nights:
     results: dict[tuple[str, int], dict[str, Any]]
     run_keys: dict[tuple[str, int], str]
     scope: dict[str, str]
+    #: The second sequence, written by the run that may show its values.
+    revealed_scope: dict[str, str]
 
 
 @pytest.fixture(scope="module")
@@ -72,19 +76,22 @@ def nights(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             os.environ[connection_env_var("reply_default")] = connection_json(
                 "reply", sim.url, account.api_key
             )
+            revealed_sequence = sim.add_sequence("Revealed", owner_user_id=account.user_id)
             results: dict[tuple[str, int], dict[str, Any]] = {}
             keys: dict[tuple[str, int], str] = {}
-            for dag_id, night in ((VISIBLE_DAG, 1), (VISIBLE_DAG, 2), (HIDDEN_DAG, 1)):
+            for dag_id, night in ((VISIBLE_DAG, 1), (VISIBLE_DAG, 2), (HIDDEN_DAG, 1), (REVEALED_DAG, 1)):
+                revealed = {"reveal_values": True} if dag_id == REVEALED_DAG else {}
                 write_operator_dag(
                     folder,
                     dag_id,
                     REPLY_OPERATOR,
                     task_id=TASK,
-                    sequence_id=account.sequence_id,
+                    sequence_id=revealed_sequence if revealed else account.sequence_id,
                     state_conn_id=STATE_CONN,
                     column_map={"email": "email", "first_name": "firstName"},
                     contacts=_contacts(night),
                     max_not_processed_share=None,
+                    **revealed,
                 )
                 dag_run = run_dag(load_dag(dag_id, folder))
                 results[(dag_id, night)] = task_xcom(dag_run, TASK)
@@ -94,7 +101,7 @@ def nights(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
 
             reply_account = ReplyHook().account
         scope = {"service": "reply", "account": reply_account, "sequence": str(account.sequence_id)}
-        yield Nights(results, keys, scope)
+        yield Nights(results, keys, scope, {**scope, "sequence": str(revealed_sequence)})
     finally:
         os.environ.clear()
         os.environ.update(saved_env)
@@ -288,3 +295,62 @@ def test_the_view_reads_only_configured_state_databases(client, nights):
     _login(client, "admin")
     answer = client.get("/sequence-syncs/", params={"state": "reply_default"})
     assert answer.status_code == 404
+
+
+def test_each_run_shows_its_requests_against_the_rate_limit_floor(client, nights):
+    _login(client, "admin")
+    page = client.get("/sequence-syncs/sequence", params=nights.scope)
+    chart = page.text[page.text.index('id="pace-chart"') :].split("</svg>")[0]
+    for key in [(VISIBLE_DAG, 1), (VISIBLE_DAG, 2), (HIDDEN_DAG, 1)]:
+        stats, run_key = nights.results[key]["stats"], nights.run_keys[key]
+        row = page.text[page.text.index(f'data-run="{run_key}">') :].split("</tr>")[0]
+        writes, reads = re.search(r'<td class="n pace">([\d,]+) / ([\d,]+)</td>', row).groups()
+        # The requests the run made, the account's preflight reads included.
+        assert int(writes.replace(",", "")) == stats["write_requests"]
+        assert int(writes.replace(",", "")) + int(reads.replace(",", "")) == stats["requests"]
+        seconds = float(re.search(r'<td class="n seconds">([\d.,]+)</td>', row).group(1).replace(",", ""))
+        floor = float(re.search(r'<td class="n floor">([\d.,]+)</td>', row).group(1).replace(",", ""))
+        # A handful of requests: Reply's 100 a minute allow them at once.
+        assert floor == 0.0
+        assert 0 < seconds < 120
+        assert f'data-run="{run_key}" data-value="0"' in chart.replace("&amp;", "&")
+
+
+def test_the_floor_is_the_least_time_the_services_limits_allow(monkeypatch):
+    from airflow_provider_sequences.hooks.reply import ReplyHook
+    from airflow_provider_sequences.hooks.whippy import WhippyHook
+
+    monkeypatch.setenv(
+        connection_env_var("reply_default"), connection_json("reply", "http://127.0.0.1:9", "k")
+    )
+    monkeypatch.setenv(
+        connection_env_var("whippy_default"), connection_json("whippy", "http://127.0.0.1:9", "k")
+    )
+    reply = ReplyHook()
+    # 100 a minute and 3,000 an hour: the 301st request leaves 3 minutes after the first.
+    reply.request_counts.update({"GET all": 1, "POST all": 300})
+    assert reply.floor_seconds() == 180.0
+    assert reply.floor_seconds(since={"GET all": 1, "POST all": 200}) == 0.0
+    whippy = WhippyHook()
+    # 10 sequence writes a minute bind long before 25 requests a second do.
+    whippy.request_counts.update({"POST time_consuming": 21, "GET standard": 500})
+    assert whippy.floor_seconds() == 120.0
+
+
+def test_values_are_shown_only_for_runs_whose_operator_said_so(client, nights):
+    _login(client, "admin")
+    revealed = client.get("/sequence-syncs/sequence", params=nights.revealed_scope)
+    table = revealed.text[revealed.text.index('id="not-processed-rows"') :].split("</table>")[0]
+    assert PERSONAL_BAD in table
+    download = client.get(
+        "/sequence-syncs/sequence.csv",
+        params={**nights.revealed_scope, "run": nights.run_keys[(REVEALED_DAG, 1)]},
+    )
+    assert PERSONAL_BAD in download.text
+    # The same rows in the other sequence, written by operators that did not: masked.
+    masked = client.get("/sequence-syncs/sequence", params=nights.scope)
+    assert PERSONAL_BAD not in masked.text
+    assert "a\u2022\u2022\u2022@example" in masked.text
+    # A key's page: each sequence's detail as its last run allows.
+    key = client.get("/sequence-syncs/key", params={"key": PERSONAL_BAD})
+    assert key.text.count(PERSONAL_BAD) == 1

@@ -12,7 +12,7 @@ import random
 import re
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -36,6 +36,7 @@ from airflow_provider_sequences.exceptions import (
     UnexpectedAnswerError,
 )
 from airflow_provider_sequences.hooks import budget
+from airflow_provider_sequences.sync import pace
 
 #: Whole-request timeouts in seconds: (connect, read).
 DEFAULT_TIMEOUT = (10.0, 60.0)
@@ -482,6 +483,22 @@ class SequencesHook(BaseHook):
     def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:
         """Turn an error answer into the provider's exception."""
         raise NotImplementedError
+
+    def floor_seconds(self, since: Mapping[str, int] | None = None) -> float:
+        """Least time the limits allow for the requests sent since ``since`` (a copy of
+        :attr:`request_counts`): the slowest bucket's floor (see
+        :mod:`airflow_provider_sequences.sync.pace`)."""
+        time_scale = self.extra_number("rate_limit_time_scale", 1.0)
+        before = since or {}
+        floor = 0.0
+        for bucket in self.rate_buckets():
+            sent = sum(
+                count - before.get(name, 0)
+                for name, count in self.request_counts.items()
+                if name.rpartition(" ")[2] == bucket.name
+            )
+            floor = max(floor, pace.floor_seconds(sent, bucket.limits) / time_scale)
+        return floor
 
     # -- requests -----------------------------------------------------------------------------
 

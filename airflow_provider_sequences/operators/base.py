@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -24,6 +25,7 @@ from airflow_provider_sequences.sync.outcomes import (
     ENROLLMENT_UNCONFIRMED,
     SyncResult,
 )
+from airflow_provider_sequences.sync.pace import RunPace
 from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
 from airflow_provider_sequences.sync.source import read_file_chunks, read_sql_chunks, records_chunks
 from airflow_provider_sequences.sync.state import Scope, SyncState
@@ -91,6 +93,9 @@ class SequenceSyncOperator(BaseOperator):
         XCom and in the sync state): ``'a•••@example.com' in column 'email'`` instead of the
         address. Off by default, since those values are what the person fixing the CRM acts
         on; keys are not masked (key by a CRM id to keep emails out of results altogether).
+    :param reveal_values: show people's values (keys and details) unmasked in the Sequence
+        syncs view for this task's runs, to users who may read the DAG. Off by default: the view
+        masks them as the logs do. Has no effect with ``mask_values``.
     """
 
     template_fields: Sequence[str] = (
@@ -103,6 +108,7 @@ class SequenceSyncOperator(BaseOperator):
         "dry_run",
         "full_resync",
         "mask_values",
+        "reveal_values",
     )
     template_fields_renderers: ClassVar[dict[str, str]] = {"sql": "sql", "column_map": "json"}
     ui_color = "#e8f4ff"
@@ -135,6 +141,7 @@ class SequenceSyncOperator(BaseOperator):
         state_conn_id: str | None = None,
         default_region: str | None = None,
         mask_values: bool = False,
+        reveal_values: bool = False,
         lock_timeout: float | timedelta = DEFAULT_LOCK_TIMEOUT,
         rate_limit_conn_id: str | None = None,
         **kwargs: Any,
@@ -176,6 +183,12 @@ class SequenceSyncOperator(BaseOperator):
         )
         self.rate_limit_conn_id = rate_limit_conn_id
         self.mask_values = mask_values
+        self.reveal_values = reveal_values
+        #: Requests sent before this task's run and when it began (see :meth:`run_pace`).
+        self._requests_before: dict[str, int] = {}
+        self._began = time.monotonic()
+        #: A deferred task's first part's pace, added to the resumed part's.
+        self.earlier_pace: RunPace | None = None
 
     @classmethod
     def partial(cls, **kwargs: Any) -> Any:
@@ -315,6 +328,8 @@ class SequenceSyncOperator(BaseOperator):
             # A setting, not an outage: retrying the task would fail the same way.
             raise AirflowFailException(f"{type(self).__name__}: {exc}") from None
         adapter = self.make_adapter()
+        self._requests_before = dict(adapter.hook.request_counts)
+        self._began = time.monotonic()
         # The account first: it names the state's scope, and every later request draws from
         # its rate budget.
         adapter.hook.account  # noqa: B018
@@ -335,6 +350,22 @@ class SequenceSyncOperator(BaseOperator):
         )
         run.preflight_requests = preflight_requests
         return run
+
+    def run_pace(self, run: SyncRun) -> RunPace:
+        """What this task's run spent since :meth:`start_run` (its account, preflight included),
+        and the floor of those requests under the service's limits; with a deferred task's
+        first part, if any."""
+        hook = run.adapter.hook
+        before = self._requests_before
+        sent = {name: count - before.get(name, 0) for name, count in hook.request_counts.items()}
+        reads = sum(count for name, count in sent.items() if name.startswith("GET "))
+        pace = RunPace(
+            write_requests=sum(sent.values()) - reads,
+            read_requests=reads,
+            seconds=time.monotonic() - self._began,
+            floor_seconds=hook.floor_seconds(since=before),
+        )
+        return pace if self.earlier_pace is None else self.earlier_pace + pace
 
     def read_and_push(self, run: SyncRun) -> None:
         mode = "dry run: nothing is sent" if run.options.dry_run else "sending"
@@ -389,7 +420,13 @@ class SequenceSyncOperator(BaseOperator):
             # The run's counts, for the Sequence syncs view: it charts runs from these rather
             # than from every key's row.
             assert run.state is not None
-            run.state.save_run(run.run_id, {**stats, REASONS_STAT: dict(reasons)}, finished=True)
+            run.state.save_run(
+                run.run_id,
+                {**stats, REASONS_STAT: dict(reasons)},
+                finished=True,
+                pace=self.run_pace(run),
+                reveal_values=_flag("reveal_values", self.reveal_values) and not run.options.mask_values,
+            )
         # Every distinct key counts, enrolled on an earlier night or now: a night where a
         # few known-bad rows are reported again is not a failing night. Contacts accepted but
         # not read back yet (wait_for_enrollment=False) are on their way, and contacts already

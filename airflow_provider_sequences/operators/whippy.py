@@ -151,7 +151,7 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         if run.pending_count and self.wait_for_enrollment and not run.options.dry_run:
             if self.deferrable:
                 assert run.state is not None
-                run.state.save_run(run.run_id, dict(run.finish().stats))
+                run.state.save_run(run.run_id, dict(run.finish().stats), pace=self.run_pace(run))
                 if run.lease is not None:
                     # The resumed task takes the lease over: no other run may carry this run's
                     # pending keys meanwhile.
@@ -205,6 +205,7 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         if event and event.get("tail_from") is not None:
             run.adapter.resume_after(int(event["tail_from"]))
         saved = run.state.load_run(run.run_id) or {}
+        self.earlier_pace = run.state.load_pace(run.run_id)
         self.log.info("Whippy's background work is %s", (event or {}).get("status", "over"))
         run.confirm()  # the run's pending keys, read from the state
         result = run.finish()

@@ -1,7 +1,8 @@
 """Masking people's values (emails, phones, names) in what the provider stores and shows.
 
-Used for the details of not-processed keys when ``mask_values`` is on, and by anything that
-shows those details (the UI view): one place decides what a masked value looks like.
+Used for the details of not-processed keys when ``mask_values`` is on, for what the logs say,
+and by the Sequence syncs view for keys and details (unless the run's operator set
+``reveal_values``): one place decides what a masked value looks like.
 
 - an email keeps its first character and its domain: ``a•••@example.com``;
 - a phone keeps its country code and its last four digits (two when it is short):
@@ -17,13 +18,16 @@ import phonenumbers
 
 MASK = "•••"
 
-# An email anywhere in a text, quoted or not.
-_EMAIL = re.compile(r"[^\s'\"<>(),;:\[\]{}@]*@+[A-Za-z0-9.-]+\.[A-Za-z]{2,}")
-# Phone-like runs: with a leading +, grouped like a national number, or a long bare run of digits.
+# An email anywhere in a text, quoted or not; malformed ones too ("ada@example", "bob@@x.io"):
+# a refused address is exactly what a not-processed key's detail quotes. Something before the
+# @ is needed: validators' messages speak of "an @-sign".
+_EMAIL = re.compile(r"[^\s'\"<>(),;:\[\]{}@]+@+[^\s'\"<>(),;:\[\]{}@]+")
+# Phone-like runs: with a leading +, grouped like a national number ("415 555 0123",
+# "07700 900123"), or a long bare run of digits.
 # Row numbers and counts ("row 1000000", "4,000 contacts") are not matched.
 _PHONE = re.compile(
     r"\+\d[\d\s().-]{4,}\d"
-    r"|(?<![\w-])\(?\d{2,4}\)?[\s.-]\d{3,4}[\s.-]\d{3,4}(?![\w-])"
+    r"|(?<![\w-])\(?\d{2,5}\)?[\s.-]\d{3,4}[\s.-]?\d{3,4}(?![\w-])"
     r"|(?<![\w-])\d{10,15}(?![\w-])"
 )
 _PHONE_CHARACTERS = frozenset("+0123456789 ()-./")

@@ -26,6 +26,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from airflow_provider_sequences.sync.pace import RunPace
 from airflow_provider_sequences.sync.schema import META_TABLE, ensure_current
 
 STATE_TABLE = "sequence_sync_state"
@@ -79,6 +80,20 @@ state_table = sa.Table(
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
 )
 sa.Index("ix_sequence_sync_state_run", state_table.c.sequence_id, state_table.c.last_run_id)
+#: A run's not-processed keys in key order, all of them and by reason, for the Sequence syncs
+#: view's pages: a page reads only its rows, however rare they are among the sequence's keys.
+#: Partial, so that the added keys (most of a state) cost them nothing to write.
+_NOT_PROCESSED_ONLY = state_table.c.status == sa.literal_column(f"'{NOT_PROCESSED}'")
+for _name, _columns in (
+    ("ix_sequence_sync_state_not_processed", ("last_run_id", "contact_key")),
+    ("ix_sequence_sync_state_not_processed_reason", ("last_run_id", "reason", "contact_key")),
+):
+    sa.Index(
+        _name,
+        *(state_table.c[name] for name in ("service", "account", "sequence_id", *_columns)),
+        sqlite_where=_NOT_PROCESSED_ONLY,
+        postgresql_where=_NOT_PROCESSED_ONLY,
+    )
 
 runs_table = sa.Table(
     RUNS_TABLE,
@@ -89,6 +104,14 @@ runs_table = sa.Table(
     sa.Column("finished", sa.Boolean, nullable=False, default=False),
     sa.Column("started_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    # The run's pace (see :mod:`.pace`); NULL for runs an earlier version saved.
+    sa.Column("write_requests", sa.Integer),
+    sa.Column("read_requests", sa.Integer),
+    sa.Column("seconds", sa.Float),
+    sa.Column("floor_seconds", sa.Float),
+    # Whether the view may show people's values of this run unmasked (the operator's
+    # ``reveal_values``); runs saved before it was recorded are masked.
+    sa.Column("reveal_values", sa.Boolean, nullable=False, server_default=sa.false()),
 )
 
 #: Batches being sent: one row per batch, written before its request leaves and deleted with
@@ -974,8 +997,17 @@ class SyncState:
         with self.engine.connect() as connection:
             return connection.execute(query).first() is not None
 
-    def save_run(self, run_id: str, stats: dict[str, Any], *, finished: bool = False) -> None:
-        """Save a run's counters (so a resumed or deferred task can finish the run's result)."""
+    def save_run(
+        self,
+        run_id: str,
+        stats: dict[str, Any],
+        *,
+        finished: bool = False,
+        pace: RunPace | None = None,
+        reveal_values: bool = False,
+    ) -> None:
+        """Save a run's counters (so a resumed or deferred task can finish the run's result), and
+        with its last save its pace and whether the view may show its values."""
         now = _now()
         values = {
             "service": self.scope.service,
@@ -986,9 +1018,18 @@ class SyncState:
             "finished": finished,
             "started_at": now,
             "updated_at": now,
+            "reveal_values": reveal_values,
         }
+        if pace is not None:
+            values.update(
+                write_requests=pace.write_requests,
+                read_requests=pace.read_requests,
+                seconds=pace.seconds,
+                floor_seconds=pace.floor_seconds,
+            )
         dialect = self.engine.dialect.name
         insert: Any = postgresql.insert(runs_table) if dialect == "postgresql" else sqlite.insert(runs_table)
+        kept = ("service", "account", "sequence_id", "run_id", "started_at")
         statement = insert.on_conflict_do_update(
             index_elements=[
                 runs_table.c.service,
@@ -996,10 +1037,22 @@ class SyncState:
                 runs_table.c.sequence_id,
                 runs_table.c.run_id,
             ],
-            set_={"stats": insert.excluded.stats, "finished": finished, "updated_at": now},
+            set_={name: getattr(insert.excluded, name) for name in values if name not in kept},
         )
         with self.engine.begin() as connection:
             connection.execute(statement, values)
+
+    def load_pace(self, run_id: str) -> RunPace | None:
+        """The pace saved for a run, or ``None`` (a deferred task's first part saves its own)."""
+        t = runs_table
+        query = sa.select(t.c.write_requests, t.c.read_requests, t.c.seconds, t.c.floor_seconds).where(
+            self._where(t), t.c.run_id == run_id
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        if row is None or row[2] is None:
+            return None
+        return RunPace(int(row[0] or 0), int(row[1] or 0), float(row[2]), float(row[3] or 0.0))
 
     # -- claims (services that merge contacts sharing a phone, email or external id) ----------
 

@@ -10,7 +10,11 @@ Configuration (``airflow.cfg`` section ``[sequences]`` or ``AIRFLOW__SEQUENCES__
 - ``ui_state_conn_ids``: the state databases the view may read, comma-separated connection
   ids, ``embedded`` for the default SQLite file under ``AIRFLOW_HOME`` (default: ``embedded``).
   The first is shown by default; ``?state=<conn id>`` picks another of the list.
-- ``reveal_personal_values``: show emails and phone numbers unmasked (default ``False``).
+
+Emails and phone numbers in keys and details are masked as the logs mask them
+(:mod:`airflow_provider_sequences.sync.masking`), unless the run that wrote them recorded that
+its operator was told to reveal them (``reveal_values``); runs saved before that was recorded
+are masked.
 """
 
 from __future__ import annotations
@@ -30,12 +34,12 @@ from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.responses import HTMLResponse, StreamingResponse
 from jinja2 import Environment, FileSystemLoader, select_autoescape
 
+from airflow_provider_sequences.sync.masking import mask_text
 from airflow_provider_sequences.sync.state import RUNS_TABLE
 from airflow_provider_sequences.ui import queries
 from airflow_provider_sequences.ui.access import RunAccess
-from airflow_provider_sequences.ui.chart import requests_chart, run_series, runs_chart
-from airflow_provider_sequences.ui.masking import mask_text
-from airflow_provider_sequences.ui.queries import ScopeId
+from airflow_provider_sequences.ui.chart import pace_chart, requests_chart, run_series, runs_chart
+from airflow_provider_sequences.ui.queries import RunSummary, ScopeId
 
 EMBEDDED = "embedded"
 #: The logged-in Airflow user (the api-server's own dependency: JWT cookie or bearer token).
@@ -61,8 +65,11 @@ def state_conn_ids() -> list[str]:
     return ["" if name == EMBEDDED else name for name in names] or [""]
 
 
-def reveal_personal_values() -> bool:
-    return _setting("reveal_personal_values", "False").strip().lower() in ("true", "1", "yes", "on")
+def shown(text: str | None, *, reveal: bool = False) -> str:
+    """A key or detail as the view shows it: masked as in the logs unless ``reveal``."""
+    if not text:
+        return ""
+    return text if reveal else mask_text(text)
 
 
 @functools.lru_cache(maxsize=8)
@@ -94,7 +101,6 @@ class View:
         #: The ``state`` query parameter links carry (none for the default state).
         self.state_param = None if self.state == state_conn_ids()[0] else (self.state or EMBEDDED)
         self.engine = _engine(self.state)
-        self.reveal = reveal_personal_values()
         # Read-only: the view never creates the state's tables.
         self.empty = not sa.inspect(self.engine).has_table(RUNS_TABLE)
 
@@ -109,21 +115,19 @@ class View:
         query.update({k: v for k, v in params.items() if v not in (None, "")})
         return f"{root}{path}" + (f"?{urlencode(query)}" if query else "")
 
-    def mask(self, text: str | None) -> str:
-        return mask_text(text, reveal=self.reveal)
-
     @staticmethod
     def when(moment: Any) -> str:
         if isinstance(moment, str):
             moment = datetime.fromisoformat(moment)
         return moment.strftime("%Y-%m-%d %H:%M:%S") if isinstance(moment, datetime) else ""
 
-    def render(self, template: str, **values: Any) -> HTMLResponse:
+    def render(self, template: str, *, reveal: bool = False, **values: Any) -> HTMLResponse:
+        """``reveal``: whether the page's personal values may be shown (its run's say)."""
         page = _templates.get_template(template).render(
             url=self.url,
-            mask=self.mask,
+            shown=shown,
             when=self.when,
-            reveal=self.reveal,
+            reveal=reveal,
             state_param=self.state_param,
             state_label=self.state or "embedded SQLite",
             **values,
@@ -149,15 +153,7 @@ class View:
         return [r for r in found if self.access.may_read(r.run_id)]
 
 
-def _view(
-    request: Request,
-    user: Any,
-    state: str | None = None,
-) -> View:
-    return View(request, user, state)
-
-
-def _reasons(view: View, run: queries.RunSummary) -> dict[str, int]:
+def _reasons(view: View, run: RunSummary) -> dict[str, int]:
     """The run's counts by reason: as it saved them, else counted from the keys it left (only
     when it has any: a night with none would count a million rows for nothing)."""
     if run.reasons is not None:
@@ -165,6 +161,117 @@ def _reasons(view: View, run: queries.RunSummary) -> dict[str, int]:
     if not run.count("not_processed"):
         return {}
     return queries.reasons_of_run(view.engine, run.scope, run.run_id)
+
+
+def _chosen_run(view: View, scope: ScopeId, found: list[RunSummary], run: str | None) -> RunSummary:
+    """The run the page shows the rows of: ``run`` if the user may read it, else the latest."""
+    if not run:
+        return found[-1]
+    if not view.access.may_read(run):
+        raise HTTPException(status_code=404, detail="no such run you may read")
+    chosen = next((r for r in found if r.run_id == run), None) or queries.run(view.engine, scope, run)
+    if chosen is None:
+        raise HTTPException(status_code=404, detail="no such run in this sequence")
+    return chosen
+
+
+def sequence_page(
+    view: View,
+    scope: ScopeId,
+    *,
+    run: str | None,
+    reason: str | None,
+    key_prefix: str | None,
+    after: str | None,
+) -> HTMLResponse:
+    """A scope's charts and runs, and a page of one run's not-processed keys."""
+    found = view.readable_runs(scope)
+    if not found:
+        raise HTTPException(status_code=404, detail="no runs you may read in this sequence")
+    reasons = {r.run_id: _reasons(view, r) for r in found}
+    series = run_series(found, [reasons[r.run_id] for r in found])
+    selected = _chosen_run(view, scope, found, run)
+    if selected.run_id not in reasons:
+        reasons[selected.run_id] = _reasons(view, selected)
+    page = queries.not_processed_page(
+        view.engine,
+        scope,
+        selected.run_id,
+        reason=reason or None,
+        key_prefix=key_prefix or None,
+        after=after,
+        limit=PAGE_SIZE,
+    )
+    return view.render(
+        "sequence.html",
+        reveal=selected.reveal_values,
+        scope=scope,
+        runs=found,
+        reasons=reasons,
+        series=series,
+        outcomes_chart=runs_chart(found, series),
+        requests_chart=requests_chart(found),
+        pace_chart=pace_chart(found),
+        selected=selected,
+        page=page,
+        reason_filter=reason or "",
+        key_prefix=key_prefix or "",
+        after=after,
+    )
+
+
+def csv_lines(
+    view: View, scope: ScopeId, run: str, *, reason: str | None, key_prefix: str | None
+) -> Iterator[str]:
+    """The run's not-processed keys as CSV, a thousand rows at a time."""
+    summary = queries.run(view.engine, scope, run)
+    reveal = summary is not None and summary.reveal_values
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["contact_key", "reason", "detail", "attempts", "updated_at"])
+    rows = queries.iter_not_processed(
+        view.engine, scope, run, reason=reason or None, key_prefix=key_prefix or None
+    )
+    for count, row in enumerate(rows, 1):
+        writer.writerow(
+            [
+                shown(row["contact_key"], reveal=reveal),
+                row["reason"],
+                shown(row["detail"], reveal=reveal),
+                row["attempts"],
+                view.when(row["updated_at"]),
+            ]
+        )
+        if count % 1000 == 0:
+            yield buffer.getvalue()
+            buffer.seek(0)
+            buffer.truncate()
+    yield buffer.getvalue()
+
+
+def _touched(view: View, scope: ScopeId, row: queries.KeyRow) -> list[tuple[str, str, RunSummary | None]]:
+    """The runs a key's row names (first seen, last changed) that the user may read."""
+    first, last = row["first_run_id"], row["last_run_id"]
+    run_ids = [r for r in dict.fromkeys([first, last]) if r]
+    summaries = {r.run_id: r for r in queries.runs_by_id(view.engine, scope, run_ids)}
+    labels = {first: "first seen", last: "last changed"}
+    if first == last:
+        labels[first] = "first seen and last changed"
+    return [(labels[r], r, summaries.get(r)) for r in run_ids if view.access.may_read(r)]
+
+
+def key_page(view: View, key: str) -> HTMLResponse:
+    """A key's row in every scope the user may read, with the runs it names. Its values are
+    shown unmasked only where the run that last wrote the row said so."""
+    scopes = [scope for scope, _, _ in view.readable_scopes()]
+    found = []
+    for scope, row in queries.key_rows(view.engine, key, scopes):
+        if not view.access.may_read(row["last_run_id"]):
+            continue
+        touched = _touched(view, scope, row)
+        last = next((summary for _, run_id, summary in touched if run_id == row["last_run_id"]), None)
+        found.append((scope, row, touched, last is not None and last.reveal_values))
+    return view.render("key.html", reveal=bool(found) and all(r for *_, r in found), key=key, found=found)
 
 
 def create_app() -> FastAPI:
@@ -178,12 +285,9 @@ def create_app() -> FastAPI:
         dependencies=[Depends(get_user)],
     )
 
-    def scope_of(service: str, account: str, sequence: str) -> ScopeId:
-        return ScopeId(service, account, sequence)
-
     @app.get("/", response_class=HTMLResponse)
     def index(request: Request, user: User, state: State = None) -> HTMLResponse:
-        view = _view(request, user, state)
+        view = View(request, user, state)
         return view.render("index.html", scopes=view.readable_scopes())
 
     @app.get("/sequence", response_class=HTMLResponse)
@@ -199,46 +303,9 @@ def create_app() -> FastAPI:
         key_prefix: str | None = None,
         after: str | None = None,
     ) -> HTMLResponse:
-        view = _view(request, user, state)
-        scope = scope_of(service, account, sequence)
-        found = view.readable_runs(scope)
-        if not found:
-            raise HTTPException(status_code=404, detail="no runs you may read in this sequence")
-        reasons = {r.run_id: _reasons(view, r) for r in found}
-        series = run_series(found, [reasons[r.run_id] for r in found])
-        selected = found[-1]
-        if run:
-            if not view.access.may_read(run):
-                raise HTTPException(status_code=404, detail="no such run you may read")
-            chosen = next((r for r in found if r.run_id == run), None) or queries.run(view.engine, scope, run)
-            if chosen is None:
-                raise HTTPException(status_code=404, detail="no such run in this sequence")
-            selected = chosen
-            reasons.setdefault(selected.run_id, _reasons(view, selected))
-        page = queries.not_processed_page(
-            view.engine,
-            scope,
-            selected.run_id,
-            reason=reason or None,
-            key_prefix=key_prefix or None,
-            after=after,
-            limit=PAGE_SIZE,
-        )
-        return view.render(
-            "sequence.html",
-            scope=scope,
-            runs=found,
-            reasons=reasons,
-            series=series,
-            outcomes_chart=runs_chart(found, series),
-            requests_chart=requests_chart(found),
-            floor=None,
-            selected=selected,
-            page=page,
-            reason_filter=reason or "",
-            key_prefix=key_prefix or "",
-            after=after,
-        )
+        view = View(request, user, state)
+        scope = ScopeId(service, account, sequence)
+        return sequence_page(view, scope, run=run, reason=reason, key_prefix=key_prefix, after=after)
 
     @app.get("/sequence.csv")
     def sequence_csv(
@@ -252,65 +319,20 @@ def create_app() -> FastAPI:
         reason: str | None = None,
         key_prefix: str | None = None,
     ) -> StreamingResponse:
-        view = _view(request, user, state)
-        scope = scope_of(service, account, sequence)
+        view = View(request, user, state)
+        scope = ScopeId(service, account, sequence)
         if view.empty or not view.access.may_read(run):
             raise HTTPException(status_code=404, detail="no such run you may read")
-
-        def lines() -> Iterator[str]:
-            buffer = io.StringIO()
-            writer = csv.writer(buffer)
-            writer.writerow(["contact_key", "reason", "detail", "attempts", "updated_at"])
-            rows = queries.iter_not_processed(
-                view.engine, scope, run, reason=reason or None, key_prefix=key_prefix or None
-            )
-            for count, row in enumerate(rows, 1):
-                writer.writerow(
-                    [
-                        view.mask(row["contact_key"]),
-                        row["reason"],
-                        view.mask(row["detail"]),
-                        row["attempts"],
-                        view.when(row["updated_at"]),
-                    ]
-                )
-                if count % 1000 == 0:
-                    yield buffer.getvalue()
-                    buffer.seek(0)
-                    buffer.truncate()
-            yield buffer.getvalue()
-
         name = f"not-processed-{scope.service}-{scope.sequence_id}.csv"
         return StreamingResponse(
-            lines(),
+            csv_lines(view, scope, run, reason=reason, key_prefix=key_prefix),
             media_type="text/csv",
             headers={"Content-Disposition": f'attachment; filename="{name}"', "Cache-Control": "no-store"},
         )
 
     @app.get("/key", response_class=HTMLResponse)
     def key(request: Request, user: User, key: str, state: State = None) -> HTMLResponse:
-        view = _view(request, user, state)
-        scopes = [scope for scope, _, _ in view.readable_scopes()]
-        found = []
-        for scope, row in queries.key_rows(view.engine, key.strip(), scopes):
-            if not view.access.may_read(row["last_run_id"]):
-                continue
-            run_ids = [r for r in dict.fromkeys([row["first_run_id"], row["last_run_id"]]) if r]
-            summaries = {r.run_id: r for r in queries.runs_by_id(view.engine, scope, run_ids)}
-            touched = []
-            for run_id in run_ids:
-                if not view.access.may_read(run_id):
-                    continue
-                label = (
-                    "first seen and last changed"
-                    if run_id == row["first_run_id"] == row["last_run_id"]
-                    else "first seen"
-                    if run_id == row["first_run_id"]
-                    else "last changed"
-                )
-                touched.append((label, run_id, summaries.get(run_id)))
-            found.append((scope, row, touched))
-        return view.render("key.html", key=key.strip(), found=found)
+        return key_page(View(request, user, state), key.strip())
 
     @app.get("/{path:path}", include_in_schema=False)
     def elsewhere(path: str, user: User) -> None:

@@ -12,6 +12,8 @@ from airflow_provider_sequences.ui.queries import RunSummary
 ADDED_COLOUR = "#2f9e44"
 UNCHANGED_COLOUR = "#adb5bd"
 REQUESTS_COLOUR = "#1c7ed6"
+SECONDS_COLOUR = "#a5d8ff"
+FLOOR_COLOUR = "#212529"
 # Reasons get these in order of how many keys they account for across the chart.
 REASON_COLOURS = ("#e8590c", "#c92a2a", "#862e9c", "#f08c00", "#5f3dc4", "#a61e4d", "#d9480f", "#495057")
 
@@ -21,7 +23,7 @@ class Series:
     name: str
     label: str
     colour: str
-    values: list[int]
+    values: Sequence[float]
 
 
 def run_series(runs: Sequence[RunSummary], reasons_by_run: Sequence[dict[str, int]]) -> list[Series]:
@@ -51,11 +53,15 @@ def _bars(
     title: str,
     width: int = 760,
     height: int = 220,
+    marks: Sequence[float | None] = (),
 ) -> Markup:
+    """Stacked bars, one per run; ``marks`` (one per run, or none) draws a line across a bar at
+    that value, on the same scale."""
     left, right, top, bottom = 56, 12, 24, 34
     plot_w, plot_h = width - left - right, height - top - bottom
     count = len(labels)
-    peak = max([sum(s.values[i] for s in series) for i in range(count)] or [0]) or 1
+    tops = [sum(s.values[i] for s in series) for i in range(count)]
+    peak = max([*tops, *(mark for mark in marks if mark is not None)] or [0]) or 1
     slot = plot_w / max(count, 1)
     bar = max(min(slot * 0.7, 48), 2)
     parts = [
@@ -82,6 +88,14 @@ def _bars(
                 f'<rect x="{x:.1f}" y="{y:.1f}" width="{bar:.1f}" height="{h:.1f}" fill="{s.colour}" '
                 f'data-run="{escape(run_ids[i])}" data-series="{escape(s.name)}" data-value="{value}">'
                 f"<title>{escape(labels[i])}: {escape(s.label)} {value:,}</title></rect>"
+            )
+        mark = marks[i] if i < len(marks) else None
+        if mark is not None:
+            my = top + plot_h - plot_h * mark / peak
+            parts.append(
+                f'<line class="floor" x1="{x - 3:.1f}" y1="{my:.1f}" x2="{x + bar + 3:.1f}" y2="{my:.1f}" '
+                f'stroke="{FLOOR_COLOUR}" stroke-width="2" data-run="{escape(run_ids[i])}" '
+                f'data-value="{mark:g}"><title>{escape(labels[i])}: floor {mark:,.1f}</title></line>'
             )
         if i % step == 0:
             parts.append(
@@ -127,4 +141,20 @@ def requests_chart(runs: Sequence[RunSummary]) -> Markup:
         chart_id="requests-chart",
         title="Requests spent per run",
         height=150,
+    )
+
+
+def pace_chart(runs: Sequence[RunSummary]) -> Markup:
+    """Each run's duration (seconds), with a line at its floor: the least time the service's
+    documented rate limits allow for the requests it made. Runs saved without a pace have none."""
+    labels = _labels(runs)
+    seconds = [round(run.pace.seconds, 1) if run.pace else 0.0 for run in runs]
+    return _bars(
+        labels,
+        [run.run_id for run in runs],
+        [Series("seconds", "seconds", SECONDS_COLOUR, seconds)],
+        chart_id="pace-chart",
+        title="Seconds per run against the rate-limit floor of its requests",
+        height=150,
+        marks=[run.pace.floor_seconds if run.pace else None for run in runs],
     )

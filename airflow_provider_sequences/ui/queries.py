@@ -19,6 +19,7 @@ from typing import Any
 
 import sqlalchemy as sa
 
+from airflow_provider_sequences.sync.pace import RunPace
 from airflow_provider_sequences.sync.state import NOT_PROCESSED, runs_table, state_table
 
 #: The columns that name whose state a row is (issue 14 turns the connection into an account).
@@ -38,6 +39,12 @@ KEY_COLUMNS = (
 )
 #: The run's counts by reason, saved with its stats when the run completes.
 REASONS_STAT = "not_processed_by_reason"
+#: Columns of the runs table that revision 0004 added: a state no sync has upgraded yet (the
+#: view never writes) lacks them, and its runs then have no pace and are masked.
+PACE_COLUMNS = ("write_requests", "read_requests", "seconds", "floor_seconds")
+REVEAL_COLUMN = "reveal_values"
+#: As a literal, so that the partial indexes on not-processed keys apply (see the state).
+_NOT_PROCESSED: sa.ColumnElement[str] = sa.literal_column(f"'{NOT_PROCESSED}'")
 
 
 @dataclass(frozen=True)
@@ -59,6 +66,10 @@ class RunSummary:
     finished: bool
     started_at: datetime
     updated_at: datetime
+    #: What the run spent against its floor; ``None`` for runs saved before it was recorded.
+    pace: RunPace | None = None
+    #: Whether the run's operator let the view show people's values unmasked.
+    reveal_values: bool = False
 
     def count(self, name: str) -> int:
         value = self.stats.get(name, 0)
@@ -88,6 +99,49 @@ class Page:
 
     rows: list[KeyRow] = field(default_factory=list)
     next_after: str | None = None
+
+
+def _run_columns(engine: sa.Engine) -> list[sa.ColumnElement[Any]]:
+    """What a :class:`RunSummary` is read from; NULLs (masked, no pace) where the state lacks a
+    column."""
+    t = runs_table
+    present = _runs_columns_of(engine)
+    extra = [
+        t.c[name] if name in present else sa.null().label(name) for name in (*PACE_COLUMNS, REVEAL_COLUMN)
+    ]
+    return [t.c.run_id, t.c.stats, t.c.finished, t.c.started_at, t.c.updated_at, *extra]
+
+
+def _runs_columns_of(engine: sa.Engine) -> frozenset[str]:
+    key = engine.url.render_as_string(hide_password=True)
+    if key not in _COLUMNS_SEEN:
+        names = frozenset(column["name"] for column in sa.inspect(engine).get_columns(runs_table.name))
+        if REVEAL_COLUMN not in names:
+            return names  # looked at again next time: a sync may upgrade the state meanwhile
+        _COLUMNS_SEEN[key] = names
+    return _COLUMNS_SEEN[key]
+
+
+_COLUMNS_SEEN: dict[str, frozenset[str]] = {}
+
+
+def _summary(scope: ScopeId, row: Sequence[Any]) -> RunSummary:
+    writes, reads, seconds, floor, reveal = row[5:10]
+    pace = (
+        None
+        if seconds is None
+        else RunPace(int(writes or 0), int(reads or 0), float(seconds), float(floor or 0))
+    )
+    return RunSummary(
+        scope,
+        str(row[0]),
+        json.loads(row[1]),
+        bool(row[2]),
+        _aware(row[3]),
+        _aware(row[4]),
+        pace=pace,
+        reveal_values=bool(reveal),
+    )
 
 
 def _aware(moment: Any) -> datetime:
@@ -128,31 +182,23 @@ def runs(engine: sa.Engine, scope: ScopeId, *, limit: int = 90) -> list[RunSumma
     """The scope's latest ``limit`` runs, oldest first."""
     t = runs_table
     query = (
-        sa.select(t.c.run_id, t.c.stats, t.c.finished, t.c.started_at, t.c.updated_at)
+        sa.select(*_run_columns(engine))
         .where(_scope_where(t, scope))
         .order_by(t.c.updated_at.desc(), t.c.run_id.desc())
         .limit(limit)
     )
     with engine.connect() as connection:
         rows = connection.execute(query).all()
-    found = [
-        RunSummary(scope, str(row[0]), json.loads(row[1]), bool(row[2]), _aware(row[3]), _aware(row[4]))
-        for row in rows
-    ]
-    return found[::-1]
+    return [_summary(scope, row) for row in rows][::-1]
 
 
 def run(engine: sa.Engine, scope: ScopeId, run_id: str) -> RunSummary | None:
     """One run of the scope, or ``None``."""
     t = runs_table
-    query = sa.select(t.c.run_id, t.c.stats, t.c.finished, t.c.started_at, t.c.updated_at).where(
-        _scope_where(t, scope), t.c.run_id == run_id
-    )
+    query = sa.select(*_run_columns(engine)).where(_scope_where(t, scope), t.c.run_id == run_id)
     with engine.connect() as connection:
         row = connection.execute(query).first()
-    if row is None:
-        return None
-    return RunSummary(scope, str(row[0]), json.loads(row[1]), bool(row[2]), _aware(row[3]), _aware(row[4]))
+    return None if row is None else _summary(scope, row)
 
 
 def not_processed_page(
@@ -169,7 +215,7 @@ def not_processed_page(
     time in key order: ``after`` is the previous page's last key."""
     t = state_table
     query = sa.select(*(t.c[name] for name in KEY_COLUMNS)).where(
-        _scope_where(t, scope), t.c.last_run_id == run_id, t.c.status == NOT_PROCESSED
+        _scope_where(t, scope), t.c.last_run_id == run_id, t.c.status == _NOT_PROCESSED
     )
     if reason:
         query = query.where(t.c.reason == reason)
@@ -212,7 +258,7 @@ def reasons_of_run(engine: sa.Engine, scope: ScopeId, run_id: str) -> dict[str, 
     t = state_table
     query = (
         sa.select(t.c.reason, sa.func.count())
-        .where(_scope_where(t, scope), t.c.last_run_id == run_id, t.c.status == NOT_PROCESSED)
+        .where(_scope_where(t, scope), t.c.last_run_id == run_id, t.c.status == _NOT_PROCESSED)
         .group_by(t.c.reason)
     )
     with engine.connect() as connection:
@@ -239,13 +285,10 @@ def runs_by_id(engine: sa.Engine, scope: ScopeId, run_ids: Sequence[str]) -> lis
     """The runs of these ids in the scope, oldest first."""
     t = runs_table
     query = (
-        sa.select(t.c.run_id, t.c.stats, t.c.finished, t.c.started_at, t.c.updated_at)
+        sa.select(*_run_columns(engine))
         .where(_scope_where(t, scope), t.c.run_id.in_(list(run_ids)))
         .order_by(t.c.updated_at)
     )
     with engine.connect() as connection:
         rows = connection.execute(query).all()
-    return [
-        RunSummary(scope, str(row[0]), json.loads(row[1]), bool(row[2]), _aware(row[3]), _aware(row[4]))
-        for row in rows
-    ]
+    return [_summary(scope, row) for row in rows]
