@@ -170,6 +170,18 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                     _mark(f["met"]) + (f" ({f['note']})" if f["note"] else ""),
                 )
             )
+    view = scenarios.get("ui_first_page")
+    if view:
+        slowest = max(t["first"] for t in view["timings_seconds"].values())
+        first = view["timings_seconds"]["sequence page, first page of the latest run"]["first"]
+        rows.append(
+            (
+                f"Sequence syncs view, {view['keys']:,} keys",
+                f"first page {first:.2f} s; slowest page {slowest:.2f} s",
+                "first page < 2 s",
+                _mark(first < 2.0 and slowest < 2.0),
+            )
+        )
     return rows
 
 

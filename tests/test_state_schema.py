@@ -17,6 +17,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -88,13 +89,23 @@ class postgres_schema:
         self.admin.dispose()
 
 
-def table_rows(engine: sa.Engine) -> dict[str, list[tuple[Any, ...]]]:
-    """Every row of the 0.1.0 tables, sorted, as comparable tuples."""
+def table_columns(engine: sa.Engine) -> dict[str, list[str]]:
+    """The columns of the 0.1.0 tables, as the state has them now."""
+    with engine.connect() as connection:
+        inspector = sa.inspect(connection)
+        return {name: [column["name"] for column in inspector.get_columns(name)] for name in TABLES}
+
+
+def table_rows(
+    engine: sa.Engine, columns: dict[str, list[str]] | None = None
+) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the 0.1.0 tables (of these columns, else all), sorted, as comparable tuples."""
     rows: dict[str, list[tuple[Any, ...]]] = {}
     with engine.connect() as connection:
         for name in TABLES:
             table = sa.Table(name, sa.MetaData(), autoload_with=connection)
-            found = connection.execute(sa.select(table)).all()
+            wanted = [table.c[column] for column in columns[name]] if columns else list(table.c)
+            found = connection.execute(sa.select(*wanted)).all()
             rows[name] = sorted((tuple(str(value) for value in row) for row in found), key=str)
     return rows
 
@@ -140,13 +151,48 @@ def test_a_0_1_0_state_upgrades_and_its_unchanged_night_sends_nobody(
 ) -> None:
     url, manifest = old_state
     engine = create_state_engine(url)
+    # A finished run as 0.1.0 saved it (the fixtures hold none).
+    with engine.begin() as connection:
+        runs_0_1_0 = sa.Table("sequence_sync_runs", sa.MetaData(), autoload_with=connection)
+        moment = datetime(2026, 12, 6, 2, tzinfo=timezone.utc)
+        connection.execute(
+            runs_0_1_0.insert(),
+            {
+                "service": "reply",
+                "connection_id": "reply_default",
+                "sequence_id": "1",
+                "run_id": "nightly.enrol[-1]:scheduled__2026-12-06T02:00:00+00:00",
+                "stats": json.dumps({"rows": 10, "added": 8, "requests": 3}),
+                "finished": True,
+                "started_at": moment,
+                "updated_at": moment,
+            },
+        )
     before = table_rows(engine)
+    # The columns 0.1.0 had, under their names now (0003 renamed connection_id).
+    old_columns = {
+        name: ["account" if column == "connection_id" else column for column in columns]
+        for name, columns in table_columns(engine).items()
+    }
     with engine.connect() as connection:
         assert schema.current(connection) is None
 
     assert schema.upgrade(engine) == (None, schema.head())
     # Nothing in the old tables changed, in flight included.
-    assert table_rows(engine) == before
+    assert table_rows(engine, old_columns) == before
+    # Runs saved before 0004 recorded no pace, and their values stay masked in the view.
+    with engine.connect() as connection:
+        runs = connection.execute(
+            sa.text("SELECT seconds, floor_seconds, write_requests, reveal_values FROM sequence_sync_runs")
+        ).all()
+    assert [tuple(run) for run in runs] == [(None, None, None, False)]
+    # The upgraded state is the model's, indexes included (the view's pages need them).
+    from alembic.autogenerate import compare_metadata
+    from alembic.runtime.migration import MigrationContext
+
+    with engine.connect() as connection:
+        context = MigrationContext.configure(connection, opts={"version_table": schema.VERSION_TABLE})
+        assert compare_metadata(context, metadata) == []
     flying = read_state(engine)
     for service, sequence in manifest["in_flight"].items():
         keys = flying[(flying.service == service) & (flying.sequence_id == sequence)]
