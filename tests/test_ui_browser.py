@@ -231,6 +231,17 @@ def _check_figures(browser: Any, results: list[dict[str, Any]]) -> None:
             f"{stats.get('unchanged', 0):,}",
         ], run_key
         assert stats["added"] + stats.get("unchanged", 0) > 0, run_key
+        # Its requests against the floor: the writes and reads it returned, and a floor line.
+        writes, reads = (
+            int(n.replace(",", "")) for n in row.find_element(By.CSS_SELECTOR, "td.pace").text.split(" / ")
+        )
+        assert (writes, writes + reads) == (stats["write_requests"], stats["requests"]), run_key
+        floors = [
+            line
+            for line in browser.find_elements(By.CSS_SELECTOR, "#pace-chart line.floor")
+            if line.get_attribute("data-run") == run_key
+        ]
+        assert len(floors) == 1, run_key
 
 
 def test_the_view_refuses_a_request_without_a_logged_in_user(api_server):
