@@ -80,7 +80,7 @@ def nights(airflow_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterat
             results: dict[tuple[str, int], dict[str, Any]] = {}
             keys: dict[tuple[str, int], str] = {}
             for dag_id, night in ((VISIBLE_DAG, 1), (VISIBLE_DAG, 2), (HIDDEN_DAG, 1), (REVEALED_DAG, 1)):
-                revealed = {"reveal_values": True} if dag_id == REVEALED_DAG else {}
+                revealed: dict[str, Any] = {"reveal_values": True} if dag_id == REVEALED_DAG else {}
                 write_operator_dag(
                     folder,
                     dag_id,
@@ -297,6 +297,13 @@ def test_the_view_reads_only_configured_state_databases(client, nights):
     assert answer.status_code == 404
 
 
+def _cell(row: str, name: str) -> str:
+    """The text of the runs table's cell of this class in ``row``."""
+    found = re.search(rf'<td class="n {name}">([^<]*)</td>', row)
+    assert found is not None, (name, row)
+    return found.group(1)
+
+
 def test_each_run_shows_its_requests_against_the_rate_limit_floor(client, nights):
     _login(client, "admin")
     page = client.get("/sequence-syncs/sequence", params=nights.scope)
@@ -304,12 +311,12 @@ def test_each_run_shows_its_requests_against_the_rate_limit_floor(client, nights
     for key in [(VISIBLE_DAG, 1), (VISIBLE_DAG, 2), (HIDDEN_DAG, 1)]:
         stats, run_key = nights.results[key]["stats"], nights.run_keys[key]
         row = page.text[page.text.index(f'data-run="{run_key}">') :].split("</tr>")[0]
-        writes, reads = re.search(r'<td class="n pace">([\d,]+) / ([\d,]+)</td>', row).groups()
+        writes, reads = (int(n.replace(",", "")) for n in _cell(row, "pace").split(" / "))
         # The requests the run made, the account's preflight reads included.
-        assert int(writes.replace(",", "")) == stats["write_requests"]
-        assert int(writes.replace(",", "")) + int(reads.replace(",", "")) == stats["requests"]
-        seconds = float(re.search(r'<td class="n seconds">([\d.,]+)</td>', row).group(1).replace(",", ""))
-        floor = float(re.search(r'<td class="n floor">([\d.,]+)</td>', row).group(1).replace(",", ""))
+        assert writes == stats["write_requests"]
+        assert writes + reads == stats["requests"]
+        seconds = float(_cell(row, "seconds").replace(",", ""))
+        floor = float(_cell(row, "floor").replace(",", ""))
         # A handful of requests: Reply's 100 a minute allow them at once.
         assert floor == 0.0
         assert 0 < seconds < 120
