@@ -1,0 +1,36 @@
+"""A run's pace in the runs table: what the Sequence syncs view charts against the floor.
+
+A deferred Whippy task saves its first part's pace before it defers; the resumed task adds its
+own to it. A save without a pace (the run finished, its counts) keeps the one saved.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from airflow_provider_sequences.sync.pace import RunPace, floor_seconds
+from airflow_provider_sequences.sync.state import Scope, SyncState, create_state_engine
+
+
+def test_the_floor_is_when_the_last_request_may_leave() -> None:
+    reply = [(100, 60.0), (3000, 3600.0)]
+    assert floor_seconds(0, reply) == floor_seconds(1, reply) == floor_seconds(100, reply) == 0.0
+    assert floor_seconds(101, reply) == 60.0
+    # The hourly limit binds past 3,000: the 3,001st waits an hour.
+    assert floor_seconds(3001, reply) == 3600.0
+
+
+def test_a_runs_pace_is_kept_and_its_parts_add(tmp_path: Path) -> None:
+    state = SyncState(
+        create_state_engine(f"sqlite:///{tmp_path / 'state.db'}"), Scope("whippy", "org-1", "s1")
+    )
+    first = RunPace(write_requests=3, read_requests=2, seconds=4.5, floor_seconds=120.0)
+    state.save_run("night-1", {"rows": 10}, pace=first)
+    assert state.load_pace("night-1") == first
+    # The run's counts saved without a pace keep the one it had.
+    state.save_run("night-1", {"rows": 10, "added": 9}, finished=True)
+    assert state.load_pace("night-1") == first
+    resumed = RunPace(write_requests=0, read_requests=4, seconds=1.5, floor_seconds=0.0)
+    state.save_run("night-1", {"rows": 10, "added": 10}, finished=True, pace=first + resumed)
+    assert state.load_pace("night-1") == RunPace(3, 6, 6.0, 120.0)
+    assert state.load_pace("night-2") is None
