@@ -34,3 +34,31 @@ def test_a_runs_pace_is_kept_and_its_parts_add(tmp_path: Path) -> None:
     state.save_run("night-1", {"rows": 10, "added": 10}, finished=True, pace=first + resumed)
     assert state.load_pace("night-1") == RunPace(3, 6, 6.0, 120.0)
     assert state.load_pace("night-2") is None
+
+
+def test_the_view_reads_a_state_no_sync_has_upgraded_yet(tmp_path: Path) -> None:
+    """The view never upgrades a state: at revision 0003 its runs show masked and without pace."""
+    import json
+    from datetime import datetime, timezone
+
+    import sqlalchemy as sa
+    from alembic import command
+
+    from airflow_provider_sequences.sync import schema
+    from airflow_provider_sequences.ui import queries
+
+    engine = sa.create_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    with engine.begin() as connection:
+        command.upgrade(schema._config(connection), "0003")
+        moment = datetime(2026, 12, 6, 2, tzinfo=timezone.utc)
+        connection.execute(
+            sa.text(
+                "INSERT INTO sequence_sync_runs (service, account, sequence_id, run_id, stats, finished, "
+                "started_at, updated_at) VALUES ('reply', 'a', '1', 'night-1', :stats, 1, :at, :at)"
+            ),
+            {"stats": json.dumps({"rows": 3}), "at": moment},
+        )
+    scope = queries.ScopeId("reply", "a", "1")
+    [run] = queries.runs(engine, scope)
+    assert (run.run_id, run.count("rows"), run.pace, run.reveal_values) == ("night-1", 3, None, False)
+    assert queries.run(engine, scope, "night-1") == run

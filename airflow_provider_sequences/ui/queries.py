@@ -101,6 +101,10 @@ class Page:
     next_after: str | None = None
 
 
+#: The runs table's columns, by state URL, once they include revision 0004's.
+_COLUMNS_SEEN: dict[str, frozenset[str]] = {}
+
+
 def _run_columns(engine: sa.Engine) -> list[sa.ColumnElement[Any]]:
     """What a :class:`RunSummary` is read from; NULLs (masked, no pace) where the state lacks a
     column."""
@@ -120,9 +124,6 @@ def _runs_columns_of(engine: sa.Engine) -> frozenset[str]:
             return names  # looked at again next time: a sync may upgrade the state meanwhile
         _COLUMNS_SEEN[key] = names
     return _COLUMNS_SEEN[key]
-
-
-_COLUMNS_SEEN: dict[str, frozenset[str]] = {}
 
 
 def _summary(scope: ScopeId, row: Sequence[Any]) -> RunSummary:
