@@ -16,7 +16,6 @@ except ImportError:  # Airflow 3.1 has it only in airflow.exceptions
 
 from airflow_provider_sequences.adapters.base import HookAdapter
 from airflow_provider_sequences.exceptions import SyncAbortedError
-from airflow_provider_sequences.state import state_engine
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
 from airflow_provider_sequences.sync.lease import DEFAULT_LOCK_TIMEOUT, ScopeLease
 from airflow_provider_sequences.sync.outcomes import (
@@ -27,6 +26,7 @@ from airflow_provider_sequences.sync.outcomes import (
 from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
 from airflow_provider_sequences.sync.source import read_file_chunks, read_sql_chunks, records_chunks
 from airflow_provider_sequences.sync.state import Scope, SyncState
+from airflow_provider_sequences.sync_state import state_engine
 from airflow_provider_sequences.ui.queries import REASONS_STAT
 
 DEFAULT_CHUNK_SIZE = 20_000
