@@ -74,7 +74,7 @@ def shown(text: str | None, *, reveal: bool = False) -> str:
 
 @functools.lru_cache(maxsize=8)
 def _engine(state_conn_id: str) -> sa.Engine:
-    from airflow_provider_sequences.state import state_engine
+    from airflow_provider_sequences.sync_state import state_engine
 
     return state_engine(state_conn_id or None)
 
