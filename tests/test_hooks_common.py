@@ -487,7 +487,7 @@ def test_a_fresh_worker_process_reads_its_env_var_connection(
     }
     code = (
         f"from {hook_class.__module__} import {hook_class.__name__} as Hook\n"
-        "hook = Hook(conn_id='fresh_process')\n"
+        "hook = Hook('fresh_process')\n"
         "print(hook.base_url, hook.api_key == 'key-123')\n"
     )
     done = subprocess.run(
