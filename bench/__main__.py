@@ -23,6 +23,7 @@ from bench.scenarios import (
     throughput,
     workdir,
 )
+from bench.xcom_results import BACKENDS, xcom_results
 
 RESULTS = ROOT / "bench" / "results"
 
@@ -52,9 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["requests", "throughput", "baseline", "ratelimits", "multiworker"],
+        choices=["requests", "throughput", "baseline", "ratelimits", "multiworker", "xcom"],
         help="run only these",
     )
+    parser.add_argument("--xcom-rows", type=int, help="rows for the result through XCom (default 1000000)")
     parser.add_argument("--output", type=Path, help="JSON to write (default bench/results/latest.json)")
     return parser
 
@@ -77,7 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     request_rows = args.request_rows or (2_000 if quick else 12_000)
     baseline_rows = args.baseline_rows or (300 if quick else 10_000)
     output = args.output or RESULTS / ("quick.json" if quick else "latest.json")
-    wanted = set(args.only or ["requests", "throughput", "baseline", "ratelimits", "multiworker"])
+    xcom_rows = args.xcom_rows or (2_000 if quick else 1_000_000)
+    wanted = set(args.only or ["requests", "throughput", "baseline", "ratelimits", "multiworker", "xcom"])
     work = workdir()
     started = time.perf_counter()
     results: dict[str, Any] = {
@@ -120,6 +123,12 @@ def main(argv: list[str] | None = None) -> int:
                 "multi_worker",
                 "7. several workers on one account",
                 lambda: multi_worker(quick, work),
+            )
+        if "xcom" in wanted:
+            run(
+                "xcom_results",
+                "8. the result through XCom, both backends",
+                lambda: xcom_results(xcom_rows, list(BACKENDS), threshold=1_000_000),
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

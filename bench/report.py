@@ -182,6 +182,19 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _mark(first < 2.0 and slowest < 2.0),
             )
         )
+    xcom = scenarios.get("xcom_results")
+    if xcom:
+        for backend, f in xcom["backends"].items():
+            rows.append(
+                (
+                    f"8. {backend} XCom backend ({xcom['rows']:,} rows)",
+                    f"push {f['push_s']:.2f} s, pull {f['pull_s']:.2f} s, metadata DB "
+                    f"+{f['metadata_db_growth_mb']:.2f} MB, store {f['store_mb']:.2f} MB, "
+                    f"peak RSS {f['peak_rss_mb']:.0f} MB",
+                    "measured, no target",
+                    "",
+                )
+            )
     return rows
 
 

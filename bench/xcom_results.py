@@ -12,7 +12,8 @@ SQLite metadata database uses), ``xcom_in_db_mb`` (the XCom table's values), ``s
 (what the object store holds), ``pull_s`` (the downstream task's ``xcom_pull`` of the
 result), ``peak_rss_mb`` (the worker's peak resident memory: ``dag.test()`` runs the tasks in
 its own process) and ``run_s`` (the whole DAG run).
-Writes ``bench/results/xcom_results.json`` (``--output``).
+Merges them into ``bench/results/latest.json`` (``--output``) as ``scenarios.xcom_results``,
+keeping the file's other figures; ``python -m bench`` runs it too (``--only xcom``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import sqlite3
 import sys
 import tempfile
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -161,32 +163,20 @@ def child(spec: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench.xcom_results", description=__doc__)
-    parser.add_argument("--rows", type=int, default=1_000_000)
-    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
-    parser.add_argument(
-        "--threshold", type=int, default=1_000_000, help="bytes; larger results go to the store"
-    )
-    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "xcom_results.json")
-    args = parser.parse_args(argv)
-    path = export(args.rows)
-    results: dict[str, Any] = {
-        "machine": machine(),
-        "rows": args.rows,
-        "threshold": args.threshold,
-        "backends": {},
-    }
+def xcom_results(rows: int, backends: list[str], threshold: int) -> dict[str, Any]:
+    """Every backend's figures for a night of ``rows`` rows, each in a fresh worker process."""
+    path = export(rows)
+    results: dict[str, Any] = {"rows": rows, "threshold": threshold, "backends": {}}
     with tempfile.TemporaryDirectory(prefix="bench-xcom-") as work:
-        for backend in args.backends:
+        for backend in backends:
             # A fresh simulator per backend: the second run would find everyone enrolled.
             with SimProcess() as sim:
                 account = sim.accounts["reply"]
                 spec = {
                     "backend": backend,
                     "backend_class": BACKENDS[backend],
-                    "threshold": args.threshold,
-                    "rows": args.rows,
+                    "threshold": threshold,
+                    "rows": rows,
                     "url": account["url"],
                     "api_key": account["api_key"],
                     "sequence_id": account["sequence_id"],
@@ -196,9 +186,39 @@ def main(argv: list[str] | None = None) -> int:
                 figures = run_worker("bench.xcom_results", spec)
             results["backends"][backend] = figures
             print(json.dumps(figures), flush=True)
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"written {args.output}")
+    return results
+
+
+def merge_into(output: Path, scenario: dict[str, Any], *, command: str, duration_s: float) -> None:
+    """Put ``scenario`` in ``output`` as ``scenarios.xcom_results``, keeping everything else
+    the file holds (the other scenarios' figures come from other, longer runs)."""
+    figures: dict[str, Any] = json.loads(output.read_text()) if output.exists() else {}
+    figures.setdefault("machine", machine())
+    figures.setdefault("scenarios", {})["xcom_results"] = {
+        **scenario,
+        "command": command,
+        "generated_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "machine": machine(),
+    }
+    figures.setdefault("duration_by_scenario_s", {})["xcom_results"] = round(duration_s, 1)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    output.write_text(json.dumps(figures, indent=2) + "\n")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench.xcom_results", description=__doc__)
+    parser.add_argument("--rows", type=int, default=1_000_000)
+    parser.add_argument("--backends", nargs="+", choices=list(BACKENDS), default=list(BACKENDS))
+    parser.add_argument(
+        "--threshold", type=int, default=1_000_000, help="bytes; larger results go to the store"
+    )
+    parser.add_argument("--output", type=Path, default=ROOT / "bench" / "results" / "latest.json")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    scenario = xcom_results(args.rows, args.backends, args.threshold)
+    command = "python -m bench.xcom_results " + " ".join(argv if argv is not None else sys.argv[1:])
+    merge_into(args.output, scenario, command=command.strip(), duration_s=time.perf_counter() - started)
+    print(f"merged into {args.output}")
     return 0
 
 

@@ -463,3 +463,35 @@ def test_a_whippy_id_is_escaped_as_one_path_segment(monkeypatch: pytest.MonkeyPa
 def test_a_reply_sequence_id_that_is_not_a_positive_integer_is_refused(given: object) -> None:
     with pytest.raises(ValueError, match="Reply sequence"):
         reply_sequence_id(given)
+
+
+@pytest.mark.parametrize("hook_class", [ReplyHook, WhippyHook])
+def test_a_fresh_worker_process_reads_its_env_var_connection(
+    hook_class: type[ReplyHook | WhippyHook],
+) -> None:
+    """A worker process with the deployment's fernet key finds an ``AIRFLOW_CONN_*`` connection
+    on its first lookup. On Airflow 3.1 with cryptography 51 the first decryption in a process
+    failed and Airflow reported the connection as not defined."""
+    import os
+    import subprocess
+    import sys
+
+    from cryptography.fernet import Fernet
+
+    env = {
+        **os.environ,
+        "AIRFLOW__CORE__FERNET_KEY": Fernet.generate_key().decode(),
+        connection_env_var("fresh_process"): connection_json(
+            hook_class.conn_type, "http://127.0.0.1:9", "key-123"
+        ),
+    }
+    code = (
+        f"from {hook_class.__module__} import {hook_class.__name__} as Hook\n"
+        "hook = Hook('fresh_process')\n"
+        "print(hook.base_url, hook.api_key == 'key-123')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=180, check=False
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.split()[-2:] == ["http://127.0.0.1:9", "True"]

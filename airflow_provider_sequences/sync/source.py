@@ -290,7 +290,10 @@ def _csv_header(handle: IO[bytes]) -> tuple[bytes, list[str]]:
     text = read.decode("utf-8-sig", "replace").strip()
     if not text or text.count('"') % 2:
         return read, []  # empty, or a header cell spanning lines: pandas reads it alone
-    return read, next(csv.reader([text]), [])
+    try:
+        return read, next(csv.reader([text]), [])
+    except csv.Error:
+        return read, []  # NUL bytes, which csv refuses before Python 3.11: pandas judges the file
 
 
 class _Replayed(io.RawIOBase):
