@@ -93,3 +93,12 @@ def test_the_sync_engine_imports_no_airflow() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_the_0_1_0_path_of_read_sync_state_still_works_and_says_where_it_went() -> None:
+    sys.modules.pop("airflow_provider_sequences.state", None)
+    with pytest.warns(DeprecationWarning, match="sync_state"):
+        from airflow_provider_sequences.state import read_sync_state
+    from airflow_provider_sequences.sync_state import read_sync_state as current
+
+    assert read_sync_state is current
