@@ -12,7 +12,7 @@ import random
 import re
 import time
 import unicodedata
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from functools import cached_property
@@ -294,7 +294,8 @@ class SequencesHook(BaseHook):
         rate_limit_conn_id: str | None = None,
     ) -> None:
         super().__init__()
-        self.conn_id = conn_id or self.default_conn_name
+        # Airflow's convention: the id under the hook's conn_name_attr (reply_conn_id, ...).
+        setattr(self, self.conn_name_attr, conn_id or self.default_conn_name)
         self._timeout = timeout
         self._max_attempts = max_attempts
         self._rate_limit_conn_id = rate_limit_conn_id
@@ -310,6 +311,11 @@ class SequencesHook(BaseHook):
         self.uncertain_retries = 0
 
     # -- connection ---------------------------------------------------------------------------
+
+    @property
+    def conn_id(self) -> str:
+        """The connection id, whatever the service calls it (``conn_name_attr``)."""
+        return str(getattr(self, self.conn_name_attr))
 
     @cached_property
     def connection(self) -> Any:
@@ -419,6 +425,15 @@ class SequencesHook(BaseHook):
                 "Accept": "application/json",
             }
         )
+        self.authenticate(session)
+        return session
+
+    def authenticate(self, session: requests.Session) -> None:
+        """Make ``session`` send the credential: by default the :meth:`auth_headers`, checked.
+
+        The auth hook point: a service whose token expires (OAuth) overrides this to set
+        ``session.auth`` to a ``requests.auth.AuthBase`` that fetches and refreshes its token
+        (and :meth:`credential_scope` to name the credential without it)."""
         headers = self.auth_headers()
         for name, value in headers.items():
             if _has_control_or_space(value.replace(" ", "", 1) if name == "Authorization" else value):
@@ -428,7 +443,6 @@ class SequencesHook(BaseHook):
                     "control characters; check the connection's password and extras"
                 )
         session.headers.update(headers)
-        return session
 
     # -- what each service defines ------------------------------------------------------------
 
@@ -479,9 +493,44 @@ class SequencesHook(BaseHook):
             return self.credential_scope()
         return self.account
 
+    #: A hint for a person, by the service's error code, added to the error's detail.
+    error_hints: ClassVar[Mapping[str, str]] = {}
+
     def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:
-        """Turn an error answer into the provider's exception."""
+        """Turn an error answer into the provider's exception: the body read as a JSON object
+        (any other body counts as none), then read by :meth:`describe_error`."""
+        body: dict[str, Any] = {}
+        if response.content:
+            try:
+                parsed = response.json()
+                body = parsed if isinstance(parsed, dict) else {}
+            except ValueError:
+                body = {}
+        code, detail, errors = self.describe_error(body)
+        if response.status_code == 401 and not detail:
+            detail = "the API key is missing, wrong or revoked"
+        hint = self.error_hints.get(str(code or ""))
+        if hint:
+            detail = f"{detail}: {hint}" if detail else hint
+        return SequencesApiError(
+            service=self.hook_name,
+            method=method,
+            path=path,
+            status=response.status_code,
+            code=code,
+            detail=detail,
+            errors=errors,
+            retry_after=self.retry_after(response) if response.status_code == 429 else None,
+        )
+
+    def describe_error(self, body: dict[str, Any]) -> tuple[str | None, str | None, list[dict[str, Any]]]:
+        """The service's error code, detail and field errors (each ``{"field", "detail"}``) in
+        an error answer's JSON object (``{}`` when it had none)."""
         raise NotImplementedError
+
+    def retry_after(self, response: requests.Response) -> float | None:
+        """Seconds a 429 asks to wait: ``Retry-After`` unless the service says it otherwise."""
+        return parse_wait(response.headers.get("Retry-After"))
 
     # -- requests -----------------------------------------------------------------------------
 

@@ -110,14 +110,7 @@ class WhippyHook(SequencesHook):
             return "time_consuming"
         return "standard"
 
-    def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:
-        body: dict[str, Any] = {}
-        if response.content:
-            try:
-                parsed = response.json()
-                body = parsed if isinstance(parsed, dict) else {}
-            except ValueError:
-                body = {}
+    def describe_error(self, body: dict[str, Any]) -> tuple[str | None, str | None, list[dict[str, Any]]]:
         raw_errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
         errors = [
             {"field": e.get("field") or "", "detail": e.get("description") or e.get("message") or ""}
@@ -125,23 +118,10 @@ class WhippyHook(SequencesHook):
             if e.get("field")
         ]
         general = [str(e.get("description") or "") for e in raw_errors if not e.get("field")]
-        detail = "; ".join(d for d in general if d) or None
-        if response.status_code == 401 and not detail:
-            detail = "the API key is missing, wrong or revoked"
-        retry_after = None
-        if response.status_code == 429:
-            retry_after = parse_wait(
-                response.headers.get("X-RateLimit-Remaining-Interval-Milliseconds"), scale=0.001
-            )
-        return SequencesApiError(
-            service=self.hook_name,
-            method=method,
-            path=path,
-            status=response.status_code,
-            detail=detail,
-            errors=errors,
-            retry_after=retry_after,
-        )
+        return None, "; ".join(d for d in general if d) or None, errors
+
+    def retry_after(self, response: requests.Response) -> float | None:
+        return parse_wait(response.headers.get("X-RateLimit-Remaining-Interval-Milliseconds"), scale=0.001)
 
     #: Base URL -> the page size a list read fell back to in this process (a larger one was refused).
     _refused_pages: ClassVar[dict[str, int]] = {}

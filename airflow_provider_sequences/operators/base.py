@@ -7,7 +7,9 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 import pandas as pd
-from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator
+from airflow.providers.common.sql.hooks.sql import DbApiHook
+from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator, Context, conf
+from airflow.triggers.base import BaseTrigger
 
 try:
     from airflow.sdk.exceptions import AirflowFailException
@@ -15,7 +17,12 @@ except ImportError:  # Airflow 3.1 has it only in airflow.exceptions
     from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
 
 from airflow_provider_sequences.adapters.base import ServiceAdapter
-from airflow_provider_sequences.exceptions import SyncAbortedError
+from airflow_provider_sequences.exceptions import (
+    SourceError,
+    SyncAbortedError,
+    SyncConfigurationError,
+    SyncFailedError,
+)
 from airflow_provider_sequences.state import state_engine
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
 from airflow_provider_sequences.sync.lease import DEFAULT_LOCK_TIMEOUT, ScopeLease
@@ -44,8 +51,25 @@ def _flag(name: str, value: Any) -> bool:
     return bool(value)
 
 
-class SyncFailedError(RuntimeError):
-    """Too many rows were not processed; the result was still pushed to XCom."""
+def default_deferrable() -> bool:
+    """``[operators] default_deferrable``: what ``deferrable`` is when a task does not say."""
+    return bool(conf.getboolean("operators", "default_deferrable", fallback=False))
+
+
+class FinalSyncConfigurationError(SyncConfigurationError, AirflowFailException):
+    """A setting that cannot work, raised so that Airflow fails the task without retrying it.
+
+    Still a :class:`SyncConfigurationError` (and a ``ValueError``), with the message unchanged."""
+
+
+def configuration_failed(exc: ValueError) -> ValueError:
+    """``exc`` as an ``AirflowFailException``: a retry would fail the same way. A source that
+    cannot be read now (a file not there yet, a database down) may be readable later: kept."""
+    if isinstance(exc, (SourceError, AirflowFailException)):
+        return exc
+    failed = FinalSyncConfigurationError(*exc.args)
+    failed.__cause__ = exc.__cause__
+    return failed
 
 
 class SequenceSyncOperator(BaseOperator):
@@ -95,6 +119,9 @@ class SequenceSyncOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "sequence_id",
+        "source_conn_id",
+        "state_conn_id",
+        "rate_limit_conn_id",
         "sql",
         "source_path",
         "contacts",
@@ -229,11 +256,15 @@ class SequenceSyncOperator(BaseOperator):
     def source_chunks(self) -> Iterator[pd.DataFrame]:
         """The source, chunk by chunk."""
         if self.sql is not None:
-            hook = BaseHook.get_connection(str(self.source_conn_id)).get_hook()
-            engine = (
-                hook.get_sqlalchemy_engine() if hasattr(hook, "get_sqlalchemy_engine") else hook.get_conn()
-            )
-            return read_sql_chunks(engine, self.sql, chunk_size=self.chunk_size)
+            connection = BaseHook.get_connection(str(self.source_conn_id))
+            hook = connection.get_hook()
+            if not isinstance(hook, DbApiHook):
+                raise SyncConfigurationError(
+                    f"source_conn_id {self.source_conn_id!r} is a {connection.conn_type!r} connection, "
+                    "not a database: sql needs a connection whose hook is a DbApiHook (postgres, "
+                    "sqlite, mysql, ...)"
+                )
+            return read_sql_chunks(hook.get_sqlalchemy_engine(), self.sql, chunk_size=self.chunk_size)
         if self.source_path is not None:
             path: Any = self.source_path
             if "://" in str(path):
@@ -314,6 +345,13 @@ class SequenceSyncOperator(BaseOperator):
         except ValueError as exc:
             # A setting, not an outage: retrying the task would fail the same way.
             raise AirflowFailException(f"{type(self).__name__}: {exc}") from None
+        try:
+            return self._new_run(context, **extra_options)
+        except ValueError as exc:
+            # The connection, the sequence or the mapping cannot work: nothing was sent.
+            raise configuration_failed(exc).with_traceback(exc.__traceback__) from None
+
+    def _new_run(self, context: Mapping[str, Any], **extra_options: Any) -> SyncRun:
         adapter = self.make_adapter()
         # The account first: it names the state's scope, and every later request draws from
         # its rate budget.
@@ -336,6 +374,89 @@ class SequenceSyncOperator(BaseOperator):
         run.preflight_requests = preflight_requests
         return run
 
+    # -- the task: send, confirm (in the triggerer when deferrable), report -----------------
+
+    #: Whether to wait for the service's background work in the triggerer: only operators
+    #: that have a trigger (:meth:`confirm_trigger`) set it, from ``default_deferrable``.
+    deferrable: bool = False
+
+    def execute(self, context: Context) -> dict[str, Any]:
+        run = self.start_run(context, **self.run_options(None))
+        try:
+            return self.sync(context, run)
+        finally:
+            run.release()
+
+    def sync(self, context: Context, run: SyncRun) -> dict[str, Any]:
+        """Send every batch, then read back what the service accepted without confirming."""
+        self.before_sending(run)
+        self.read_and_push(run)
+        if not run.options.dry_run and self.should_confirm(run):
+            trigger = self.confirm_trigger(run) if self.deferrable else None
+            if trigger is not None:
+                self.defer_confirm(run, trigger)
+            run.confirm()
+        return self.complete(context, run.finish(), run)
+
+    def defer_confirm(self, run: SyncRun, trigger: BaseTrigger) -> None:
+        """Save the run so far and wait in the triggerer; :meth:`execute_complete` resumes."""
+        assert run.state is not None
+        run.state.save_run(run.run_id, dict(run.finish().stats))
+        if run.lease is not None:
+            # The resumed task takes the lease over: no other run may carry this run's pending
+            # keys meanwhile.
+            run.lease.keep_while_deferred(self.defer_timeout() + 300)
+        self.log.info("Deferring: waiting for %s to enrol %d contacts", self.display_name, run.pending_count)
+        self.defer(trigger=trigger, method_name="execute_complete")
+
+    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        """Resume after the trigger: read back the run's pending keys and finish its result."""
+        run = self.start_run(context, **self.run_options(event or {}))
+        try:
+            return self._resume(context, event, run)
+        finally:
+            run.release()
+
+    def _resume(self, context: Context, event: dict[str, Any] | None, run: SyncRun) -> dict[str, Any]:
+        assert run.state is not None
+        if run.lease is not None:
+            run.lease.acquire()  # the deferred task's lease, or the scope once it expired
+        self.resume_adapter(run.adapter, event or {})
+        saved = run.state.load_run(run.run_id) or {}
+        self.log.info("%s's background work is %s", self.display_name, (event or {}).get("status", "over"))
+        run.confirm()  # the run's pending keys, read from the state
+        result = run.finish()
+        for name, value in saved.items():
+            if name in ("write_requests", "read_requests", "requests"):
+                result.stats[name] += int(value)
+            elif name not in ("added", "not_processed", "finished"):
+                result.stats[name] = value
+        return self.complete(context, result, run)
+
+    # What a service whose enrolment is confirmed later changes (by default: confirm at once).
+
+    def run_options(self, event: dict[str, Any] | None) -> dict[str, Any]:
+        """Extra :class:`SyncOptions` of a run (``event``: the trigger's, when resuming)."""
+        return {}
+
+    def before_sending(self, run: SyncRun) -> None:
+        """What the service needs read before the first batch."""
+
+    def should_confirm(self, run: SyncRun) -> bool:
+        """Whether to read back after sending (batches whose answer was lost, pending keys)."""
+        return True
+
+    def confirm_trigger(self, run: SyncRun) -> BaseTrigger | None:
+        """The trigger that waits for the service's background work; ``None``: wait here."""
+        return None
+
+    def defer_timeout(self) -> float:
+        """Seconds the trigger may wait."""
+        return 0.0
+
+    def resume_adapter(self, adapter: ServiceAdapter, event: dict[str, Any]) -> None:
+        """Hand the adapter what the trigger learnt."""
+
     def read_and_push(self, run: SyncRun) -> None:
         mode = "dry run: nothing is sent" if run.options.dry_run else "sending"
         self.log.info(
@@ -348,6 +469,8 @@ class SequenceSyncOperator(BaseOperator):
         )
         try:
             run.run(self.source_chunks())
+        except SyncConfigurationError as exc:
+            raise configuration_failed(exc).with_traceback(exc.__traceback__) from None
         except SyncAbortedError:
             self.log.error("Stopped: every outcome so far is recorded, so a retry resumes from here")
             raise
