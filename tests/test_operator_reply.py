@@ -349,7 +349,7 @@ def test_rows_with_contact_ids_and_the_services_own_reasons(world: ReplyWorld) -
     assert ReplyHook().add_contacts_to_sequence(sequence, [already])["added"] == [already]
     if sim.observed:
         # Observed, the plan limit refuses the whole request (see the test of its own below).
-        sim.state.contact_limit = None
+        sim.data.contact_limit = None
     seen = len(sim.requests)
     rows: list[dict[str, Any]] = [
         {"crm_id": "crm-ok1", "reply_id": ok1},

@@ -88,6 +88,15 @@ from airflow_provider_sequences.testing.base import (
 )
 from airflow_provider_sequences.testing.faults import CannedResponse
 from airflow_provider_sequences.testing.ratelimit import Limit
+from airflow_provider_sequences.testing.reply_data import (
+    OBSERVED_MAX_PAGE,
+    SEQUENCE_STATUSES,
+    ApiKey,
+    KeyKind,
+    ReplyData,
+    Sequence,
+    email_key,
+)
 from airflow_provider_sequences.testing.reply_requests import (
     PROBLEM_JSON,
     ProblemError,
@@ -105,15 +114,6 @@ from airflow_provider_sequences.testing.reply_requests import (
     problem_body,
     problem_response,
     retry_after,
-)
-from airflow_provider_sequences.testing.reply_state import (
-    OBSERVED_MAX_PAGE,
-    SEQUENCE_STATUSES,
-    ApiKey,
-    KeyKind,
-    ReplyState,
-    Sequence,
-    email_key,
 )
 
 #: Per acting user, shared by every key acting for them.
@@ -165,7 +165,7 @@ class ReplySimulator(Simulator):
         behaviour: Behaviour = DEFAULT_BEHAVIOUR,
     ) -> None:
         # The base builds the app, so the state must exist first.
-        self.state = ReplyState(contact_limit, observed=check_behaviour(behaviour) == "observed")
+        self.data = ReplyData(contact_limit, observed=check_behaviour(behaviour) == "observed")
         self.max_bulk_ids = max_bulk_ids
         self.max_import_items = max_import_items
         self.import_rejects_whole_batch_on_invalid_email = import_rejects_whole_batch_on_invalid_email
@@ -178,7 +178,7 @@ class ReplySimulator(Simulator):
     def add_user(self, email: str) -> int:
         """Create a user of the account; returns its id."""
         with self.lock:
-            return self.state.add_user(email)
+            return self.data.add_user(email)
 
     def add_api_key(
         self,
@@ -201,12 +201,12 @@ class ReplySimulator(Simulator):
             several needs ``X-Team-Id``.
         """
         with self.lock:
-            self.state.add_api_key(key, user_id, kind, scopes, members, teams)
+            self.data.add_api_key(key, user_id, kind, scopes, members, teams)
 
     def add_sequence(self, name: str, *, owner_user_id: int, status: str = "active", steps: int = 3) -> int:
         """Create a sequence with ``steps`` email steps; returns its id."""
         with self.lock:
-            return self.state.add_sequence(name, owner_user_id, status, steps)
+            return self.data.add_sequence(name, owner_user_id, status, steps)
 
     def add_contact(self, email: str, *, owner_user_id: int, **fields: Any) -> int:
         """Create a contact; returns its id.
@@ -218,48 +218,48 @@ class ReplySimulator(Simulator):
         invalid_flag = bool(fields.pop("invalid", False))
         deleted = bool(fields.pop("deleted", False))
         with self.lock:
-            return self.state.add_contact(email, owner_user_id, invalid_flag, fields, deleted=deleted)
+            return self.data.add_contact(email, owner_user_id, invalid_flag, fields, deleted=deleted)
 
     def archive_sequence(self, sequence_id: int) -> None:
         """Archive a sequence (``isArchived``); a bulk add into it is still accepted."""
         with self.lock:
-            self.state.sequences[sequence_id].is_archived = True
+            self.data.sequences[sequence_id].is_archived = True
 
     def contact(self, contact_id: int) -> dict[str, Any]:
         """A contact as the API returns it; ``KeyError`` if unknown."""
         with self.lock:
-            return self.state.contacts[contact_id].to_api()
+            return self.data.contacts[contact_id].to_api()
 
     def contact_by_email(self, email: str) -> dict[str, Any] | None:
         """The contact with this email (any owner, case-insensitive), or ``None``."""
         with self.lock:
-            contact_id = self.state.by_email.get(email_key(email))
-            return self.state.contacts[contact_id].to_api() if contact_id is not None else None
+            contact_id = self.data.by_email.get(email_key(email))
+            return self.data.contacts[contact_id].to_api() if contact_id is not None else None
 
     @property
     def enrolments(self) -> dict[tuple[int, int], int]:
         """Ground truth (a copy): (sequence id, contact id) -> times the contact was added."""
         with self.lock:
-            return dict(self.state.enrolments)
+            return dict(self.data.enrolments)
 
     @property
     def readds(self) -> dict[tuple[int, int], int]:
         """Ground truth (a copy): (sequence id, contact id) -> bulk adds that named a contact
         already in that sequence (a sync should send none: observed, they move or refuse it)."""
         with self.lock:
-            return dict(self.state.readds)
+            return dict(self.data.readds)
 
     @property
     def moves(self) -> dict[tuple[int, int], int]:
         """Observed ground truth: (sequence id, contact id) -> re-adds that moved a member forward."""
         with self.lock:
-            return dict(self.state.moves)
+            return dict(self.data.moves)
 
     @property
     def foreign_adds(self) -> dict[tuple[int, int], int]:
         """Ground truth: (sequence id, contact id) -> bulk adds that named another user's contact."""
         with self.lock:
-            return dict(self.state.foreign_adds)
+            return dict(self.data.foreign_adds)
 
     def sequence_contacts(self, sequence_id: int) -> list[dict[str, Any]]:
         """Ground truth: the contacts now in a sequence, in the order they were added.
@@ -268,7 +268,7 @@ class ReplySimulator(Simulator):
         startFrom, addedAt}``; ``KeyError`` for an unknown sequence.
         """
         with self.lock:
-            return self.state.sequence_contacts(sequence_id)
+            return self.data.sequence_contacts(sequence_id)
 
     # -- canned answers for the fault injector -------------------------------------------------
 
@@ -290,7 +290,7 @@ class ReplySimulator(Simulator):
         """Check key, acting user, rate limit and scope, in that order; returns the acting user."""
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         with self.lock:
-            key = self.state.keys.get(token.strip()) if scheme.lower() == "bearer" else None
+            key = self.data.keys.get(token.strip()) if scheme.lower() == "bearer" else None
             if key is None:
                 raise Unauthorized
             user_id = self._acting_user(request, key)
@@ -320,7 +320,7 @@ class ReplySimulator(Simulator):
                 invalid([{"parameter": "X-User-Id", "detail": "must be an integer user id"}])
             named.add(int(raw_id))
         if raw_email is not None:
-            by_email = self.state.user_by_email(raw_email)
+            by_email = self.data.user_by_email(raw_email)
             if by_email is None:
                 raise ProblemError(403, "this API key may not act for that user", "user.forbidden")
             named.add(by_email)
@@ -359,7 +359,7 @@ class ReplySimulator(Simulator):
 
     def _sequence(self, raw_id: str, user_id: int) -> Sequence:
         sequence_id = path_id(raw_id)
-        sequence = self.state.visible_sequence(sequence_id, user_id)
+        sequence = self.data.visible_sequence(sequence_id, user_id)
         if sequence is None:
             raise ProblemError(404, f"sequence {sequence_id} was not found", "sequence.notFound")
         return sequence
@@ -367,7 +367,12 @@ class ReplySimulator(Simulator):
     def build_app(self) -> FastAPI:
         app = FastAPI(openapi_url=None, docs_url=None, redoc_url=None)
         self._add_error_handlers(app)
+        self._add_sequence_routes(app)
+        self._add_link_routes(app)
+        self._add_contact_routes(app)
+        return app
 
+    def _add_sequence_routes(self, app: FastAPI) -> None:
         @app.get("/v3/whoami")
         async def whoami(request: Request) -> dict[str, Any]:
             return {"userId": self._authorize(request, None)}
@@ -379,7 +384,7 @@ class ReplySimulator(Simulator):
             if status is not None and status not in SEQUENCE_STATUSES:
                 invalid([{"parameter": "status", "detail": f"must be one of {sorted(SEQUENCE_STATUSES)}"}])
             with self.lock:
-                found = self.state.list_sequences(user_id, status, request.query_params.get("name"))
+                found = self.data.list_sequences(user_id, status, request.query_params.get("name"))
                 return page([s.summary() for s in found], request)
 
         @app.get("/v3/sequences/{sequence_id}")
@@ -399,16 +404,17 @@ class ReplySimulator(Simulator):
         async def sequence_contacts(sequence_id: str, request: Request) -> dict[str, Any]:
             user_id = self._authorize(request, "sequences:read")
             with self.lock:
-                if self.observed and self.state.visible_sequence(path_id(sequence_id), user_id) is None:
+                if self.observed and self.data.visible_sequence(path_id(sequence_id), user_id) is None:
                     # Reply's CLI: a missing sequence may answer an empty list.
                     return {"items": [], "hasMore": False}
-                links = self.state.sequence_contacts(
+                links = self.data.sequence_contacts(
                     self._sequence(sequence_id, user_id).id, observed=self.observed
                 )
             fields = ("contactId", "email", "statusInSequence", "currentStep")
             cap = OBSERVED_MAX_PAGE if self.observed else None
             return page([{f: link[f] for f in fields} for link in links], request, max_items=cap)
 
+    def _add_link_routes(self, app: FastAPI) -> None:
         @app.post("/v3/sequences/{sequence_id}/contact-links/bulk")
         async def bulk_add(sequence_id: str, request: Request) -> Response:
             user_id = self._authorize(request, "sequences:operate")
@@ -429,7 +435,7 @@ class ReplySimulator(Simulator):
                     )
                 if self.observed:
                     self._whole_request_refusals(sequence, user_id, parsed.contact_ids)
-                added, not_processed = self.state.bulk_add(sequence, user_id, parsed)
+                added, not_processed = self.data.bulk_add(sequence, user_id, parsed)
             return json_response({"added": added, "notProcessed": not_processed})
 
         @app.post("/v3/sequences/{sequence_id}/contact-links/bulk-delete")
@@ -443,8 +449,9 @@ class ReplySimulator(Simulator):
             if errors:
                 invalid(errors)
             with self.lock:
-                return self.state.bulk_delete(self._sequence(sequence_id, user_id), user_id, ids)
+                return self.data.bulk_delete(self._sequence(sequence_id, user_id), user_id, ids)
 
+    def _add_contact_routes(self, app: FastAPI) -> None:
         @app.post("/v3/contacts/import")
         async def import_contacts(request: Request) -> Any:
             user_id = self._authorize(request, "contacts:write")
@@ -455,7 +462,7 @@ class ReplySimulator(Simulator):
         async def background_job(job_id: str, request: Request) -> dict[str, Any]:
             user_id = self._authorize(request, None)
             with self.lock:
-                job = self.state.jobs.get(job_id)
+                job = self.data.jobs.get(job_id)
                 if job is None or job.owner_user_id != user_id:
                     raise ProblemError(404, f"background job {job_id} was not found", "job.notFound")
                 return job.to_api(observed=self.observed)
@@ -467,10 +474,8 @@ class ReplySimulator(Simulator):
             if not email:
                 invalid([{"parameter": "email", "detail": "email is required"}])
             with self.lock:
-                contact = self.state.find_contact(email, user_id)
+                contact = self.data.find_contact(email, user_id)
                 return {"items": [contact.to_api()] if contact is not None else []}
-
-        return app
 
     def _whole_request_refusals(self, sequence: Sequence, user_id: int, contact_ids: list[int]) -> None:
         """Observed: what Reply refuses for the whole bulk add, not per contact."""
@@ -478,10 +483,10 @@ class ReplySimulator(Simulator):
             raise ProblemError(
                 400, f"sequence {sequence.id} has no steps", "sequenceContact.noStepsInSequence"
             )
-        if self.state.exceeds_contact_limit(contact_ids, sequence.id, user_id):
+        if self.data.exceeds_contact_limit(contact_ids, sequence.id, user_id):
             raise ProblemError(
                 400,
-                f"the plan allows {self.state.contact_limit} contacts in sequences",
+                f"the plan allows {self.data.contact_limit} contacts in sequences",
                 "sequenceContact.contactLimitExceeded",
             )
 
@@ -524,10 +529,10 @@ class ReplySimulator(Simulator):
         else:
             item_errors = [e or length_error(item) for e, item in zip(email_errors, items, strict=True)]
         with self.lock:
-            result = self.state.import_contacts(user_id, items, item_errors, options)
+            result = self.data.import_contacts(user_id, items, item_errors, options)
             if self.import_async_threshold is None or len(items) <= self.import_async_threshold:
                 return json_response(result)
-            job = self.state.add_job(user_id, result, self.job_delay)
+            job = self.data.add_job(user_id, result, self.job_delay)
         return JSONResponse(
             {"jobId": job.id, "status": "Scheduled"},
             status_code=202,

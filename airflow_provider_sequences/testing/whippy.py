@@ -44,12 +44,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from airflow_provider_sequences.testing.base import DEFAULT_BEHAVIOUR, Behaviour, Simulator, json_response
 from airflow_provider_sequences.testing.faults import CannedResponse
 from airflow_provider_sequences.testing.ratelimit import Limit
-from airflow_provider_sequences.testing.whippy_state import (
+from airflow_provider_sequences.testing.whippy_data import (
     CONTACT_FIELDS,
     EnrolJob,
     SequenceRecord,
     StepContact,
-    WhippyState,
+    WhippyData,
     utc_now,
 )
 
@@ -91,10 +91,10 @@ def rate_limit_tier(method: str, path: str) -> str:
     return "time_consuming" if slow and method.upper() in WRITE_METHODS else "standard"
 
 
-class WhippySimulator(WhippyState, Simulator):
+class WhippySimulator(WhippyData, Simulator):
     """Whippy's API over in-memory state, served on loopback for tests.
 
-    Arrange data with the Python API (:class:`WhippyState`: ``add_api_key``, ``add_channel``,
+    Arrange data with the Python API (:class:`WhippyData`: ``add_api_key``, ``add_channel``,
     ``add_sequence``, ``add_custom_object``, ``add_contact``), then inspect the ground truth
     (``enrolments``, ``step_contacts``, ``upload_tags``, ``ignored``, ``requests``) after
     ``wait_idle()``.
@@ -120,7 +120,7 @@ class WhippySimulator(WhippyState, Simulator):
     ) -> None:
         self.processing_delay = processing_delay
         self.max_list_limit = max_list_limit
-        self._init_state()
+        self._init_data()
         super().__init__(time_scale=time_scale, enforce_rate_limits=enforce_rate_limits, behaviour=behaviour)
 
     def start(self, host: str = "127.0.0.1", port: int = 0) -> WhippySimulator:

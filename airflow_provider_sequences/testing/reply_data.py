@@ -1,4 +1,5 @@
-"""The in-memory state behind the Reply.io simulator: users, keys, sequences, contacts, links.
+"""The in-memory data behind the Reply.io simulator (what the service holds, not a sync state):
+users, keys, sequences, contacts, links.
 
 Nothing here locks or speaks HTTP: :class:`~airflow_provider_sequences.testing.reply.ReplySimulator`
 validates requests, holds its lock and calls these methods. Ids of each kind start in their
@@ -174,7 +175,7 @@ class BulkAdd:
     start_from: str | None = None
 
 
-class ReplyState:
+class ReplyData:
     """Everything the simulated Reply account holds. Callers hold the simulator's lock."""
 
     def __init__(self, contact_limit: int | None = None, *, observed: bool = False) -> None:
@@ -437,6 +438,20 @@ class ReplyState:
             "removedIds": removed,
         }
 
+    def _import_existing(
+        self, existing: Contact, item: dict[str, Any], skip_reason: str | None, skip: bool, overwrite: bool
+    ) -> tuple[str, str | None]:
+        """An imported item whose email names a contact: its status and skip reason."""
+        if skip_reason is not None:
+            return "Skipped", skip_reason
+        if skip:
+            return "Skipped", "contactExists"
+        self._update(existing, item, overwrite=overwrite)
+        if existing.deleted:
+            existing.deleted = False
+            return ("Restored" if self.observed else "Updated"), None
+        return "Updated", None
+
     def import_contacts(
         self, user_id: int, items: list[dict[str, Any]], errors: list[str | None], options: dict[str, Any]
     ) -> dict[str, Any]:
@@ -475,17 +490,9 @@ class ReplyState:
                 if fields["email"]:
                     by_email[email] = contact_id
                 status = "Created"
-            elif skip_reason is not None:
-                status, contact_id = "Skipped", existing.id
-            elif skip:
-                status, contact_id = "Skipped", existing.id
-                skip_reason = "contactExists"
             else:
-                self._update(existing, item, overwrite=overwrite)
-                status, contact_id = "Updated", existing.id
-                if existing.deleted:
-                    existing.deleted = False
-                    status = "Restored" if observed else "Updated"
+                status, skip_reason = self._import_existing(existing, item, skip_reason, skip, overwrite)
+                contact_id = existing.id
             counts[status] += 1
             if observed:
                 result: dict[str, Any] = {"id": contact_id, "status": status.lower(), "error": error}

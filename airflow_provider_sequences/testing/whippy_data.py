@@ -1,4 +1,5 @@
-"""In-memory state of the Whippy simulator and the background job that enrols contacts.
+"""The in-memory data of the Whippy simulator (what the service holds, not a sync state) and the
+background job that enrols contacts.
 
 The enrolment rules follow Whippy's reference page "Create Sequence Contacts": a contact is
 found (by phone, email or external ID) or created; several contacts in one request share an
@@ -195,7 +196,7 @@ class EnrolJob:
     voice_options: dict[str, Any] | None = None
 
 
-class WhippyState:
+class WhippyData:
     """The simulated Whippy organizations and the Python API tests use to arrange and inspect them.
 
     Mixed into :class:`~airflow_provider_sequences.testing.whippy.WhippySimulator`; every public
@@ -207,7 +208,7 @@ class WhippyState:
     #: ``observed``: answer as Whippy's own clients report the live service does.
     behaviour: Behaviour
 
-    def _init_state(self) -> None:
+    def _init_data(self) -> None:
         self._keys: dict[str, str] = {}
         self._channels: dict[str, Channel] = {}
         self._sequences: dict[str, SequenceRecord] = {}
