@@ -42,11 +42,11 @@ from typing import Any
 
 import pandas as pd
 
-from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter
 from airflow_provider_sequences.adapters.reply import ReplyAdapter
 from airflow_provider_sequences.adapters.whippy import WhippyAdapter
 from airflow_provider_sequences.hooks.reply import ReplyHook
 from airflow_provider_sequences.hooks.whippy import WhippyHook
+from airflow_provider_sequences.sync.contract import BatchOutcome, ServiceAdapter
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
 from airflow_provider_sequences.sync.prepare import PrepareSpec
 from airflow_provider_sequences.sync.source import read_file_chunks

@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.adapters.reply import ReplyAdapter
 from airflow_provider_sequences.adapters.whippy import WhippyAdapter
 from airflow_provider_sequences.hooks.base import SequencesHook
 from airflow_provider_sequences.hooks.reply import ReplyHook
 from airflow_provider_sequences.hooks.whippy import WhippyHook
+from airflow_provider_sequences.sync.contract import ServiceAdapter
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
 from airflow_provider_sequences.sync.prepare import PrepareSpec
 from airflow_provider_sequences.sync.source import read_file_chunks

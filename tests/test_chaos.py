@@ -16,12 +16,12 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from airflow_provider_sequences.adapters.base import ServiceAdapter
 from airflow_provider_sequences.adapters.reply import ReplyAdapter
 from airflow_provider_sequences.adapters.whippy import WhippyAdapter, whippy_rules
 from airflow_provider_sequences.exceptions import SequencesApiError
 from airflow_provider_sequences.hooks.reply import ReplyHook
 from airflow_provider_sequences.hooks.whippy import WhippyHook
+from airflow_provider_sequences.sync.contract import ServiceAdapter
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
 from airflow_provider_sequences.sync.outcomes import NOT_ENROLLED, REQUEST_FAILED
 from airflow_provider_sequences.sync.prepare import PrepareSpec

@@ -17,12 +17,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_sequences.sync import outcomes
+from airflow_provider_sequences.sync.contract import FieldRules
 from airflow_provider_sequences.sync.phones import _phones_fast as phones_fast
 from airflow_provider_sequences.sync.prepare import (
     EMAIL_FAST_PATTERN,
     EMAIL_SLOW_PATTERN,
     WHITESPACE,
-    FieldRules,
     Prepared,
     PrepareSpec,
     check_columns,

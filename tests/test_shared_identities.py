@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from airflow_provider_sequences.sync.identities import SharedIdentities
-from airflow_provider_sequences.sync.state import Claims
+from airflow_provider_sequences.sync.values import Claims
 
 FIELDS = ("phone", "email", "external_id")
 # A few values each, so that rows share them often; None and "" are "no value".

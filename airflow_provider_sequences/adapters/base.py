@@ -1,20 +1,27 @@
-"""What the sync engine needs from a service."""
+"""Helpers the service adapters share (the contract they implement is
+:mod:`airflow_provider_sequences.sync.contract`)."""
 
 from __future__ import annotations
 
 import math
-from abc import ABC, abstractmethod
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, ClassVar, TypeAlias
+from typing import Any
 
 import pandas as pd
 
-from airflow_provider_sequences.exceptions import SequencesApiError
-from airflow_provider_sequences.sync.prepare import FieldRules
+from airflow_provider_sequences.hooks.base import SequencesHook
+from airflow_provider_sequences.sync.contract import ServiceAdapter
 
-if TYPE_CHECKING:  # the engine imports this module and stays free of Airflow at run time
-    from airflow_provider_sequences.hooks.base import SequencesHook
+
+class HookAdapter(ServiceAdapter):
+    """An adapter whose every request goes through one of the provider's hooks."""
+
+    #: The service's hook.
+    hook: SequencesHook
+
+    @property
+    def request_counts(self) -> tuple[int, int]:
+        """(write requests, read requests) sent so far."""
+        return self.hook.write_requests, self.hook.read_requests
 
 
 def present(value: Any) -> bool:
@@ -29,102 +36,3 @@ def column_values(column: pd.Series[Any]) -> list[Any]:
     rather than cell by cell as ``DataFrame.to_dict("records")`` does."""
     values: list[Any] = column.astype(object).where(column.notna(), None).tolist()
     return values
-
-
-#: What identifies a pending contact in a read-back, in the adapter's own form (see
-#: :meth:`ServiceAdapter.identity`): JSON-able, since the state stores it, and small, since a
-#: run may hold a million. Empty (``{}``) stands for one not known yet, read from the state.
-Identity: TypeAlias = Any
-
-
-@dataclass
-class BatchOutcome:
-    """What the service said about one batch, by key.
-
-    :param added: keys enrolled, with the service's contact id when known.
-    :param failed: keys not enrolled, with (reason, detail).
-    :param pending: keys accepted but not yet confirmed, with what identifies them in a read-back.
-    """
-
-    added: dict[str, str | None] = field(default_factory=dict)
-    failed: dict[str, tuple[str, str]] = field(default_factory=dict)
-    pending: dict[str, Identity] = field(default_factory=dict)
-
-    def merge(self, other: BatchOutcome) -> None:
-        self.added.update(other.added)
-        self.failed.update(other.failed)
-        self.pending.update(other.pending)
-
-
-class ServiceAdapter(ABC):
-    """Turns prepared contacts into one service's bulk requests.
-
-    An adapter reads its settings once (:meth:`preflight`, read-only requests), then sends
-    batches (:meth:`push`) of at most :attr:`max_batch_size` contacts. A batch the service
-    rejects as a whole raises :class:`SequencesApiError`; the engine splits it.
-    """
-
-    #: Short lowercase service name, as stored in the sync state.
-    service: ClassVar[str]
-    #: The largest batch the service accepts in one call.
-    max_batch_size: ClassVar[int]
-    #: Whether the adapter may be handed again a batch an earlier send may have applied, as
-    #: ``resent_keys`` (Reply reads the sequence and sends only those not in it); when False
-    #: the engine reads such keys back first (:meth:`confirm`) and sends only those not found
-    #: (Whippy would message people again).
-    resend_is_safe: ClassVar[bool] = True
-    #: Contact fields the service matches an incoming contact to an existing one by: rows of
-    #: one run sharing a value would become one contact, so the run sends the first only.
-    match_fields: ClassVar[tuple[str, ...]] = ()
-
-    #: The service's hook; every request goes through it.
-    hook: SequencesHook
-    _rules: FieldRules
-
-    @property
-    def rules(self) -> FieldRules:
-        """Fields the service accepts and how each is checked (after :meth:`preflight`)."""
-        return self._rules
-
-    @abstractmethod
-    def preflight(self) -> None:
-        """Check the settings against the service with reads only; raise
-        :class:`~airflow_provider_sequences.exceptions.SyncConfigurationError` when they cannot work."""
-
-    def start(self, *, fresh_state: bool) -> None:
-        """Called once before a run sends anything. ``fresh_state``: the sync state holds
-        nothing about this sequence (a first night, or a state deleted), so contacts already
-        in it were not put there by an earlier run."""
-        return None  # most adapters need nothing
-
-    @abstractmethod
-    def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
-        """Send one batch; ``resent_keys`` may already have been applied by an earlier attempt."""
-
-    def confirm(self, pending: dict[str, Identity], *, timeout: float) -> BatchOutcome:
-        """Read back what ``pending`` keys became; services that answer at once have nothing to do.
-
-        The adapter may reuse ``pending`` for its outcome (a million keys are not copied)."""
-        return BatchOutcome(added={key: None for key in pending})
-
-    @abstractmethod
-    def is_row_error(self, error: SequencesApiError) -> bool:
-        """Whether a rejected batch was refused for its rows (split it) rather than for the
-        request's settings (stop: every batch would fail the same way)."""
-
-    def may_be_row_error(self, error: SequencesApiError) -> bool:
-        """Whether a rejected batch may have been refused for one of its rows although the
-        answer names none (the engine splits it within a budget)."""
-        return False
-
-    @property
-    def request_counts(self) -> tuple[int, int]:
-        """(write requests, read requests) sent so far."""
-        return self.hook.write_requests, self.hook.read_requests
-
-    def identity(self, row: Mapping[str, Any]) -> Identity | None:
-        """What identifies a contact in a later read-back (only services that confirm need it).
-
-        ``row`` is a prepared contact, with its ``key``. :meth:`confirm` gets it back as given,
-        or as JSON loaded from the state (a tuple comes back a list)."""
-        return None

@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 
 import pandas as pd
 
-from airflow_provider_sequences.adapters.base import BatchOutcome, Identity, ServiceAdapter, column_values
+from airflow_provider_sequences.adapters.base import HookAdapter, column_values
 from airflow_provider_sequences.exceptions import (
     OutcomeUnknownError,
     SequencesApiError,
@@ -17,6 +17,7 @@ from airflow_provider_sequences.exceptions import (
 )
 from airflow_provider_sequences.hooks.base import describe_shape
 from airflow_provider_sequences.hooks.reply import REPLY_MAX_BULK_IDS, ReplyHook, reply_sequence_id
+from airflow_provider_sequences.sync.contract import BatchOutcome, FieldRules, Identity
 from airflow_provider_sequences.sync.outcomes import (
     CONTACT_ALREADY_IN_SEQUENCE,
     CONTACT_LIMIT_EXCEEDED,
@@ -24,7 +25,6 @@ from airflow_provider_sequences.sync.outcomes import (
     INVALID_INPUT,
     REQUEST_FAILED,
 )
-from airflow_provider_sequences.sync.prepare import FieldRules
 
 REPLY_CONTACT_FIELDS = frozenset(
     {
@@ -127,7 +127,7 @@ class ReplyEnrolment:
     first_name_fallback: str | None = None
 
 
-class ReplyAdapter(ServiceAdapter):
+class ReplyAdapter(HookAdapter):
     """Enrols contacts in a Reply.io sequence with two requests per batch at most.
 
     Rows that carry Reply contact ids go straight to the bulk add (one request per 1,000).

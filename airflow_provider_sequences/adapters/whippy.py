@@ -14,7 +14,7 @@ import numpy as np
 import numpy.typing as npt
 import pandas as pd
 
-from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter, column_values, present
+from airflow_provider_sequences.adapters.base import HookAdapter, column_values, present
 from airflow_provider_sequences.exceptions import (
     OutcomeUnknownError,
     SequencesApiError,
@@ -27,8 +27,8 @@ from airflow_provider_sequences.hooks.whippy import (
     WhippyHook,
     page_total,
 )
+from airflow_provider_sequences.sync.contract import BatchOutcome, FieldRules
 from airflow_provider_sequences.sync.outcomes import CONTACT_ALREADY_IN_SEQUENCE, NOT_ENROLLED
-from airflow_provider_sequences.sync.prepare import FieldRules
 from airflow_provider_sequences.sync.state import SyncState
 
 WHIPPY_PLAIN_FIELDS = frozenset({"phone", "email", "name", "external_id", "language", "default_channel_id"})
@@ -398,7 +398,7 @@ class WhippyEnrolment:
     voice_options: dict[str, Any] | None = None
 
 
-class WhippyAdapter(ServiceAdapter):
+class WhippyAdapter(HookAdapter):
     """Enrols contacts in a Whippy sequence: one write per 4,000 contacts, then a read-back.
 
     Whippy answers 202 and works in the background, silently ignoring contacts that lack

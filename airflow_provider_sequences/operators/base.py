@@ -16,7 +16,7 @@ try:
 except ImportError:  # Airflow 3.1 has it only in airflow.exceptions
     from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
 
-from airflow_provider_sequences.adapters.base import ServiceAdapter
+from airflow_provider_sequences.adapters.base import HookAdapter
 from airflow_provider_sequences.exceptions import (
     SourceError,
     SyncAbortedError,
@@ -24,6 +24,7 @@ from airflow_provider_sequences.exceptions import (
     SyncFailedError,
 )
 from airflow_provider_sequences.state import state_engine
+from airflow_provider_sequences.sync.contract import ServiceAdapter
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
 from airflow_provider_sequences.sync.lease import DEFAULT_LOCK_TIMEOUT, ScopeLease
 from airflow_provider_sequences.sync.outcomes import (
@@ -217,7 +218,7 @@ class SequenceSyncOperator(BaseOperator):
         """The Asset a sync into this sequence updates, for data-aware scheduling."""
         raise NotImplementedError
 
-    def make_adapter(self) -> ServiceAdapter:
+    def make_adapter(self) -> HookAdapter:
         raise NotImplementedError
 
     def connection_id(self) -> str:
@@ -242,7 +243,7 @@ class SequenceSyncOperator(BaseOperator):
 
     # -- wiring -------------------------------------------------------------------------------
 
-    def prepare_spec(self, adapter: ServiceAdapter) -> PrepareSpec:
+    def prepare_spec(self, adapter: HookAdapter) -> PrepareSpec:
         validate_column_map(self.column_map, adapter.rules)
         return PrepareSpec(
             column_map=self.column_map,
@@ -298,7 +299,7 @@ class SequenceSyncOperator(BaseOperator):
                 return self.state_conn_id
         return None
 
-    def sync_state(self, adapter: ServiceAdapter) -> SyncState:
+    def sync_state(self, adapter: HookAdapter) -> SyncState:
         """The state of this sequence of the account the connection reaches; rows an earlier
         version kept under the connection id join it."""
         scope = Scope(adapter.service, adapter.hook.account, str(self.sequence_id))
@@ -317,7 +318,7 @@ class SequenceSyncOperator(BaseOperator):
         ti = context["ti"]
         return f"{ti.dag_id}.{ti.task_id}:{context['run_id']}"
 
-    def options(self, adapter: ServiceAdapter, **extra: Any) -> SyncOptions:
+    def options(self, adapter: HookAdapter, **extra: Any) -> SyncOptions:
         batch_size = int(self.batch_size or adapter.max_batch_size)
         if not 1 <= batch_size <= adapter.max_batch_size:
             raise ValueError(f"batch_size must be between 1 and {adapter.max_batch_size}, got {batch_size}")
@@ -529,10 +530,11 @@ class SequenceSyncOperator(BaseOperator):
                 f"than max_not_processed_share={limit:.0%}; the result with every reason is in XCom"
             )
         self.emit_sequence_asset(context, run.options.dry_run)
+        hook = getattr(run.adapter, "hook", None)
         self._lineage_run = {
             "service": run.adapter.service,
-            "api_url": getattr(run.adapter.hook, "base_url", ""),
-            "account": str(getattr(run.adapter.hook, "account", "") or ""),
+            "api_url": getattr(hook, "base_url", ""),
+            "account": str(getattr(hook, "account", "") or ""),
             "added": 0 if run.options.dry_run else stats["added"],
         }
         return value

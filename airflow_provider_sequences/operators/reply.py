@@ -8,7 +8,7 @@ from typing import Any
 
 from airflow.sdk import Asset, AssetAlias
 
-from airflow_provider_sequences.adapters.base import ServiceAdapter
+from airflow_provider_sequences.adapters.base import HookAdapter
 from airflow_provider_sequences.adapters.reply import ReplyAdapter, ReplyEnrolment
 from airflow_provider_sequences.hooks.reply import ReplyHook, reply_sequence_id
 from airflow_provider_sequences.links import SequenceLink, SyncReportLink
@@ -128,7 +128,7 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
             with_contact_ids=bool(self.contact_id_column),
         )
 
-    def prepare_spec(self, adapter: ServiceAdapter) -> PrepareSpec:
+    def prepare_spec(self, adapter: HookAdapter) -> PrepareSpec:
         if "firstName" in adapter.rules.required and "firstName" not in self.column_map.values():
             raise ValueError(
                 "column_map maps no column to 'firstName': Reply requires a first name on every "

@@ -23,8 +23,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from airflow_provider_sequences.adapters.base import BatchOutcome, Identity, ServiceAdapter
 from airflow_provider_sequences.exceptions import SyncAbortedError
+from airflow_provider_sequences.sync.contract import BatchOutcome, Identity, ServiceAdapter
 from airflow_provider_sequences.sync.hashes import HashIndex, hash_strings
 from airflow_provider_sequences.sync.identities import SharedIdentities
 from airflow_provider_sequences.sync.lease import ScopeLease

@@ -10,7 +10,7 @@ import pandas as pd
 
 from airflow_provider_sequences.sync.hashes import HashIndex, hash_strings
 from airflow_provider_sequences.sync.outcomes import SHARED_CONTACT
-from airflow_provider_sequences.sync.state import Claims
+from airflow_provider_sequences.sync.values import Claims
 
 _LABELS = {"phone": "phone", "email": "email", "external_id": "external id"}
 _Array = np.ndarray[Any, Any]

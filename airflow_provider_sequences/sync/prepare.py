@@ -25,6 +25,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from airflow_provider_sequences.sync import outcomes
+from airflow_provider_sequences.sync.contract import FieldRules
 from airflow_provider_sequences.sync.emails import EMAIL_FAST_PATTERN as EMAIL_FAST_PATTERN
 from airflow_provider_sequences.sync.emails import EMAIL_SLOW_PATTERN as EMAIL_SLOW_PATTERN
 from airflow_provider_sequences.sync.emails import check_email as check_email
@@ -46,7 +47,6 @@ from airflow_provider_sequences.sync.text import WHITESPACE as WHITESPACE
 from airflow_provider_sequences.sync.text import CheckedColumn as CheckedColumn
 
 __all__ = [
-    "FieldRules",
     "PrepareSpec",
     "Prepared",
     "check_columns",
@@ -56,39 +56,6 @@ __all__ = [
 
 _INT64_MAX = 2**63 - 1
 _INT64_MIN = -(2**63)
-
-
-@dataclass(frozen=True)
-class FieldRules:
-    """What a service accepts: which target fields exist and how each is checked."""
-
-    #: Plain target fields, e.g. ``{"email", "firstName", ...}``.
-    known_fields: frozenset[str]
-    #: Dotted families allowed: ``{"customFields"}`` lets Reply take ``customFields.Tier``.
-    prefixes: frozenset[str]
-    #: Fields checked and normalised as email addresses.
-    email_fields: frozenset[str]
-    #: Fields checked and normalised to E.164.
-    phone_fields: frozenset[str]
-    #: Fields that must hold whole numbers, e.g. Whippy's ``birth_date.day``.
-    integer_fields: frozenset[str]
-    #: Longest text any field may hold, in characters (``None``: no limit).
-    max_length: int | None = 255
-    #: Fields every row must have: Whippy ``{"phone"}``, Reply ``{"email"}`` without contact ids.
-    required: frozenset[str] = frozenset()
-    #: The service's name, used in messages ("Reply fields are: ...").
-    service: str = ""
-
-    def accepts(self, target: str) -> bool:
-        """Whether ``target`` names a field of the service."""
-        if target in self.plain_fields():
-            return True
-        prefix, dot, name = target.partition(".")
-        return bool(dot) and bool(name) and prefix in self.prefixes
-
-    def plain_fields(self) -> frozenset[str]:
-        """Every field named in full: known, email, phone and integer fields."""
-        return self.known_fields | self.email_fields | self.phone_fields | self.integer_fields
 
 
 @dataclass(frozen=True)

@@ -7,13 +7,13 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from airflow_provider_sequences.adapters.base import BatchOutcome, ServiceAdapter
 from airflow_provider_sequences.exceptions import (
     OutcomeUnknownError,
     RetryWaitTooLongError,
     SequencesApiError,
     SyncAbortedError,
 )
+from airflow_provider_sequences.sync.contract import BatchOutcome, ServiceAdapter
 from airflow_provider_sequences.sync.outcomes import INVALID_INPUT, REQUEST_FAILED
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import uuid
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime, timedelta, timezone
 from functools import cached_property
 from pathlib import Path
@@ -27,22 +26,23 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
 from airflow_provider_sequences.sync.schema import META_TABLE, ensure_current
+from airflow_provider_sequences.sync.values import ADDED as ADDED
+from airflow_provider_sequences.sync.values import DEFERRED_HOLDER as DEFERRED_HOLDER
+from airflow_provider_sequences.sync.values import NOT_PROCESSED as NOT_PROCESSED
+from airflow_provider_sequences.sync.values import PENDING as PENDING
+from airflow_provider_sequences.sync.values import SENDING as SENDING
+from airflow_provider_sequences.sync.values import AddedKeys as AddedKeys
+from airflow_provider_sequences.sync.values import Claims as Claims
+from airflow_provider_sequences.sync.values import KeyOutcome as KeyOutcome
+from airflow_provider_sequences.sync.values import LeaseRow as LeaseRow
+from airflow_provider_sequences.sync.values import PendingKeys as PendingKeys
+from airflow_provider_sequences.sync.values import Scope as Scope
 
 STATE_TABLE = "sequence_sync_state"
 RUNS_TABLE = "sequence_sync_runs"
 IN_FLIGHT_TABLE = "sequence_sync_in_flight"
 CLAIMS_TABLE = "sequence_sync_claims"
 LEASES_TABLE = "sequence_sync_leases"
-
-#: Statuses of a key in the state table.
-ADDED = "added"
-NOT_PROCESSED = "not_processed"
-#: Sent and accepted, not yet confirmed (Whippy works in the background).
-PENDING = "pending"
-#: A key of a batch that was being sent: if the worker died then, a retry knows the batch
-#: may already have been applied. Stored per batch (see :meth:`SyncState.mark_sending`) and
-#: shown as this status by :func:`read_state`.
-SENDING = "sending"
 
 # IN lists are cut to this size: SQLite allows 32,766 bound parameters per statement.
 _LOOKUP_SLICE = 5_000
@@ -169,85 +169,6 @@ _load_identity = msgspec.json.decode
 
 #: The state table's columns in the order :meth:`SyncState.record` builds its rows.
 _COLUMNS = tuple(column.name for column in state_table.columns)
-
-
-@dataclass(frozen=True)
-class Claims:
-    """One batch's claimed values: for each key, a 64-bit hash of each field's value (0: none),
-    as little-endian uint64s, key by key."""
-
-    fields: tuple[str, ...]
-    keys: list[str]
-    hashes: bytes
-
-
-@dataclass(frozen=True)
-class AddedKeys:
-    """A batch's added keys, recorded without a :class:`KeyOutcome` each: most of a large
-    run's outcomes are these, and building a frozen dataclass per key cost more than its row.
-
-    :param contact_ids: key -> the service's contact id.
-    :param fingerprints: key -> fingerprint (a key absent here records none).
-    :param sent: whether they answer a send (their attempts grow by one).
-    """
-
-    contact_ids: Mapping[str, str | None]
-    fingerprints: Mapping[str, str]
-    sent: bool = False
-
-
-@dataclass(frozen=True)
-class PendingKeys:
-    """A batch's pending keys (accepted, not confirmed yet), recorded without a
-    :class:`KeyOutcome` each, like :class:`AddedKeys`: a Whippy run records one per contact.
-
-    :param identities: key -> what identifies it in a read-back (JSON-able; empty: nothing).
-    :param fingerprints: key -> fingerprint (a key absent here records none).
-    :param sent: whether they answer a send (their attempts grow by one).
-    """
-
-    identities: Mapping[str, Any]
-    fingerprints: Mapping[str, str]
-    sent: bool = False
-
-
-@dataclass(frozen=True)
-class KeyOutcome:
-    """One key's outcome in a batch, as recorded."""
-
-    key: str
-    status: str
-    reason: str | None = None
-    detail: str | None = None
-    fingerprint: str | None = None
-    service_contact_id: str | None = None
-    #: What identifies a pending key in a read-back (the adapter's JSON-able form).
-    identity: Any = None
-    #: Whether this outcome is the answer to a send of the key (its attempts grow by one).
-    sent: bool = False
-
-
-@dataclass(frozen=True)
-class Scope:
-    """The state of one sequence of one account of a service."""
-
-    service: str
-    account: str
-    sequence_id: str
-
-
-#: The holder a deferred run leaves on its lease: the task that resumes it takes it over.
-DEFERRED_HOLDER = "deferred"
-
-
-@dataclass(frozen=True)
-class LeaseRow:
-    """Who holds a lease on a scope, and until when (UTC)."""
-
-    run_id: str
-    lease_group: str
-    holder: str
-    expires_at: datetime
 
 
 def _now() -> datetime:
