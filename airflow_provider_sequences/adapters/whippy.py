@@ -421,6 +421,7 @@ class WhippyAdapter(HookAdapter):
     """
 
     service = "whippy"
+    display_name = WhippyHook.hook_name
     max_batch_size: ClassVar[int] = WHIPPY_MAX_CONTACTS_PER_CALL
     resend_is_safe: ClassVar[bool] = False
     match_fields: ClassVar[tuple[str, ...]] = ("phone", "email", "external_id")
