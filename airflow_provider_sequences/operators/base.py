@@ -7,73 +7,36 @@ from datetime import timedelta
 from typing import Any, ClassVar
 
 import pandas as pd
-from airflow.providers.common.sql.hooks.sql import DbApiHook
-from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator, Context, conf
-from airflow.triggers.base import BaseTrigger
-
-try:
-    from airflow.sdk.exceptions import AirflowFailException
-except ImportError:  # Airflow 3.1 has it only in airflow.exceptions
-    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
+from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator
 
 from airflow_provider_sequences.adapters.base import HookAdapter
 from airflow_provider_sequences.exceptions import (
-    SourceError,
     SyncAbortedError,
     SyncConfigurationError,
     SyncFailedError,
 )
+from airflow_provider_sequences.operators.conventions import (
+    AirflowFailException,
+    configuration_failed,
+    flag,
+)
+from airflow_provider_sequences.operators.deferral import ConfirmScaffold
+from airflow_provider_sequences.operators.report import failed_keys, lineage_facets, log_result
+from airflow_provider_sequences.operators.source import source_chunks
 from airflow_provider_sequences.state import state_engine
-from airflow_provider_sequences.sync.contract import ServiceAdapter
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
 from airflow_provider_sequences.sync.lease import DEFAULT_LOCK_TIMEOUT, ScopeLease
 from airflow_provider_sequences.sync.outcomes import (
-    CONTACT_ALREADY_IN_SEQUENCE,
-    ENROLLMENT_UNCONFIRMED,
     SyncResult,
 )
 from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
-from airflow_provider_sequences.sync.source import read_file_chunks, read_sql_chunks, records_chunks
 from airflow_provider_sequences.sync.state import Scope, SyncState
 from airflow_provider_sequences.ui.queries import REASONS_STAT
 
 DEFAULT_CHUNK_SIZE = 20_000
 
 
-def _flag(name: str, value: Any) -> bool:
-    """A boolean parameter; templated ones arrive as text ("False", "true"), not as booleans."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("true", "1", "yes", "on"):
-            return True
-        if text in ("false", "0", "no", "off", "", "none"):
-            return False
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return bool(value)
-
-
-def default_deferrable() -> bool:
-    """``[operators] default_deferrable``: what ``deferrable`` is when a task does not say."""
-    return bool(conf.getboolean("operators", "default_deferrable", fallback=False))
-
-
-class FinalSyncConfigurationError(SyncConfigurationError, AirflowFailException):
-    """A setting that cannot work, raised so that Airflow fails the task without retrying it.
-
-    Still a :class:`SyncConfigurationError` (and a ``ValueError``), with the message unchanged."""
-
-
-def configuration_failed(exc: ValueError) -> ValueError:
-    """``exc`` as an ``AirflowFailException``: a retry would fail the same way. A source that
-    cannot be read now (a file not there yet, a database down) may be readable later: kept."""
-    if isinstance(exc, (SourceError, AirflowFailException)):
-        return exc
-    failed = FinalSyncConfigurationError(*exc.args)
-    failed.__cause__ = exc.__cause__
-    return failed
-
-
-class SequenceSyncOperator(BaseOperator):
+class SequenceSyncOperator(ConfirmScaffold, BaseOperator):
     """Base of the operators that enrol contacts read from a table into a sequence.
 
     Exactly one source: ``sql`` (with ``source_conn_id``), ``source_path`` (CSV, Parquet or
@@ -251,29 +214,19 @@ class SequenceSyncOperator(BaseOperator):
             rules=adapter.rules,
             default_region=self.default_region,
             id_column=self.id_column(),
-            mask_values=_flag("mask_values", self.mask_values),
+            mask_values=flag("mask_values", self.mask_values),
         )
 
     def source_chunks(self) -> Iterator[pd.DataFrame]:
         """The source, chunk by chunk."""
-        if self.sql is not None:
-            connection = BaseHook.get_connection(str(self.source_conn_id))
-            hook = connection.get_hook()
-            if not isinstance(hook, DbApiHook):
-                raise SyncConfigurationError(
-                    f"source_conn_id {self.source_conn_id!r} is a {connection.conn_type!r} connection, "
-                    "not a database: sql needs a connection whose hook is a DbApiHook (postgres, "
-                    "sqlite, mysql, ...)"
-                )
-            return read_sql_chunks(hook.get_sqlalchemy_engine(), self.sql, chunk_size=self.chunk_size)
-        if self.source_path is not None:
-            path: Any = self.source_path
-            if "://" in str(path):
-                from airflow.sdk import ObjectStoragePath
-
-                path = ObjectStoragePath(str(path), conn_id=self.source_conn_id)
-            return read_file_chunks(path, chunk_size=self.chunk_size, file_format=self.file_format)
-        return iter(records_chunks(self.contacts, chunk_size=self.chunk_size))
+        return source_chunks(
+            sql=self.sql,
+            source_conn_id=self.source_conn_id,
+            source_path=self.source_path,
+            file_format=self.file_format,
+            contacts=self.contacts,
+            chunk_size=self.chunk_size,
+        )
 
     def total_rows(self) -> int | None:
         if isinstance(self.contacts, (list, pd.DataFrame)):
@@ -324,11 +277,11 @@ class SequenceSyncOperator(BaseOperator):
             raise ValueError(f"batch_size must be between 1 and {adapter.max_batch_size}, got {batch_size}")
         return SyncOptions(
             batch_size=batch_size,
-            dry_run=_flag("dry_run", self.dry_run),
+            dry_run=flag("dry_run", self.dry_run),
             incremental=bool(self.incremental),
-            full_resync=_flag("full_resync", self.full_resync),
+            full_resync=flag("full_resync", self.full_resync),
             max_attempts=self.max_attempts,
-            mask_values=_flag("mask_values", self.mask_values),
+            mask_values=flag("mask_values", self.mask_values),
             **extra,
         )
 
@@ -375,89 +328,6 @@ class SequenceSyncOperator(BaseOperator):
         run.preflight_requests = preflight_requests
         return run
 
-    # -- the task: send, confirm (in the triggerer when deferrable), report -----------------
-
-    #: Whether to wait for the service's background work in the triggerer: only operators
-    #: that have a trigger (:meth:`confirm_trigger`) set it, from ``default_deferrable``.
-    deferrable: bool = False
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        run = self.start_run(context, **self.run_options(None))
-        try:
-            return self.sync(context, run)
-        finally:
-            run.release()
-
-    def sync(self, context: Context, run: SyncRun) -> dict[str, Any]:
-        """Send every batch, then read back what the service accepted without confirming."""
-        self.before_sending(run)
-        self.read_and_push(run)
-        if not run.options.dry_run and self.should_confirm(run):
-            trigger = self.confirm_trigger(run) if self.deferrable else None
-            if trigger is not None:
-                self.defer_confirm(run, trigger)
-            run.confirm()
-        return self.complete(context, run.finish(), run)
-
-    def defer_confirm(self, run: SyncRun, trigger: BaseTrigger) -> None:
-        """Save the run so far and wait in the triggerer; :meth:`execute_complete` resumes."""
-        assert run.state is not None
-        run.state.save_run(run.run_id, dict(run.finish().stats))
-        if run.lease is not None:
-            # The resumed task takes the lease over: no other run may carry this run's pending
-            # keys meanwhile.
-            run.lease.keep_while_deferred(self.defer_timeout() + 300)
-        self.log.info("Deferring: waiting for %s to enrol %d contacts", self.display_name, run.pending_count)
-        self.defer(trigger=trigger, method_name="execute_complete")
-
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume after the trigger: read back the run's pending keys and finish its result."""
-        run = self.start_run(context, **self.run_options(event or {}))
-        try:
-            return self._resume(context, event, run)
-        finally:
-            run.release()
-
-    def _resume(self, context: Context, event: dict[str, Any] | None, run: SyncRun) -> dict[str, Any]:
-        assert run.state is not None
-        if run.lease is not None:
-            run.lease.acquire()  # the deferred task's lease, or the scope once it expired
-        self.resume_adapter(run.adapter, event or {})
-        saved = run.state.load_run(run.run_id) or {}
-        self.log.info("%s's background work is %s", self.display_name, (event or {}).get("status", "over"))
-        run.confirm()  # the run's pending keys, read from the state
-        result = run.finish()
-        for name, value in saved.items():
-            if name in ("write_requests", "read_requests", "requests"):
-                result.stats[name] += int(value)
-            elif name not in ("added", "not_processed", "finished"):
-                result.stats[name] = value
-        return self.complete(context, result, run)
-
-    # What a service whose enrolment is confirmed later changes (by default: confirm at once).
-
-    def run_options(self, event: dict[str, Any] | None) -> dict[str, Any]:
-        """Extra :class:`SyncOptions` of a run (``event``: the trigger's, when resuming)."""
-        return {}
-
-    def before_sending(self, run: SyncRun) -> None:
-        """What the service needs read before the first batch."""
-
-    def should_confirm(self, run: SyncRun) -> bool:
-        """Whether to read back after sending (batches whose answer was lost, pending keys)."""
-        return True
-
-    def confirm_trigger(self, run: SyncRun) -> BaseTrigger | None:
-        """The trigger that waits for the service's background work; ``None``: wait here."""
-        return None
-
-    def defer_timeout(self) -> float:
-        """Seconds the trigger may wait."""
-        return 0.0
-
-    def resume_adapter(self, adapter: ServiceAdapter, event: dict[str, Any]) -> None:
-        """Hand the adapter what the trigger learnt."""
-
     def read_and_push(self, run: SyncRun) -> None:
         mode = "dry run: nothing is sent" if run.options.dry_run else "sending"
         self.log.info(
@@ -490,25 +360,8 @@ class SequenceSyncOperator(BaseOperator):
         if run.options.dry_run:
             value["would_send"] = run.would_send
         stats = value["stats"]
-        self.log.info(
-            "%s sequence %s: %d rows; %d added, %d not processed, %d unchanged, %d duplicates; "
-            "%d requests (%d write, %d read)",
-            self.display_name,
-            self.sequence_id,
-            stats["rows"],
-            stats["added"],
-            stats["not_processed"],
-            stats.get("unchanged", 0),
-            stats["duplicates"],
-            stats["requests"],
-            stats["write_requests"],
-            stats["read_requests"],
-        )
         reasons = result.reasons()
-        if reasons:
-            width = max(len(reason) for reason in reasons)
-            table = "\n".join(f"  {reason:<{width}}  {count:>8,}" for reason, count in reasons.most_common())
-            self.log.info("Not processed, by reason:\n%s", table)
+        log_result(self.log, f"{self.display_name} sequence {self.sequence_id}", stats, reasons)
         if run.writes_state:
             # The run's counts, for the Sequence syncs view: it charts runs from these rather
             # than from every key's row.
@@ -518,9 +371,7 @@ class SequenceSyncOperator(BaseOperator):
         # few known-bad rows are reported again is not a failing night. Contacts accepted but
         # not read back yet (wait_for_enrollment=False) are on their way, and contacts already
         # in the sequence are where they should be: neither is a failure.
-        keys = stats["rows"] - stats["duplicates"]
-        failed = stats["not_processed"] - reasons[ENROLLMENT_UNCONFIRMED]
-        failed -= reasons[CONTACT_ALREADY_IN_SEQUENCE]
+        failed, keys = failed_keys(stats, reasons)
         share = failed / keys if keys else 0.0
         limit = self.max_not_processed_share
         if limit is not None and not run.options.dry_run and keys and share > limit:
@@ -541,23 +392,4 @@ class SequenceSyncOperator(BaseOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the source read, the sequence written, column lineage, rows added."""
-        from airflow_provider_sequences.lineage import file_dataset, sequence_lineage, sql_lineage
-
-        inputs: list[Any] = []
-        job_facets: dict[str, Any] = {}
-        if self.sql is not None:
-            source = sql_lineage(str(self.source_conn_id), self.sql)
-            inputs, job_facets = list(source.inputs), dict(source.job_facets)
-        elif self.source_path is not None:
-            inputs = [file_dataset(str(self.source_path))]
-        done = getattr(self, "_lineage_run", None) or {}
-        return sequence_lineage(
-            service=done.get("service") or self.service_name,
-            api_url=done.get("api_url", ""),
-            account=done.get("account") or self.connection_id(),
-            sequence_id=self.sequence_id,
-            column_map=self.column_map,
-            inputs=inputs,
-            added=done.get("added"),
-            job_facets=job_facets,
-        )
+        return lineage_facets(self, getattr(self, "_lineage_run", None) or {})

@@ -12,7 +12,8 @@ from airflow_provider_sequences.adapters.whippy import WhippyAdapter, WhippyEnro
 from airflow_provider_sequences.hooks.base import path_segment
 from airflow_provider_sequences.hooks.whippy import WhippyHook
 from airflow_provider_sequences.links import SequenceLink, SyncReportLink
-from airflow_provider_sequences.operators.base import SequenceSyncOperator, default_deferrable
+from airflow_provider_sequences.operators.base import SequenceSyncOperator
+from airflow_provider_sequences.operators.conventions import default_deferrable
 from airflow_provider_sequences.sync.contract import ServiceAdapter
 from airflow_provider_sequences.sync.engine import SyncRun
 from airflow_provider_sequences.triggers.whippy import WhippyEnrollmentTrigger
