@@ -44,12 +44,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from airflow_provider_sequences.testing.base import DEFAULT_BEHAVIOUR, Behaviour, Simulator, json_response
 from airflow_provider_sequences.testing.faults import CannedResponse
 from airflow_provider_sequences.testing.ratelimit import Limit
-from airflow_provider_sequences.testing.whippy_data import (
+from airflow_provider_sequences.testing.whippy_data import WhippyData
+from airflow_provider_sequences.testing.whippy_records import (
     CONTACT_FIELDS,
     EnrolJob,
     SequenceRecord,
     StepContact,
-    WhippyData,
     utc_now,
 )
 
