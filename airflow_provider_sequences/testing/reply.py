@@ -81,11 +81,8 @@ from airflow_provider_sequences.testing.base import (
 )
 from airflow_provider_sequences.testing.faults import CannedResponse
 from airflow_provider_sequences.testing.reply_app import RATE_LIMITS, ReplyApi, rate_limit_identity
-from airflow_provider_sequences.testing.reply_data import (
-    KeyKind,
-    ReplyData,
-    email_key,
-)
+from airflow_provider_sequences.testing.reply_data import ReplyData
+from airflow_provider_sequences.testing.reply_records import KeyKind, email_key
 from airflow_provider_sequences.testing.reply_requests import (
     PROBLEM_JSON,
     problem_body,

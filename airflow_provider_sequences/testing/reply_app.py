@@ -15,11 +15,11 @@ from airflow_provider_sequences.testing.base import (
     json_response,
 )
 from airflow_provider_sequences.testing.ratelimit import Limit
-from airflow_provider_sequences.testing.reply_data import (
+from airflow_provider_sequences.testing.reply_data import ReplyData
+from airflow_provider_sequences.testing.reply_records import (
     OBSERVED_MAX_PAGE,
     SEQUENCE_STATUSES,
     ApiKey,
-    ReplyData,
     Sequence,
 )
 from airflow_provider_sequences.testing.reply_requests import (

@@ -19,7 +19,7 @@ from email_validator import EmailNotValidError, validate_email
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from airflow_provider_sequences.testing.reply_data import CONTACT_FIELDS, BulkAdd
+from airflow_provider_sequences.testing.reply_records import CONTACT_FIELDS, BulkAdd
 
 MAX_STRING = 255
 PROBLEM_JSON = "application/problem+json"
