@@ -28,7 +28,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "plan (incl. state lookup)": ("sync/engine.py", "_plan"),
     "state lookup": ("sync/state.py", "lookup"),
     "push (adapter + HTTP)": ("sync/push.py", "push"),
-    "HTTP wait (hook.request)": ("hooks/base.py", "request"),
+    "HTTP wait (hook.request)": ("hooks/transport.py", "request"),
     "record (state writes)": ("sync/state.py", "record record_and_mark save_claims"),
     "confirm (read-back)": ("sync/engine.py", "confirm"),
     "finish (result from state)": ("sync/engine.py", "finish"),
