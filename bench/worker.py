@@ -23,15 +23,15 @@ from typing import Any
 #: names); a function's calls are not nested in another's.
 STAGES: dict[str, tuple[str, str]] = {
     "read (read_sql_chunks)": ("sync/source.py", "_read_sql"),
-    "fingerprint rows": ("sync/engine.py", "_fingerprints"),
+    "fingerprint rows": ("sync/chunk.py", "fingerprints"),
     "prepare (all passes)": ("sync/prepare.py", "prepare_chunk"),
-    "plan (incl. state lookup)": ("sync/engine.py", "_plan"),
-    "state lookup": ("sync/state.py", "lookup"),
-    "push (adapter + HTTP)": ("sync/push.py", "push"),
+    "plan (incl. state lookup)": ("sync/plan.py", "plan"),
+    "state lookup": ("sync/state/scoped.py", "lookup"),
+    "push (adapter + HTTP)": ("sync/send.py", "push"),
     "HTTP wait (hook.request)": ("hooks/transport.py", "request"),
-    "record (state writes)": ("sync/state.py", "record record_and_mark save_claims"),
-    "confirm (read-back)": ("sync/engine.py", "confirm"),
-    "finish (result from state)": ("sync/engine.py", "finish"),
+    "record (state writes)": ("sync/state/store.py", "record record_and_mark"),
+    "confirm (read-back)": ("sync/record.py", "confirm"),
+    "finish (result from state)": ("sync/record.py", "finish"),
 }
 
 UNLIMITED = 1_000_000_000
@@ -206,7 +206,7 @@ def main() -> None:
     sender_profile = cProfile.Profile()
     if profile is not None:
         # cProfile sees one thread: the engine sends (and records answers) in its own.
-        push_and_record = run._push_and_record
+        push_and_record = run.sender.push_and_record
 
         def profiled(*args: Any) -> Any:
             sender_profile.enable()
@@ -215,7 +215,7 @@ def main() -> None:
             finally:
                 sender_profile.disable()
 
-        run._push_and_record = profiled
+        run.sender.push_and_record = profiled  # type: ignore[method-assign]
         profile.enable()
     outcome = sync(spec, run)
     if profile is not None:

@@ -215,7 +215,7 @@ def test_a_0_1_0_state_upgrades_and_its_unchanged_night_sends_nobody(
 def test_a_new_state_is_created_at_the_current_revision_and_matches_the_model(
     backend: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:
-    """Every change to the tables in ``sync/state.py`` needs a migration: this fails otherwise."""
+    """Every change to the tables in ``sync/state/tables.py`` needs a migration: this fails otherwise."""
     from alembic.autogenerate import compare_metadata
     from alembic.runtime.migration import MigrationContext
 
@@ -321,7 +321,7 @@ def test_workers_that_start_together_upgrade_the_state_once(
 
 def state_command(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "airflow_provider_sequences.state", *args],
+        [sys.executable, "-m", "airflow_provider_sequences.sync_state", *args],
         capture_output=True,
         text=True,
         timeout=120,

@@ -655,7 +655,7 @@ def test_unchanged_rows_skip_the_per_row_checks(nights: Nights, monkeypatch: pyt
             checked.append(len(frame))
         return real(frame, spec, first_row=first_row)
 
-    monkeypatch.setattr("airflow_provider_sequences.sync.engine.prepare_chunk", counting)
+    monkeypatch.setattr("airflow_provider_sequences.sync.chunk.prepare_chunk", counting)
     rows = [person(i) for i in range(10)]
     nights.run(rows)
     assert sum(checked) == 10
@@ -668,7 +668,7 @@ def test_read_sync_state_through_an_airflow_connection(
     tmp_path: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """What the README shows users: the state as a DataFrame, filtered, with UTC timestamps."""
-    from airflow_provider_sequences.state import read_sync_state
+    from airflow_provider_sequences.sync_state import read_sync_state
 
     path = tmp_path / "state.db"
     monkeypatch.setenv(connection_env_var("my_state"), json.dumps({"conn_type": "sqlite", "host": str(path)}))

@@ -23,7 +23,6 @@ from airflow_provider_sequences.operators.conventions import (
 from airflow_provider_sequences.operators.deferral import ConfirmScaffold
 from airflow_provider_sequences.operators.report import failed_keys, lineage_facets, log_result
 from airflow_provider_sequences.operators.source import source_chunks
-from airflow_provider_sequences.state import state_engine
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
 from airflow_provider_sequences.sync.lease import DEFAULT_LOCK_TIMEOUT, ScopeLease
 from airflow_provider_sequences.sync.outcomes import (
@@ -31,6 +30,7 @@ from airflow_provider_sequences.sync.outcomes import (
 )
 from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
 from airflow_provider_sequences.sync.state import Scope, SyncState
+from airflow_provider_sequences.sync_state import state_engine
 from airflow_provider_sequences.ui.queries import REASONS_STAT
 
 DEFAULT_CHUNK_SIZE = 20_000

@@ -89,7 +89,7 @@ class ServiceAdapter(ABC):
     display_name: ClassVar[str]
     #: The service's own reasons (the slugs it answers with) that a later run retries only
     #: when the row's data changed: its answer will not change by itself. The provider's own
-    #: such reasons are :data:`~airflow_provider_sequences.sync.outcomes.RETRY_WHEN_CHANGED`.
+    #: such reasons are :data:`~airflow_provider_sequences.sync.outcomes.PROVIDER_RETRY_WHEN_CHANGED`.
     retry_when_changed: ClassVar[frozenset[str]] = frozenset()
     #: The largest batch the service accepts in one call.
     max_batch_size: ClassVar[int]

@@ -8,8 +8,10 @@ from typing import Any, Protocol
 import numpy as np
 import pandas as pd
 
+from airflow_provider_sequences.sync.contract import ServiceAdapter
 from airflow_provider_sequences.sync.hashes import HashIndex, hash_strings
 from airflow_provider_sequences.sync.outcomes import SHARED_CONTACT
+from airflow_provider_sequences.sync.prepare import PrepareSpec
 from airflow_provider_sequences.sync.values import Claims
 
 _LABELS = {"phone": "phone", "email": "email", "external_id": "external id"}
@@ -73,6 +75,21 @@ class SharedIdentities:
             f"{service} matches contacts by {listed}, so it would merge the two into one contact and "
             "may message that person twice; give each row its own value, or drop the duplicate row"
         )
+
+    @classmethod
+    def for_run(
+        cls, adapter: ServiceAdapter, spec: PrepareSpec, store: ClaimStore | None
+    ) -> SharedIdentities | None:
+        """The claims a run of ``adapter`` makes, or ``None`` when the service merges no contacts."""
+        # Keys are unique in a run: an external id that is the key needs no claim.
+        fields = [
+            name
+            for name in adapter.match_fields
+            if not (name == "external_id" and spec.column_map.get(spec.key_column) == name)
+        ]
+        if not fields:
+            return None
+        return cls(fields, service=adapter.rules.service, matched_by=adapter.match_fields, store=store)
 
     def _load(self) -> None:
         assert self.store is not None

@@ -6,8 +6,8 @@ expires after ``ttl`` seconds and the scope is free again. A run of another leas
 up to ``lock_timeout`` seconds, then fails before sending anything, naming the holder.
 
 Runs of one lease group (the mapped shards of one task in one DAG run) share the scope: they
-run in parallel, and each batch is claimed key by key in the state before it is sent
-(:meth:`SyncState.claim_batch`), so a key two shards both read is sent by one of them. Their
+run in parallel, and each batch is marked in flight key by key in the state before it is sent
+(:meth:`SyncState.mark_in_flight`), so a key two shards both read is sent by one of them. Their
 requests draw from the account's one rate budget, so together they go as fast as the
 service allows, not faster.
 """

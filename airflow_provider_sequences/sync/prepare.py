@@ -11,10 +11,8 @@ raises and never affects another row. No deduplication happens here: the caller 
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from decimal import Decimal, InvalidOperation
 from typing import Any
 
 import numpy as np
@@ -22,9 +20,8 @@ import numpy.typing as npt
 import pandas as pd
 import phonenumbers
 import pyarrow as pa
-import pyarrow.compute as pc
 
-from airflow_provider_sequences.sync import outcomes
+from airflow_provider_sequences.sync import columns, outcomes
 from airflow_provider_sequences.sync.contract import FieldRules
 from airflow_provider_sequences.sync.emails import EMAIL_FAST_PATTERN as EMAIL_FAST_PATTERN
 from airflow_provider_sequences.sync.emails import EMAIL_SLOW_PATTERN as EMAIL_SLOW_PATTERN
@@ -33,11 +30,9 @@ from airflow_provider_sequences.sync.emails import normalise_emails as normalise
 from airflow_provider_sequences.sync.masking import mask_quoted
 from airflow_provider_sequences.sync.phones import check_phone as check_phone
 from airflow_provider_sequences.sync.phones import normalise_phones as normalise_phones
-from airflow_provider_sequences.sync.source import UNDECODABLE_BYTES
 from airflow_provider_sequences.sync.text import (
     TEXT,
     Mask,
-    bool_mask,
     column_text,
     text_lengths,
     to_objects,
@@ -53,9 +48,6 @@ __all__ = [
     "prepare_chunk",
     "validate_column_map",
 ]
-
-_INT64_MAX = 2**63 - 1
-_INT64_MIN = -(2**63)
 
 
 @dataclass(frozen=True)
@@ -189,280 +181,210 @@ def prepare_chunk(frame: pd.DataFrame, spec: PrepareSpec, *, first_row: int) -> 
     check_columns(list(frame.columns), spec)
     used = dict.fromkeys([spec.key_column, *spec.column_map, *([spec.id_column] if spec.id_column else [])])
     for name in used:
-        _check_scalars(frame[name], name, spec.rules.service)
-    rules = spec.rules
-    size = len(frame)
-    rows = _Rows(size)
-    texts: dict[str, pa.Array] = {}
+        columns.check_scalars(frame[name], name, spec.rules.service)
+    chunk = _Chunk(frame, spec, first_row)
+    keys = chunk.check_keys()
+    chunk.check_contact_ids()
+    chunk.check_required()
+    chunk.normalise()
+    chunk.check_lengths()
+    keys = chunk.normalised_keys(keys)
+    contacts = chunk.contacts(keys)
+    rejected, rejected_rows = chunk.rejections(keys)
+    return Prepared(contacts=contacts, rejected=rejected, rejected_rows=rejected_rows)
 
-    def text_of(column: str) -> pa.Array:
-        if column not in texts:
-            texts[column] = column_text(frame[column])
-        return texts[column]
 
-    field_source = {target: source for source, target in spec.column_map.items()}
+class _Chunk:
+    """One chunk under the checks: its columns' text (read once each), its rows, its values."""
 
-    def shown(detail: Callable[[int], str], column: str) -> Callable[[int], str]:
+    def __init__(self, frame: pd.DataFrame, spec: PrepareSpec, first_row: int) -> None:
+        self.frame = frame
+        self.spec = spec
+        self.rules = spec.rules
+        self.first_row = first_row
+        self.rows = _Rows(len(frame))
+        self.texts: dict[str, pa.Array] = {}
+        self.field_source = {target: source for source, target in spec.column_map.items()}
+        #: Normalised values by target field (emails, phones, integers).
+        self.values: dict[str, Any] = {}
+        self.ids: npt.NDArray[np.int64] | None = None
+
+    def text_of(self, column: str) -> pa.Array:
+        if column not in self.texts:
+            self.texts[column] = column_text(self.frame[column])
+        return self.texts[column]
+
+    def shown(self, detail: Callable[[int], str], column: str) -> Callable[[int], str]:
         """A check's detail, with the value it quotes masked when the spec says so."""
-        if not spec.mask_values:
+        if not self.spec.mask_values:
             return detail
-        return lambda i: mask_quoted(detail(i), _shown(text_of(column), i), column)
+        return lambda i: mask_quoted(detail(i), columns.shown_value(self.text_of(column), i), column)
 
-    # 1. key
-    key_text = text_of(spec.key_column)
-    keys: npt.NDArray[np.object_] = key_text.to_numpy(zero_copy_only=False).astype(object, copy=False)
-    rows.reject(
-        ~valid_mask(key_text),
-        outcomes.MISSING_KEY,
-        lambda i: f"row {first_row + i} has no value in the key column {spec.key_column!r}",
-    )
-    rows.reject(
-        _inexact(frame[spec.key_column]),
-        outcomes.INVALID_FIELD,
-        functools.partial(_inexact_detail, spec.key_column, first_row),
-    )
-    rows.reject(
-        _undecodable(key_text),
-        outcomes.MISSING_KEY,
-        lambda i: (
-            f"row {first_row + i} holds bytes that are not UTF-8 text in the key column {spec.key_column!r}"
-        ),
-    )
-    for source in spec.column_map:
+    def check_keys(self) -> npt.NDArray[np.object_]:
+        """1. The key: present, exact, decodable; every mapped column decodable. Returns the keys."""
+        rows, first_row, key_column = self.rows, self.first_row, self.spec.key_column
+        key_text = self.text_of(key_column)
+        keys: npt.NDArray[np.object_] = key_text.to_numpy(zero_copy_only=False).astype(object, copy=False)
         rows.reject(
-            _undecodable(text_of(source)),
-            outcomes.INVALID_FIELD,
-            functools.partial(_bytes_detail, source),
+            ~valid_mask(key_text),
+            outcomes.MISSING_KEY,
+            lambda i: f"row {first_row + i} has no value in the key column {key_column!r}",
         )
-
-    # 2. contact id
-    ids: npt.NDArray[np.int64] | None = None
-    if spec.id_column is not None:
-        id_column = spec.id_column
-        id_text = text_of(id_column)
-        ids, id_good = _integers(id_text, positive=True)
-        present = valid_mask(id_text)
-        rows.reject(~present, outcomes.INVALID_CONTACT_ID, lambda i: f"the id column {id_column!r} is empty")
         rows.reject(
+            columns.inexact(self.frame[key_column]),
+            outcomes.INVALID_FIELD,
+            functools.partial(columns.inexact_detail, key_column, first_row),
+        )
+        rows.reject(
+            columns.undecodable(key_text),
+            outcomes.MISSING_KEY,
+            lambda i: (
+                f"row {first_row + i} holds bytes that are not UTF-8 text in the key column {key_column!r}"
+            ),
+        )
+        for source in self.spec.column_map:
+            rows.reject(
+                columns.undecodable(self.text_of(source)),
+                outcomes.INVALID_FIELD,
+                functools.partial(columns.bytes_detail, source),
+            )
+        return keys
+
+    def check_contact_ids(self) -> None:
+        """2. The contact id, when the spec has an id column: a positive integer."""
+        id_column = self.spec.id_column
+        if id_column is None:
+            return
+        id_text = self.text_of(id_column)
+        self.ids, id_good = columns.integers(id_text, positive=True)
+        present = valid_mask(id_text)
+        self.rows.reject(
+            ~present, outcomes.INVALID_CONTACT_ID, lambda i: f"the id column {id_column!r} is empty"
+        )
+        self.rows.reject(
             ~id_good,
             outcomes.INVALID_CONTACT_ID,
-            shown(
+            self.shown(
                 lambda i: (
-                    f"contact id {_shown(id_text, i)!r} in column {id_column!r} is not a positive integer"
+                    f"contact id {columns.shown_value(id_text, i)!r} in column {id_column!r} is not a "
+                    "positive integer"
                 ),
                 id_column,
             ),
         )
 
-    # 3. required fields
-    for target in sorted(rules.required):
-        source = field_source[target]  # validate_column_map made sure every required field is mapped
-        reason = (
-            outcomes.MISSING_EMAIL
-            if target in rules.email_fields
-            else outcomes.MISSING_PHONE
-            if target in rules.phone_fields
-            else outcomes.MISSING_FIELD
-        )
-        rows.reject(
-            ~valid_mask(text_of(source)),
-            reason,
-            functools.partial(_missing_detail, target, source),
-        )
-
-    # 4.-6. normalise emails, phones and integers
-    values: dict[str, Any] = {}
-    for target, source in field_source.items():
-        if target in rules.email_fields:
-            column = normalise_emails(text_of(source))
-            rows.reject(column.bad, outcomes.INVALID_EMAIL, shown(column.details.__getitem__, source))
-            values[target] = column.values
-    for target, source in field_source.items():
-        if target in rules.phone_fields and target not in values:
-            column = normalise_phones(text_of(source), spec.default_region)
-            rows.reject(column.bad, outcomes.INVALID_PHONE, shown(column.details.__getitem__, source))
-            values[target] = column.values
-    for target, source in field_source.items():
-        if target in rules.integer_fields and target not in values:
-            field_text = text_of(source)
-            numbers, good = _integers(field_text, positive=False)
-            rows.reject(
-                valid_mask(field_text) & ~good,
-                outcomes.INVALID_FIELD,
-                shown(functools.partial(_integer_detail, target, field_text), source),
+    def check_required(self) -> None:
+        """3. Required fields: present."""
+        rules = self.rules
+        for target in sorted(rules.required):
+            source = self.field_source[target]  # validate_column_map made sure it is mapped
+            reason = (
+                outcomes.MISSING_EMAIL
+                if target in rules.email_fields
+                else outcomes.MISSING_PHONE
+                if target in rules.phone_fields
+                else outcomes.MISSING_FIELD
             )
-            values[target] = pd.array(numbers, dtype="Int64")
-            values[target][~good] = pd.NA
+            self.rows.reject(
+                ~valid_mask(self.text_of(source)),
+                reason,
+                functools.partial(columns.missing_detail, target, source),
+            )
 
-    # 7. lengths
-    if rules.max_length is not None:
+    def normalise(self) -> None:
+        """4.-6. Emails, phones and integers, normalised (and checked)."""
+        rules, values, rows = self.rules, self.values, self.rows
+        for target, source in self.field_source.items():
+            if target in rules.email_fields:
+                column = normalise_emails(self.text_of(source))
+                rows.reject(
+                    column.bad, outcomes.INVALID_EMAIL, self.shown(column.details.__getitem__, source)
+                )
+                values[target] = column.values
+        for target, source in self.field_source.items():
+            if target in rules.phone_fields and target not in values:
+                column = normalise_phones(self.text_of(source), self.spec.default_region)
+                rows.reject(
+                    column.bad, outcomes.INVALID_PHONE, self.shown(column.details.__getitem__, source)
+                )
+                values[target] = column.values
+        for target, source in self.field_source.items():
+            if target in rules.integer_fields and target not in values:
+                self._integer_field(target, source)
+
+    def _integer_field(self, target: str, source: str) -> None:
+        field_text = self.text_of(source)
+        numbers, good = columns.integers(field_text, positive=False)
+        self.rows.reject(
+            valid_mask(field_text) & ~good,
+            outcomes.INVALID_FIELD,
+            self.shown(functools.partial(columns.integer_detail, target, field_text), source),
+        )
+        self.values[target] = pd.array(numbers, dtype="Int64")
+        self.values[target][~good] = pd.NA
+
+    def check_lengths(self) -> None:
+        """7. Lengths: at most the service's limit, for every field but integers."""
+        rules = self.rules
+        if rules.max_length is None:
+            return
         limit = rules.max_length
-        for target, source in field_source.items():
+        for target, source in self.field_source.items():
             if target in rules.integer_fields:
                 continue
-            if target in values:
-                lengths = text_lengths(pa.array(values[target], type=TEXT, from_pandas=True))
+            if target in self.values:
+                lengths = text_lengths(pa.array(self.values[target], type=TEXT, from_pandas=True))
             else:
-                lengths = text_lengths(text_of(source))
-            rows.reject(
+                lengths = text_lengths(self.text_of(source))
+            self.rows.reject(
                 lengths > limit,
                 outcomes.FIELD_TOO_LONG,
-                functools.partial(_length_detail, target, lengths, limit, rules.service),
+                functools.partial(columns.length_detail, target, lengths, limit, rules.service),
             )
 
-    # the key is the normalised email or phone when the key column holds one
-    key_target = spec.column_map.get(spec.key_column)
-    if key_target is not None and key_target in values and key_target not in rules.integer_fields:
-        normalised = values[key_target]
-        if key_target in rules.email_fields:
+    def normalised_keys(self, keys: npt.NDArray[np.object_]) -> npt.NDArray[np.object_]:
+        """The key is the normalised email or phone when the key column holds one."""
+        key_target = self.spec.column_map.get(self.spec.key_column)
+        if key_target is None or key_target not in self.values or key_target in self.rules.integer_fields:
+            return keys
+        normalised = self.values[key_target]
+        if key_target in self.rules.email_fields:
             keys = np.array([None if key is None else key.lower() for key in keys.tolist()], dtype=object)
-        keys = np.where(pd.isna(normalised), keys, normalised).astype(object)
+        return np.where(pd.isna(normalised), keys, normalised).astype(object)
 
-    ok = rows.ok
-    data: dict[str, Any] = {
-        "key": pd.Series(keys[ok], dtype=object),
-        "row": pd.Series(np.arange(first_row, first_row + size, dtype=np.int64)[ok], dtype=np.int64),
-    }
-    if ids is not None:
-        data["id"] = pd.Series(ids[ok], dtype=np.int64)
-    for source, target in spec.column_map.items():
-        if target in values:
-            column_values = values[target]
-            if isinstance(column_values, np.ndarray):
-                data[target] = pd.Series(column_values[ok], dtype=object)
-            else:
-                data[target] = pd.Series(column_values[ok], dtype="Int64")
-        else:
-            data[target] = pd.Series(to_objects(text_of(source))[ok], dtype=object)
-    contacts = pd.DataFrame(data)
-    contacts.index = pd.RangeIndex(len(contacts))
-
-    rejected = []
-    rejected_rows = []
-    for position in sorted(rows.reasons):
-        reason, detail = rows.reasons[position]
-        key = keys[position]
-        if reason == outcomes.MISSING_KEY or key is None:
-            key = f"row:{first_row + position}"
-        rejected.append((str(key), reason, detail))
-        rejected_rows.append(first_row + position)
-    return Prepared(contacts=contacts, rejected=rejected, rejected_rows=rejected_rows)
-
-
-def _undecodable(text: pa.Array) -> Mask:
-    return bool_mask(pc.starts_with(text, UNDECODABLE_BYTES))
-
-
-def _bytes_detail(source: str, position: int) -> str:
-    return f"column {source!r} holds bytes that are not UTF-8 text; decode them in the source"
-
-
-#: Value kinds (``pandas.api.types.infer_dtype``) that cannot hold a nested value.
-_SCALAR_KINDS = frozenset(
-    {"empty", "string", "integer", "floating", "mixed-integer-float", "boolean", "decimal", "bytes"}
-    | {"datetime", "datetime64", "date", "time", "timedelta", "timedelta64", "period", "integer-na"}
-)
-
-
-def _check_scalars(column: pd.Series, name: str, service: str) -> None:
-    """Refuse a column of nested values (a Parquet struct or list, a JSON object): sent, they
-    would arrive as Python's text for them. No field of either service takes an object."""
-    if (
-        not pd.api.types.is_object_dtype(column.dtype)
-        or pd.api.types.infer_dtype(column, skipna=True) in _SCALAR_KINDS
-    ):
-        return
-    for position, value in enumerate(column.tolist()):
-        if isinstance(value, (dict, list, tuple, set, np.ndarray)):
-            kind = "an object (struct or map)" if isinstance(value, dict) else "a list"
-            raise ValueError(
-                f"column {name!r} holds nested values (row {position} holds {kind}), which no "
-                f"{service} field takes: flatten it in the source (one column per part, mapped to "
-                "fields such as address.city) or map another column"
-            )
-
-
-def _inexact(column: pd.Series) -> Mask:
-    """Where a key is a floating point number too large to be exact: beyond 2**53 (float64)
-    neighbouring whole numbers share one value, so two people could merge into one."""
-    dtype = column.dtype
-    if pd.api.types.is_float_dtype(dtype):
-        numpy_dtype = getattr(dtype, "numpy_dtype", dtype)
-        limit = 2.0 ** (np.finfo(numpy_dtype).nmant + 1)
-        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-        with np.errstate(invalid="ignore"):
-            found: Mask = np.isfinite(values) & (np.abs(values) >= limit)
-        return found
-    kinds = ("string", "empty", "integer", "boolean", "bytes")
-    if pd.api.types.is_object_dtype(dtype) and pd.api.types.infer_dtype(column, skipna=True) not in kinds:
-        return np.fromiter(
-            (
-                isinstance(value, (float, np.floating))
-                and math.isfinite(value)
-                and abs(float(value)) >= 2.0**53
-                for value in column.tolist()
+    def contacts(self, keys: npt.NDArray[np.object_]) -> pd.DataFrame:
+        """The accepted rows (see :class:`Prepared`)."""
+        ok, first_row = self.rows.ok, self.first_row
+        data: dict[str, Any] = {
+            "key": pd.Series(keys[ok], dtype=object),
+            "row": pd.Series(
+                np.arange(first_row, first_row + len(self.frame), dtype=np.int64)[ok], dtype=np.int64
             ),
-            dtype=bool,
-            count=len(column),
-        )
-    return np.zeros(len(column), dtype=bool)
+        }
+        if self.ids is not None:
+            data["id"] = pd.Series(self.ids[ok], dtype=np.int64)
+        for source, target in self.spec.column_map.items():
+            if target in self.values:
+                column_values = self.values[target]
+                if isinstance(column_values, np.ndarray):
+                    data[target] = pd.Series(column_values[ok], dtype=object)
+                else:
+                    data[target] = pd.Series(column_values[ok], dtype="Int64")
+            else:
+                data[target] = pd.Series(to_objects(self.text_of(source))[ok], dtype=object)
+        contacts = pd.DataFrame(data)
+        contacts.index = pd.RangeIndex(len(contacts))
+        return contacts
 
-
-def _inexact_detail(key_column: str, first_row: int, position: int) -> str:
-    return (
-        f"row {first_row + position} has a key in column {key_column!r} stored as a floating point "
-        "number too large to be exact (beyond 2**53), so two keys could merge into one: cast the key "
-        "column to text (or a 64-bit integer) in the source"
-    )
-
-
-def _missing_detail(target: str, source: str, position: int) -> str:
-    return f"{target} is empty (column {source!r})"
-
-
-def _integer_detail(target: str, text: pa.Array, position: int) -> str:
-    return f"{target} must be a whole number; got {_shown(text, position)!r}"
-
-
-def _length_detail(target: str, lengths: npt.NDArray[np.int64], limit: int, service: str, i: int) -> str:
-    who = service or "the service"
-    return f"{target} is {int(lengths[i])} characters; {who} accepts at most {limit}"
-
-
-def _shown(array: pa.Array, position: int) -> str:
-    value = array[position].as_py()
-    return "" if value is None else str(value)
-
-
-# --- integers -----------------------------------------------------------------------------------
-
-
-def _integers(text: pa.Array, *, positive: bool) -> tuple[npt.NDArray[np.int64], Mask]:
-    """Whole numbers in int64 from text ("12", "12.0", "1.5e9"); the mask marks good values."""
-    size = len(text)
-    numbers = np.zeros(size, dtype=np.int64)
-    good = bool_mask(pc.match_substring_regex(text, r"^-?[0-9]{1,18}$"))
-    if good.any():
-        numbers[good] = pc.cast(text.filter(pa.array(good)), pa.int64()).to_numpy()
-    rest = np.flatnonzero(valid_mask(text) & ~good)
-    if rest.size:
-        parsed = {value: _to_integer(value) for value in dict.fromkeys(text.take(pa.array(rest)).to_pylist())}
-        for position, value in zip(rest.tolist(), text.take(pa.array(rest)).to_pylist(), strict=True):
-            number = parsed[value]
-            if number is not None:
-                numbers[position] = number
-                good[position] = True
-    if positive:
-        good &= numbers > 0
-    return numbers, good
-
-
-def _to_integer(text: str) -> int | None:
-    try:
-        number = Decimal(text)
-    except (InvalidOperation, ValueError):
-        return None
-    if not number.is_finite() or number.adjusted() > 18 or number != number.to_integral_value():
-        return None
-    value = int(number)
-    return value if _INT64_MIN <= value <= _INT64_MAX else None
+    def rejections(self, keys: npt.NDArray[np.object_]) -> tuple[list[tuple[str, str, str]], list[int]]:
+        """(key, reason, detail) of the rejected rows in source order, and their source rows."""
+        rejected = []
+        rejected_rows = []
+        for position in sorted(self.rows.reasons):
+            reason, detail = self.rows.reasons[position]
+            key = keys[position]
+            if reason == outcomes.MISSING_KEY or key is None:
+                key = f"row:{self.first_row + position}"
+            rejected.append((str(key), reason, detail))
+            rejected_rows.append(self.first_row + position)
+        return rejected, rejected_rows

@@ -152,11 +152,7 @@ def _value_text(value: Any) -> str | None:
         number = float(value)
         return None if math.isnan(number) else _float_str(number)
     if isinstance(value, Decimal):
-        if value.is_nan():
-            return None
-        if value.is_finite() and value.adjusted() < 40 and value == value.to_integral_value():
-            return str(int(value))
-        return str(value)
+        return _decimal_text(value)
     if isinstance(value, bytes):
         return value.decode("utf-8", "replace")
     try:
@@ -165,4 +161,13 @@ def _value_text(value: Any) -> str | None:
         missing = False
     if isinstance(missing, (bool, np.bool_)) and missing:
         return None
+    return str(value)
+
+
+def _decimal_text(value: Decimal) -> str | None:
+    """A decimal as text: integral ones as integers, NaN as ``None``."""
+    if value.is_nan():
+        return None
+    if value.is_finite() and value.adjusted() < 40 and value == value.to_integral_value():
+        return str(int(value))
     return str(value)

@@ -67,7 +67,7 @@ def reveal_personal_values() -> bool:
 
 @functools.lru_cache(maxsize=8)
 def _engine(state_conn_id: str) -> sa.Engine:
-    from airflow_provider_sequences.state import state_engine
+    from airflow_provider_sequences.sync_state import state_engine
 
     return state_engine(state_conn_id or None)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from alembic import context
 
 from airflow_provider_sequences.sync.schema import VERSION_TABLE
-from airflow_provider_sequences.sync.state import metadata
+from airflow_provider_sequences.sync.state.tables import metadata
 
 connection = context.config.attributes["connection"]
 context.configure(

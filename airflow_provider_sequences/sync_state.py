@@ -3,7 +3,7 @@
 The state is a plain SQL table, ``sequence_sync_state``, one row per (service, account,
 sequence, key) with the key's last outcome. Query it with any SQL tool, or::
 
-    from airflow_provider_sequences.state import read_sync_state
+    from airflow_provider_sequences.sync_state import read_sync_state
 
     frame = read_sync_state(service="reply", sequence_id="1001")
     frame[frame.status == "not_processed"].groupby("reason").size()
@@ -11,9 +11,9 @@ sequence, key) with the key's last outcome. Query it with any SQL tool, or::
 The schema has a version and migrations: a sync upgrades its state before reading it. To see or
 do it yourself (back the state up first)::
 
-    python -m airflow_provider_sequences.state current [--state-conn-id ID | --url URL]
-    python -m airflow_provider_sequences.state upgrade [--state-conn-id ID | --url URL]
-    python -m airflow_provider_sequences.state history
+    python -m airflow_provider_sequences.sync_state current [--state-conn-id ID | --url URL]
+    python -m airflow_provider_sequences.sync_state upgrade [--state-conn-id ID | --url URL]
+    python -m airflow_provider_sequences.sync_state history
 """
 
 from __future__ import annotations
@@ -78,9 +78,9 @@ def _account_of(connection_id: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m airflow_provider_sequences.state upgrade|current|history``."""
+    """``python -m airflow_provider_sequences.sync_state upgrade|current|history``."""
     parser = argparse.ArgumentParser(
-        prog="python -m airflow_provider_sequences.state",
+        prog="python -m airflow_provider_sequences.sync_state",
         description="See or upgrade the sync state's schema. Back the state up before an upgrade.",
     )
     parser.add_argument("command", choices=["upgrade", "current", "history"])
