@@ -1,11 +1,19 @@
-"""Exceptions raised by the hooks. Plain Python, so the sync engine can catch them too."""
+"""Every exception the provider raises, under one base class, :class:`SequencesError`.
+
+Plain Python (no Airflow), so the sync engine raises and catches them too. The operators raise
+configuration errors as Airflow's ``AirflowFailException`` too, so that a task that cannot
+pass is not retried (see :mod:`airflow_provider_sequences.operators.base`)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 
-class SequencesApiError(Exception):
+class SequencesError(Exception):
+    """Base of every exception this provider raises."""
+
+
+class SequencesApiError(SequencesError):
     """A call to a sequence service failed.
 
     Carries what a person needs to act on the failure and never the API key: the service,
@@ -118,19 +126,19 @@ def _rebuild(cls: type[SequencesApiError], state: dict[str, Any]) -> SequencesAp
     return error
 
 
-class SyncConfigurationError(ValueError):
+class SyncConfigurationError(SequencesError, ValueError):
     """The task's settings cannot work: a sequence that does not exist or is a draft, an
     unknown step or channel, an unknown field in ``column_map``. Nothing was sent."""
 
 
-class SyncAbortedError(RuntimeError):
+class SyncAbortedError(SequencesError, RuntimeError):
     """The service refused the whole run (a bad key, a missing scope, a sequence gone).
 
     Raised after every outcome so far was recorded, so a retry resumes where this stopped.
     """
 
 
-class ScopeBusyError(RuntimeError):
+class ScopeBusyError(SequencesError, RuntimeError):
     """Another run still syncs this sequence of this account after ``lock_timeout``; this
     run sent nothing.
 
@@ -143,6 +151,15 @@ class ScopeBusyError(RuntimeError):
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_rebuild_busy, (str(self), self.holder))
+
+
+class SyncFailedError(SequencesError, RuntimeError):
+    """Too many rows were not processed (``max_not_processed_share``); the result was still
+    pushed to XCom."""
+
+
+class SourceError(SequencesError, ValueError):
+    """The source could not be read; the message says what and where, for a person to act on."""
 
 
 def _rebuild_busy(message: str, holder: str) -> ScopeBusyError:

@@ -28,7 +28,7 @@ STAGES: dict[str, tuple[str, str]] = {
     "plan (incl. state lookup)": ("sync/plan.py", "plan"),
     "state lookup": ("sync/state/scoped.py", "lookup"),
     "push (adapter + HTTP)": ("sync/send.py", "push"),
-    "HTTP wait (hook.request)": ("hooks/base.py", "request"),
+    "HTTP wait (hook.request)": ("hooks/transport.py", "request"),
     "record (state writes)": ("sync/state/store.py", "record record_and_mark"),
     "confirm (read-back)": ("sync/record.py", "confirm"),
     "finish (result from state)": ("sync/record.py", "finish"),

@@ -29,15 +29,15 @@ except ImportError:  # Airflow 3.1
 from airflow_provider_sequences.adapters.whippy import WhippyAdapter
 from airflow_provider_sequences.exceptions import (
     SequencesApiError,
+    SourceError,
     SyncAbortedError,
     SyncConfigurationError,
+    SyncFailedError,
     UnexpectedAnswerError,
 )
 from airflow_provider_sequences.hooks.whippy import WhippyHook
-from airflow_provider_sequences.operators.base import SyncFailedError
 from airflow_provider_sequences.operators.reply import ReplyAddContactsToSequenceOperator
 from airflow_provider_sequences.operators.whippy import WhippyAddContactsToSequenceOperator
-from airflow_provider_sequences.sync.source import SourceError
 from airflow_provider_sequences.sync.state import create_state_engine, read_state
 from airflow_provider_sequences.testing import (
     ReplyAccount,
@@ -908,3 +908,78 @@ def test_float_keys_beyond_2_to_the_53_are_refused(world: World) -> None:
     assert {reason for reason, _ in outcomes(result).values()} == {"invalidField"}
     assert result["stats"]["duplicates"] == 1
     assert all("cast the key column to text" in detail for _, detail in outcomes(result).values())
+
+
+# -- Airflow's conventions: a task that cannot pass is not retried; conn ids are templated ----
+
+
+@pytest.mark.parametrize(
+    "kind",
+    ["sequence that does not exist", "unknown field in column_map", "batch_size over the service's maximum"],
+)
+def test_a_reply_setting_that_cannot_work_fails_the_task_without_retries(
+    world: World, tmp_path: Path, kind: str
+) -> None:
+    kwargs, error, message = _reply_config_cases(world, tmp_path)[kind]
+    with pytest.raises(AirflowFailException) as raised:
+        world.execute(world.reply_op(**kwargs))
+    # Still the error it was, word for word.
+    assert isinstance(raised.value, error)
+    assert str(raised.value) == message
+
+
+def test_a_whippy_draft_sequence_fails_the_task_without_retries(world: World) -> None:
+    draft = world.whippy.add_sequence("Draft", steps=["sms"], status="draft")
+    with pytest.raises(AirflowFailException, match="is a draft and accepts no contacts") as raised:
+        world.execute(
+            world.whippy_op(sequence_id=draft, contacts=[_whippy_row(1)], column_map={"phone": "phone"})
+        )
+    assert isinstance(raised.value, SyncConfigurationError)
+
+
+def test_sql_from_a_connection_that_is_no_database_fails_without_retries(world: World) -> None:
+    operator = world.reply_op(sql="SELECT 1", source_conn_id="reply_default", column_map={"email": "email"})
+    since = (len(world.reply.requests), len(world.whippy.requests))
+    with pytest.raises(AirflowFailException) as raised:
+        world.execute(operator)
+    assert str(raised.value) == (
+        "source_conn_id 'reply_default' is a 'reply' connection, not a database: sql needs a "
+        "connection whose hook is a DbApiHook (postgres, sqlite, mysql, ...)"
+    )
+    assert world.writes(*since) == []
+
+
+def test_a_file_not_there_yet_is_retried(world: World, tmp_path: Path) -> None:
+    operator = world.reply_op(source_path=str(tmp_path / "later.csv"), column_map={"email": "email"})
+    with pytest.raises(SourceError) as raised:
+        world.execute(operator)
+    assert not isinstance(raised.value, AirflowFailException)
+
+
+def test_connection_ids_are_templated(world: World) -> None:
+    operator = world.reply_op(
+        contacts=[ok_row(next(_run_ids))],
+        column_map={"email": "email"},
+        reply_conn_id="{{ params.service }}_default",
+        state_conn_id="{{ params.state }}",
+    )
+    operator.render_template_fields({"params": {"service": "reply", "state": STATE_CONN}})
+    assert operator.reply_conn_id == "reply_default"
+    assert len(world.execute(operator)["added"]) == 1
+
+
+def test_deferrable_follows_airflows_default_deferrable(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    try:
+        from airflow.sdk.exceptions import TaskDeferred
+    except ImportError:  # Airflow 3.1
+        from airflow.exceptions import TaskDeferred  # type: ignore[no-redef]
+
+    assert world.whippy_op(contacts=[_whippy_row(1)], column_map={"phone": "phone"}).deferrable is False
+    monkeypatch.setenv("AIRFLOW__OPERATORS__DEFAULT_DEFERRABLE", "True")
+    operator = world.whippy_op(contacts=[_whippy_row(next(_run_ids))], column_map={"phone": "phone"})
+    with pytest.raises(TaskDeferred):
+        world.execute(operator)
+    # An explicit setting wins over Airflow's default.
+    assert world.whippy_op(contacts=[], column_map={"phone": "phone"}, deferrable=False).deferrable is False

@@ -57,7 +57,7 @@ from airflow_provider_sequences.testing import (
     seed_whippy_account,
 )
 from airflow_provider_sequences.testing.base import BEHAVIOURS, Behaviour
-from airflow_provider_sequences.testing.whippy_state import EnrolJob, utc_now
+from airflow_provider_sequences.testing.whippy_records import EnrolJob, utc_now
 
 CHILD = Path(__file__).with_name("crash_child.py")
 #: Prefix of the answers of ``crash_child.py --serve`` (as ``tests.crash_child.ANSWER``).

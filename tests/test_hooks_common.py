@@ -58,6 +58,13 @@ def test_hook_with_plain_http_host_fails_before_sending(monkeypatch: pytest.Monk
     assert "refusing plain http" in message
 
 
+def test_the_connection_id_is_kept_under_the_hooks_conn_name_attr() -> None:
+    # Airflow's convention: tools (and subclasses) find the id under conn_name_attr.
+    assert ReplyHook("crm_reply").reply_conn_id == "crm_reply"
+    assert WhippyHook().whippy_conn_id == "whippy_default"
+    assert ReplyHook("crm_reply").conn_id == "crm_reply"
+
+
 def test_missing_api_key_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(
         connection_env_var("whippy_default"), connection_json("whippy", "http://127.0.0.1:9", "")

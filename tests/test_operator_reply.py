@@ -349,7 +349,7 @@ def test_rows_with_contact_ids_and_the_services_own_reasons(world: ReplyWorld) -
     assert ReplyHook().add_contacts_to_sequence(sequence, [already])["added"] == [already]
     if sim.observed:
         # Observed, the plan limit refuses the whole request (see the test of its own below).
-        sim.state.contact_limit = None
+        sim.data.contact_limit = None
     seen = len(sim.requests)
     rows: list[dict[str, Any]] = [
         {"crm_id": "crm-ok1", "reply_id": ok1},
@@ -514,7 +514,7 @@ def test_a_batch_the_import_rejects_whole_is_split_until_the_bad_row_stands_alon
     def email_error(email: Any) -> str | None:
         return "this mailbox is on the blocklist" if email == refused else simulator_check(email)
 
-    monkeypatch.setattr("airflow_provider_sequences.testing.reply.email_error", email_error)
+    monkeypatch.setattr("airflow_provider_sequences.testing.reply_app.email_error", email_error)
     emails = [f"person{i}@example.com" for i in range(8)]
     emails[5] = refused
     dag = world.dag(upstream_rows=[{"email": e} for e in emails], column_map={"email": "email"})

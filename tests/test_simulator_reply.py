@@ -142,7 +142,7 @@ def test_team_key_acts_for_members_only(acct: Account) -> None:
     sim.add_api_key(acct.key + "-team", acct.user, members=[member])
     by_id = Client(sim, acct.key + "-team", **{"X-User-Id": str(member)}).get("/v3/whoami")
     assert by_id.json() == {"userId": member}
-    member_email = sim.state.users[member].upper()  # emails name users case-insensitively
+    member_email = sim.data.users[member].upper()  # emails name users case-insensitively
     by_email = Client(sim, acct.key + "-team", **{"X-User-Email": member_email}).get("/v3/whoami")
     assert by_email.json() == {"userId": member}
     as_owner = Client(sim, acct.key + "-team", **{"X-User-Id": str(acct.user)}).get("/v3/whoami")

@@ -151,6 +151,9 @@ class ReplyAdapter(HookAdapter):
     """
 
     service = "reply"
+    display_name = ReplyHook.hook_name
+    #: The contact does not exist, or belongs to someone the key cannot act for.
+    retry_when_changed = frozenset({"contactNotFound", "forbidden"})
     max_batch_size: ClassVar[int] = REPLY_MAX_BULK_IDS
 
     def __init__(

@@ -8,8 +8,6 @@ from datetime import datetime
 from typing import Any, ClassVar
 from urllib.parse import urlsplit
 
-import requests
-
 from airflow_provider_sequences.exceptions import SequencesApiError
 from airflow_provider_sequences.hooks.base import (
     PageGuard,
@@ -17,7 +15,6 @@ from airflow_provider_sequences.hooks.base import (
     SequencesHook,
     decode_json,
     iso_datetime,
-    parse_wait,
     path_segment,
 )
 
@@ -136,14 +133,9 @@ class ReplyHook(SequencesHook):
         team = self.extras.get("acting_team_id")
         return f"{account}:team-{team}" if team else account
 
-    def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:
-        body: dict[str, Any] = {}
-        if response.content:
-            try:
-                parsed = response.json()
-                body = parsed if isinstance(parsed, dict) else {}
-            except ValueError:
-                body = {}
+    error_hints = _HINTS
+
+    def describe_error(self, body: dict[str, Any]) -> tuple[str | None, str | None, list[dict[str, Any]]]:
         errors = [
             {
                 "field": _pointer_to_field(
@@ -154,25 +146,7 @@ class ReplyHook(SequencesHook):
             for e in body.get("errors") or []
             if isinstance(e, dict)
         ]
-        detail = body.get("detail") or body.get("title")
-        if response.status_code == 401 and not detail:
-            detail = "the API key is missing, wrong or revoked"
-        hint = _HINTS.get(str(body.get("code") or ""))
-        if hint:
-            detail = f"{detail}: {hint}" if detail else hint
-        retry_after = None
-        if response.status_code == 429:
-            retry_after = parse_wait(response.headers.get("Retry-After"))
-        return SequencesApiError(
-            service=self.hook_name,
-            method=method,
-            path=path,
-            status=response.status_code,
-            code=body.get("code"),
-            detail=detail,
-            errors=errors,
-            retry_after=retry_after,
-        )
+        return body.get("code"), body.get("detail") or body.get("title"), errors
 
     def check_credentials(self) -> str:
         user_id = self.whoami().get("userId")

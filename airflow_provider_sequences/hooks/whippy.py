@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Generator, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NamedTuple
 from urllib.parse import urlsplit
 
 import requests
@@ -110,14 +111,7 @@ class WhippyHook(SequencesHook):
             return "time_consuming"
         return "standard"
 
-    def parse_error(self, method: str, path: str, response: requests.Response) -> SequencesApiError:
-        body: dict[str, Any] = {}
-        if response.content:
-            try:
-                parsed = response.json()
-                body = parsed if isinstance(parsed, dict) else {}
-            except ValueError:
-                body = {}
+    def describe_error(self, body: dict[str, Any]) -> tuple[str | None, str | None, list[dict[str, Any]]]:
         raw_errors = [e for e in body.get("errors") or [] if isinstance(e, dict)]
         errors = [
             {"field": e.get("field") or "", "detail": e.get("description") or e.get("message") or ""}
@@ -125,23 +119,10 @@ class WhippyHook(SequencesHook):
             if e.get("field")
         ]
         general = [str(e.get("description") or "") for e in raw_errors if not e.get("field")]
-        detail = "; ".join(d for d in general if d) or None
-        if response.status_code == 401 and not detail:
-            detail = "the API key is missing, wrong or revoked"
-        retry_after = None
-        if response.status_code == 429:
-            retry_after = parse_wait(
-                response.headers.get("X-RateLimit-Remaining-Interval-Milliseconds"), scale=0.001
-            )
-        return SequencesApiError(
-            service=self.hook_name,
-            method=method,
-            path=path,
-            status=response.status_code,
-            detail=detail,
-            errors=errors,
-            retry_after=retry_after,
-        )
+        return None, "; ".join(d for d in general if d) or None, errors
+
+    def retry_after(self, response: requests.Response) -> float | None:
+        return parse_wait(response.headers.get("X-RateLimit-Remaining-Interval-Milliseconds"), scale=0.001)
 
     #: Base URL -> the page size a list read fell back to in this process (a larger one was refused).
     _refused_pages: ClassVar[dict[str, int]] = {}
@@ -289,13 +270,14 @@ class WhippyHook(SequencesHook):
         # ``total`` is optional: pages end on it when it is there (see :meth:`pages`).
         return self.expect_object(result, "GET", path, ("data", list))
 
-    def sequence_contacts_page(
+    def sequence_contact_pages(
         self, sequence_id: str, offset: int, *, step_ids: Sequence[str] | None = None
-    ) -> dict[str, Any]:
-        """One page of step contacts from ``offset``, :attr:`page_size` of them (see :meth:`list_page`)."""
+    ) -> Generator[ListPage, None, None]:
+        """The pages of a sequence's step contacts from ``offset`` to the end, each fetched (by
+        one other thread) while the one before it is read (see :meth:`list_pages`)."""
         params = {"step_ids": ",".join(step_ids) if step_ids else None}
         path = f"/v1/sequences/{path_segment(sequence_id, 'Whippy sequence id')}/contacts"
-        return self.expect_object(self.list_page(path, params, offset), "GET", path, ("data", list))
+        return self.list_pages(path, params, offset, prefetch=True)
 
     def iter_sequence_contacts(
         self, sequence_id: str, *, status: str | None = None, step_ids: Sequence[str] | None = None
@@ -326,25 +308,54 @@ class WhippyHook(SequencesHook):
         return self.pages("/v1/channels", {})
 
     def pages(self, path: str, params: dict[str, Any]) -> Iterator[dict[str, Any]]:
-        """Every item of a list, :attr:`page_size` at a time.
+        """Every item of a list, :attr:`page_size` at a time (see :meth:`list_pages`)."""
+        for page in self.list_pages(path, params, 0):
+            yield from page.items
+
+    def list_pages(
+        self, path: str, params: dict[str, Any], offset: int, *, prefetch: bool = False
+    ) -> Generator[ListPage, None, None]:
+        """The pages of a list from ``offset`` to its end, :attr:`page_size` items at a time.
 
         Whatever the real largest ``limit`` is, a page may hold fewer items than asked for
         without being the last (a server that caps the limit silently). So the list ends when
         the items read reach the page's ``total``, or, on an answer without a ``total``, at the
         first empty page: one request more, never a list cut short.
+
+        ``prefetch``: each page is requested as soon as the one before it arrived, by one other
+        thread, while the caller reads that one: the same requests in the same order, but
+        Whippy builds a page while this process reads the last one.
         """
-        offset = 0
         guard = PageGuard(self, path, WHIPPY_MAX_PAGE)
-        while True:
-            page = self.expect_object(self.list_page(path, params, offset), "GET", path, ("data", list))
-            items: list[Any] = page["data"]
-            total = page_total(page)
-            # A short page with more to come is no contradiction (a silently capped limit).
-            guard.check(items, offset=offset, more=total is not None and offset + len(items) < total)
-            yield from items
-            offset += len(items)
-            if not items or (total is not None and offset >= total):
-                return
+
+        def fetch(at: int) -> dict[str, Any]:
+            return self.expect_object(self.list_page(path, params, at), "GET", path, ("data", list))
+
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="whippy-read") as fetcher:
+            following = fetcher.submit(fetch, offset) if prefetch else None
+            while True:
+                page = following.result() if following is not None else fetch(offset)
+                items: list[Any] = page["data"]
+                given = page_total(page)
+                # Without a total, the end is the first empty page.
+                total = offset + len(items) if given is None else given
+                done = not items or (given is not None and offset + len(items) >= total)
+                # A short page with more to come is no contradiction (a silently capped limit).
+                guard.check(items, offset=offset, more=given is not None and offset + len(items) < given)
+                following = fetcher.submit(fetch, offset + len(items)) if prefetch and not done else None
+                yield ListPage(offset, items, total)
+                if done:
+                    return
+                offset += len(items)
+
+
+class ListPage(NamedTuple):
+    """One page of a list: where it starts, its items, and the list's total (when the answer
+    gave none, the items read so far)."""
+
+    offset: int
+    items: list[Any]
+    total: int
 
 
 def page_total(page: Any) -> int | None:

@@ -10,23 +10,27 @@ from typing import Any, ClassVar
 import pandas as pd
 from airflow.sdk import Asset, AssetAlias, BaseHook, BaseOperator
 
-try:
-    from airflow.sdk.exceptions import AirflowFailException
-except ImportError:  # Airflow 3.1 has it only in airflow.exceptions
-    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
-
 from airflow_provider_sequences.adapters.base import HookAdapter
-from airflow_provider_sequences.exceptions import SyncAbortedError
+from airflow_provider_sequences.exceptions import (
+    SyncAbortedError,
+    SyncConfigurationError,
+    SyncFailedError,
+)
+from airflow_provider_sequences.operators.conventions import (
+    AirflowFailException,
+    configuration_failed,
+    flag,
+)
+from airflow_provider_sequences.operators.deferral import ConfirmScaffold
+from airflow_provider_sequences.operators.report import failed_keys, lineage_facets, log_result
+from airflow_provider_sequences.operators.source import source_chunks
 from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
 from airflow_provider_sequences.sync.lease import DEFAULT_LOCK_TIMEOUT, ScopeLease
 from airflow_provider_sequences.sync.outcomes import (
-    CONTACT_ALREADY_IN_SEQUENCE,
-    ENROLLMENT_UNCONFIRMED,
     SyncResult,
 )
 from airflow_provider_sequences.sync.pace import RunPace
 from airflow_provider_sequences.sync.prepare import PrepareSpec, validate_column_map
-from airflow_provider_sequences.sync.source import read_file_chunks, read_sql_chunks, records_chunks
 from airflow_provider_sequences.sync.state import Scope, SyncState
 from airflow_provider_sequences.sync_state import state_engine
 from airflow_provider_sequences.ui.queries import REASONS_STAT
@@ -34,23 +38,7 @@ from airflow_provider_sequences.ui.queries import REASONS_STAT
 DEFAULT_CHUNK_SIZE = 20_000
 
 
-def _flag(name: str, value: Any) -> bool:
-    """A boolean parameter; templated ones arrive as text ("False", "true"), not as booleans."""
-    if isinstance(value, str):
-        text = value.strip().lower()
-        if text in ("true", "1", "yes", "on"):
-            return True
-        if text in ("false", "0", "no", "off", "", "none"):
-            return False
-        raise ValueError(f"{name} must be true or false, got {value!r}")
-    return bool(value)
-
-
-class SyncFailedError(RuntimeError):
-    """Too many rows were not processed; the result was still pushed to XCom."""
-
-
-class SequenceSyncOperator(BaseOperator):
+class SequenceSyncOperator(ConfirmScaffold, BaseOperator):
     """Base of the operators that enrol contacts read from a table into a sequence.
 
     Exactly one source: ``sql`` (with ``source_conn_id``), ``source_path`` (CSV, Parquet or
@@ -100,6 +88,9 @@ class SequenceSyncOperator(BaseOperator):
 
     template_fields: Sequence[str] = (
         "sequence_id",
+        "source_conn_id",
+        "state_conn_id",
+        "rate_limit_conn_id",
         "sql",
         "source_path",
         "contacts",
@@ -236,25 +227,19 @@ class SequenceSyncOperator(BaseOperator):
             rules=adapter.rules,
             default_region=self.default_region,
             id_column=self.id_column(),
-            mask_values=_flag("mask_values", self.mask_values),
+            mask_values=flag("mask_values", self.mask_values),
         )
 
     def source_chunks(self) -> Iterator[pd.DataFrame]:
         """The source, chunk by chunk."""
-        if self.sql is not None:
-            hook = BaseHook.get_connection(str(self.source_conn_id)).get_hook()
-            engine = (
-                hook.get_sqlalchemy_engine() if hasattr(hook, "get_sqlalchemy_engine") else hook.get_conn()
-            )
-            return read_sql_chunks(engine, self.sql, chunk_size=self.chunk_size)
-        if self.source_path is not None:
-            path: Any = self.source_path
-            if "://" in str(path):
-                from airflow.sdk import ObjectStoragePath
-
-                path = ObjectStoragePath(str(path), conn_id=self.source_conn_id)
-            return read_file_chunks(path, chunk_size=self.chunk_size, file_format=self.file_format)
-        return iter(records_chunks(self.contacts, chunk_size=self.chunk_size))
+        return source_chunks(
+            sql=self.sql,
+            source_conn_id=self.source_conn_id,
+            source_path=self.source_path,
+            file_format=self.file_format,
+            contacts=self.contacts,
+            chunk_size=self.chunk_size,
+        )
 
     def total_rows(self) -> int | None:
         if isinstance(self.contacts, (list, pd.DataFrame)):
@@ -305,11 +290,11 @@ class SequenceSyncOperator(BaseOperator):
             raise ValueError(f"batch_size must be between 1 and {adapter.max_batch_size}, got {batch_size}")
         return SyncOptions(
             batch_size=batch_size,
-            dry_run=_flag("dry_run", self.dry_run),
+            dry_run=flag("dry_run", self.dry_run),
             incremental=bool(self.incremental),
-            full_resync=_flag("full_resync", self.full_resync),
+            full_resync=flag("full_resync", self.full_resync),
             max_attempts=self.max_attempts,
-            mask_values=_flag("mask_values", self.mask_values),
+            mask_values=flag("mask_values", self.mask_values),
             **extra,
         )
 
@@ -327,6 +312,13 @@ class SequenceSyncOperator(BaseOperator):
         except ValueError as exc:
             # A setting, not an outage: retrying the task would fail the same way.
             raise AirflowFailException(f"{type(self).__name__}: {exc}") from None
+        try:
+            return self._new_run(context, **extra_options)
+        except ValueError as exc:
+            # The connection, the sequence or the mapping cannot work: nothing was sent.
+            raise configuration_failed(exc).with_traceback(exc.__traceback__) from None
+
+    def _new_run(self, context: Mapping[str, Any], **extra_options: Any) -> SyncRun:
         adapter = self.make_adapter()
         self._requests_before = dict(adapter.hook.request_counts)
         self._began = time.monotonic()
@@ -381,6 +373,8 @@ class SequenceSyncOperator(BaseOperator):
         )
         try:
             run.run(self.source_chunks())
+        except SyncConfigurationError as exc:
+            raise configuration_failed(exc).with_traceback(exc.__traceback__) from None
         except SyncAbortedError:
             self.log.error("Stopped: every outcome so far is recorded, so a retry resumes from here")
             raise
@@ -399,25 +393,8 @@ class SequenceSyncOperator(BaseOperator):
         if run.options.dry_run:
             value["would_send"] = run.would_send
         stats = value["stats"]
-        self.log.info(
-            "%s sequence %s: %d rows; %d added, %d not processed, %d unchanged, %d duplicates; "
-            "%d requests (%d write, %d read)",
-            self.display_name,
-            self.sequence_id,
-            stats["rows"],
-            stats["added"],
-            stats["not_processed"],
-            stats.get("unchanged", 0),
-            stats["duplicates"],
-            stats["requests"],
-            stats["write_requests"],
-            stats["read_requests"],
-        )
         reasons = result.reasons()
-        if reasons:
-            width = max(len(reason) for reason in reasons)
-            table = "\n".join(f"  {reason:<{width}}  {count:>8,}" for reason, count in reasons.most_common())
-            self.log.info("Not processed, by reason:\n%s", table)
+        log_result(self.log, f"{self.display_name} sequence {self.sequence_id}", stats, reasons)
         if run.writes_state:
             # The run's counts, for the Sequence syncs view: it charts runs from these rather
             # than from every key's row.
@@ -427,15 +404,13 @@ class SequenceSyncOperator(BaseOperator):
                 {**stats, REASONS_STAT: dict(reasons)},
                 finished=True,
                 pace=self.run_pace(run),
-                reveal_values=_flag("reveal_values", self.reveal_values) and not run.options.mask_values,
+                reveal_values=flag("reveal_values", self.reveal_values) and not run.options.mask_values,
             )
         # Every distinct key counts, enrolled on an earlier night or now: a night where a
         # few known-bad rows are reported again is not a failing night. Contacts accepted but
         # not read back yet (wait_for_enrollment=False) are on their way, and contacts already
         # in the sequence are where they should be: neither is a failure.
-        keys = stats["rows"] - stats["duplicates"]
-        failed = stats["not_processed"] - reasons[ENROLLMENT_UNCONFIRMED]
-        failed -= reasons[CONTACT_ALREADY_IN_SEQUENCE]
+        failed, keys = failed_keys(stats, reasons)
         share = failed / keys if keys else 0.0
         limit = self.max_not_processed_share
         if limit is not None and not run.options.dry_run and keys and share > limit:
@@ -456,23 +431,4 @@ class SequenceSyncOperator(BaseOperator):
 
     def get_openlineage_facets_on_complete(self, task_instance: Any) -> Any:
         """OpenLineage: the source read, the sequence written, column lineage, rows added."""
-        from airflow_provider_sequences.lineage import file_dataset, sequence_lineage, sql_lineage
-
-        inputs: list[Any] = []
-        job_facets: dict[str, Any] = {}
-        if self.sql is not None:
-            source = sql_lineage(str(self.source_conn_id), self.sql)
-            inputs, job_facets = list(source.inputs), dict(source.job_facets)
-        elif self.source_path is not None:
-            inputs = [file_dataset(str(self.source_path))]
-        done = getattr(self, "_lineage_run", None) or {}
-        return sequence_lineage(
-            service=done.get("service") or self.service_name,
-            api_url=done.get("api_url", ""),
-            account=done.get("account") or self.connection_id(),
-            sequence_id=self.sequence_id,
-            column_map=self.column_map,
-            inputs=inputs,
-            added=done.get("added"),
-            job_facets=job_facets,
-        )
+        return lineage_facets(self, getattr(self, "_lineage_run", None) or {})

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from airflow.sdk import Asset, AssetAlias, Context
+from airflow.sdk import Asset, AssetAlias
 
 from airflow_provider_sequences.adapters.base import HookAdapter
 from airflow_provider_sequences.adapters.reply import ReplyAdapter, ReplyEnrolment
@@ -34,7 +34,7 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
          "not_processed": {key: {"reason": slug, "detail": text}},
          "stats": {"rows", "added", "not_processed", "duplicates", "unchanged", "requests", ...}}
 
-    :param reply_conn_id: the Reply connection (default ``reply_default``).
+    :param reply_conn_id: the Reply connection (default ``reply_default``; templated).
     :param contact_id_column: source column of Reply contact ids, when rows carry them.
     :param remove_from_existing: take contacts out of their current sequences first.
     :param start_step_id: the step to start at (default: the first).
@@ -56,7 +56,12 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
     ``contact_id_column`` when set, else the column mapped to ``email``.
     """
 
-    template_fields: Sequence[str] = (*SequenceSyncOperator.template_fields, "start_from", "start_step_id")
+    template_fields: Sequence[str] = (
+        *SequenceSyncOperator.template_fields,
+        "reply_conn_id",
+        "start_from",
+        "start_step_id",
+    )
     operator_extra_links = (SequenceLink(), SyncReportLink())
     service_name = ReplyAdapter.service
     display_name = ReplyHook.hook_name
@@ -130,14 +135,3 @@ class ReplyAddContactsToSequenceOperator(SequenceSyncOperator):
                 "imported contact; map one, or set first_name_fallback (e.g. 'there')"
             )
         return super().prepare_spec(adapter)
-
-    def execute(self, context: Context) -> dict[str, Any]:
-        run = self.start_run(context)
-        try:
-            self.read_and_push(run)
-            if not run.options.dry_run:
-                # Batches whose answer was lost: the sequence is read once, only absent contacts sent.
-                run.confirm()
-            return self.complete(context, run.finish(), run)
-        finally:
-            run.release()

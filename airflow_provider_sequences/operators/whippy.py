@@ -6,15 +6,16 @@ from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
 
-from airflow.sdk import Asset, AssetAlias, Context
+from airflow.sdk import Asset, AssetAlias
 
 from airflow_provider_sequences.adapters.whippy import WhippyAdapter, WhippyEnrolment
 from airflow_provider_sequences.hooks.base import path_segment
 from airflow_provider_sequences.hooks.whippy import WhippyHook
 from airflow_provider_sequences.links import SequenceLink, SyncReportLink
 from airflow_provider_sequences.operators.base import SequenceSyncOperator
+from airflow_provider_sequences.operators.conventions import default_deferrable
+from airflow_provider_sequences.sync.contract import ServiceAdapter
 from airflow_provider_sequences.sync.engine import SyncRun
-from airflow_provider_sequences.sync.outcomes import SyncResult
 from airflow_provider_sequences.triggers.whippy import WhippyEnrollmentTrigger
 
 
@@ -34,7 +35,7 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
 
     Returns the same shape as the Reply operator (``added``, ``not_processed``, ``stats``).
 
-    :param whippy_conn_id: the Whippy connection (default ``whippy_default``).
+    :param whippy_conn_id: the Whippy connection (default ``whippy_default``; templated).
     :param from_channel: phone or email of the channel to send from (the API's ``from``).
     :param step_id: the step to add contacts to (default: the first).
     :param schedule_at: when the contacts start (aware datetime or ISO 8601 text; templated).
@@ -46,7 +47,8 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         confirms them.
     :param enrollment_timeout: seconds to wait for Whippy's background work.
     :param poll_interval: seconds between read-backs while waiting.
-    :param deferrable: wait in the triggerer instead of a worker slot.
+    :param deferrable: wait in the triggerer instead of a worker slot (default: Airflow's
+        ``[operators] default_deferrable``, false unless set).
 
     ``column_map`` targets ``phone`` (required, made E.164 with ``default_region``), ``email``,
     ``name``, ``external_id``, ``language``, ``default_channel_id``, ``address.<part>``
@@ -57,6 +59,7 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
 
     template_fields: Sequence[str] = (
         *SequenceSyncOperator.template_fields,
+        "whippy_conn_id",
         "from_channel",
         "step_id",
         "schedule_at",
@@ -81,7 +84,7 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         wait_for_enrollment: bool = True,
         enrollment_timeout: float = 600.0,
         poll_interval: float = 10.0,
-        deferrable: bool = False,
+        deferrable: bool | None = None,
         **kwargs: Any,
     ) -> None:
         if not kwargs.get("column_map"):
@@ -97,7 +100,8 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         self.wait_for_enrollment = wait_for_enrollment
         self.enrollment_timeout = enrollment_timeout
         self.poll_interval = poll_interval
-        self.deferrable = deferrable
+        self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self._baseline = 0
 
     def connection_id(self) -> str:
         return self.whippy_conn_id
@@ -132,86 +136,50 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
             poll_interval=self.poll_interval,
         )
 
-    def execute(self, context: Context) -> dict[str, Any]:
-        run = self.start_run(context, enrollment_timeout=self.enrollment_timeout)
-        try:
-            return self._sync(context, run)
-        finally:
-            run.release()
+    # -- confirming: Whippy enrols in the background ------------------------------------------
 
-    def _sync(self, context: Context, run: SyncRun) -> dict[str, Any]:
+    def run_options(self, event: dict[str, Any] | None) -> dict[str, Any]:
+        if event is None:
+            return {"enrollment_timeout": self.enrollment_timeout}
+        # The trigger may fire before this task's contacts are in: mapped shards of one sequence
+        # share the step, so a sibling's contacts count too. Read back for what is left of
+        # enrollment_timeout; a contact wrongly called notEnrolled would be sent (messaged) again.
+        waited = float(event.get("waited") or 0.0)
+        return {"enrollment_timeout": max(float(self.enrollment_timeout) - waited, float(self.poll_interval))}
+
+    def before_sending(self, run: SyncRun) -> None:
         adapter = run.adapter
         assert isinstance(adapter, WhippyAdapter)
         if not run.options.dry_run:
             assert run.state is not None
             # Whippy messages a contact sent again to its step: who is in already is read first.
             adapter.read_members_unless_known(run.state)
-        baseline = 0 if run.options.dry_run else adapter.step_total()
-        self.read_and_push(run)
-        if run.pending_count and self.wait_for_enrollment and not run.options.dry_run:
-            if self.deferrable:
-                assert run.state is not None
-                run.state.save_run(run.run_id, dict(run.finish().stats), pace=self.run_pace(run))
-                if run.lease is not None:
-                    # The resumed task takes the lease over: no other run may carry this run's
-                    # pending keys meanwhile.
-                    run.lease.keep_while_deferred(self.enrollment_timeout + 300)
-                self.log.info("Deferring: waiting for Whippy to enrol %d contacts", run.pending_count)
-                self.defer(
-                    trigger=WhippyEnrollmentTrigger(
-                        whippy_conn_id=self.whippy_conn_id,
-                        sequence_id=str(self.sequence_id),
-                        step_id=str(adapter.step_id),
-                        expected_total=baseline + run.pending_count,
-                        initial_total=baseline,
-                        # Every contact waiting was sent by this task after the count was read
-                        # (none carried from an earlier run): the resume reads the step from there.
-                        tail_from=None if run.pending else baseline,
-                        poll_interval=self.poll_interval,
-                        timeout=self.enrollment_timeout,
-                    ),
-                    method_name="execute_complete",
-                )
-            run.confirm()
-        return self._finished(context, run.finish(), run)
+        self._baseline = 0 if run.options.dry_run else adapter.step_total()
 
-    def _finished(self, context: Context, result: SyncResult, run: SyncRun) -> dict[str, Any]:
-        """Save the run as finished (later runs need not read the sequence's members first),
-        then report it."""
-        if run.state is not None and not run.options.dry_run:
-            run.state.save_run(run.run_id, dict(result.stats), finished=True)
-        return self.complete(context, result, run)
+    def should_confirm(self, run: SyncRun) -> bool:
+        return bool(run.pending_count) and bool(self.wait_for_enrollment)
 
-    def execute_complete(self, context: Context, event: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Resume after the trigger: read the step back and finish the run's result."""
-        # The trigger may fire before this task's contacts are in: mapped shards of one sequence
-        # share the step, so a sibling's contacts count too. Read back for what is left of
-        # enrollment_timeout; a contact wrongly called notEnrolled would be sent (messaged) again.
-        waited = float((event or {}).get("waited") or 0.0)
-        remaining = max(float(self.enrollment_timeout) - waited, float(self.poll_interval))
-        run = self.start_run(context, enrollment_timeout=remaining)
-        try:
-            return self._resume(context, event, run)
-        finally:
-            run.release()
-
-    def _resume(self, context: Context, event: dict[str, Any] | None, run: SyncRun) -> dict[str, Any]:
-        assert run.state is not None
+    def confirm_trigger(self, run: SyncRun) -> WhippyEnrollmentTrigger:
         assert isinstance(run.adapter, WhippyAdapter)
-        if run.lease is not None:
-            run.lease.acquire()  # the deferred task's lease, or the scope once it expired
-        if event and event.get("waited") is not None:
-            run.adapter.waited = float(event["waited"])
-        if event and event.get("tail_from") is not None:
-            run.adapter.resume_after(int(event["tail_from"]))
-        saved = run.state.load_run(run.run_id) or {}
-        self.earlier_pace = run.state.load_pace(run.run_id)
-        self.log.info("Whippy's background work is %s", (event or {}).get("status", "over"))
-        run.confirm()  # the run's pending keys, read from the state
-        result = run.finish()
-        for name, value in saved.items():
-            if name in ("write_requests", "read_requests", "requests"):
-                result.stats[name] += int(value)
-            elif name not in ("added", "not_processed", "finished"):
-                result.stats[name] = value
-        return self._finished(context, result, run)
+        return WhippyEnrollmentTrigger(
+            whippy_conn_id=self.whippy_conn_id,
+            sequence_id=str(self.sequence_id),
+            step_id=str(run.adapter.step_id),
+            expected_total=self._baseline + run.pending_count,
+            initial_total=self._baseline,
+            # Every contact waiting was sent by this task after the count was read (none carried
+            # from an earlier run): the resume reads the step from there.
+            tail_from=None if run.pending else self._baseline,
+            poll_interval=self.poll_interval,
+            timeout=self.enrollment_timeout,
+        )
+
+    def defer_timeout(self) -> float:
+        return float(self.enrollment_timeout)
+
+    def resume_adapter(self, adapter: ServiceAdapter, event: dict[str, Any]) -> None:
+        assert isinstance(adapter, WhippyAdapter)
+        if event.get("waited") is not None:
+            adapter.waited = float(event["waited"])
+        if event.get("tail_from") is not None:
+            adapter.resume_after(int(event["tail_from"]))

@@ -85,6 +85,12 @@ class ServiceAdapter(ABC):
 
     #: Short lowercase service name, as stored in the sync state.
     service: ClassVar[str]
+    #: The service's name in messages people read ("Whippy accepted this contact ...").
+    display_name: ClassVar[str]
+    #: The service's own reasons (the slugs it answers with) that a later run retries only
+    #: when the row's data changed: its answer will not change by itself. The provider's own
+    #: such reasons are :data:`~airflow_provider_sequences.sync.outcomes.PROVIDER_RETRY_WHEN_CHANGED`.
+    retry_when_changed: ClassVar[frozenset[str]] = frozenset()
     #: The largest batch the service accepts in one call.
     max_batch_size: ClassVar[int]
     #: Whether the adapter may be handed again a batch an earlier send may have applied, as

@@ -29,6 +29,13 @@ class HashIndex:
         self.hashes: Array = np.empty(0, dtype=np.uint64)
         self.payload: Array | None = None if payload is None else np.empty(0, dtype=payload)
 
+    @classmethod
+    def of(cls, hashes: Array) -> HashIndex:
+        """An index of ``hashes``, without payload, sorted at once."""
+        index = cls()
+        index.hashes = np.sort(hashes)
+        return index
+
     def __len__(self) -> int:
         return len(self.hashes)
 

@@ -47,15 +47,22 @@ DATA_REASONS = frozenset(
     }
 )
 
-#: Reasons a later run retries only when the row's data changed: the data is wrong, or the
-#: service's answer will not change by itself (the contact is in the sequence already, does
-#: not exist, belongs to someone the key cannot act for, or the import skipped it).
-RETRY_WHEN_CHANGED = DATA_REASONS | {
-    CONTACT_ALREADY_IN_SEQUENCE,
-    CONTACT_SKIPPED,
-    "contactNotFound",
-    "forbidden",
-}
+#: The provider's reasons a later run retries only when the row's data changed: the data is
+#: wrong, or the service's answer will not change by itself (the contact is in the sequence
+#: already, or the import skipped it). Each service adds its own slugs
+#: (``ServiceAdapter.retry_when_changed``): see :func:`retry_when_changed`.
+PROVIDER_RETRY_WHEN_CHANGED = DATA_REASONS | {CONTACT_ALREADY_IN_SEQUENCE, CONTACT_SKIPPED}
+
+
+def retry_when_changed(service_reasons: frozenset[str]) -> frozenset[str]:
+    """Every reason a later run retries only when the row's data changed: the provider's and
+    the service's own (its adapter's ``retry_when_changed``)."""
+    return PROVIDER_RETRY_WHEN_CHANGED | service_reasons
+
+
+#: Until the planner reads its adapter's reasons (:func:`retry_when_changed`): the provider's
+#: and Reply's (``ReplyAdapter.retry_when_changed``), as before.
+RETRY_WHEN_CHANGED = retry_when_changed(frozenset({"contactNotFound", "forbidden"}))
 
 
 @dataclass

@@ -29,6 +29,8 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from airflow_provider_sequences.exceptions import SourceError
+
 __all__ = ["FILE_FORMATS", "SourceError", "read_file_chunks", "read_sql_chunks", "records_chunks"]
 
 #: The file formats ``read_file_chunks`` reads.
@@ -55,10 +57,6 @@ _FILE_ERRORS: tuple[type[BaseException], ...] = (
     zipfile.BadZipFile,
     pa.ArrowException,
 )
-
-
-class SourceError(ValueError):
-    """The source could not be read; the message says what and where, for a person to act on."""
 
 
 def read_sql_chunks(

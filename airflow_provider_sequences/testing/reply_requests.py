@@ -19,7 +19,7 @@ from email_validator import EmailNotValidError, validate_email
 from fastapi import Request
 from fastapi.responses import JSONResponse
 
-from airflow_provider_sequences.testing.reply_state import CONTACT_FIELDS, BulkAdd
+from airflow_provider_sequences.testing.reply_records import CONTACT_FIELDS, BulkAdd
 
 MAX_STRING = 255
 PROBLEM_JSON = "application/problem+json"
@@ -235,19 +235,24 @@ def plain_items(items: list[Any]) -> bool:
             elif value is not None and name != "customFields":
                 return False
         customs = item.get("customFields")
-        if customs is None:
-            continue
-        if type(customs) is not list:
+        if customs is not None and not _plain_customs(customs):
             return False
-        for custom in customs:
-            if type(custom) is not dict or not (type(custom.get("name")) is str or _is_int(custom.get("id"))):
+    return True
+
+
+def _plain_customs(customs: Any) -> bool:
+    """:func:`plain_items` for one item's ``customFields``."""
+    if type(customs) is not list:
+        return False
+    for custom in customs:
+        if type(custom) is not dict or not (type(custom.get("name")) is str or _is_int(custom.get("id"))):
+            return False
+        value = custom.get("value")
+        if type(value) is str:
+            if len(value) > MAX_STRING:
                 return False
-            value = custom.get("value")
-            if type(value) is str:
-                if len(value) > MAX_STRING:
-                    return False
-            elif value is not None and type(value) not in (int, float, bool):
-                return False
+        elif value is not None and type(value) not in (int, float, bool):
+            return False
     return True
 
 

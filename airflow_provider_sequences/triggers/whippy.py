@@ -9,6 +9,7 @@ from typing import Any
 
 from airflow.triggers.base import BaseTrigger, TriggerEvent
 
+from airflow_provider_sequences.adapters.whippy.steps import StepWatch
 from airflow_provider_sequences.hooks.whippy import WhippyHook
 
 
@@ -84,20 +85,18 @@ class WhippyEnrollmentTrigger(BaseTrigger):
         hook = WhippyHook(self.whippy_conn_id)
         started = time.monotonic()
         deadline = started + self.timeout
-        initial = self.initial_total
-        last: int | None = None
-        unchanged = 0
+        # The adapter's rule for when Whippy's work is over, from the count before the write.
+        watch = StepWatch(self.stable_polls, initial=self.initial_total)
         while True:
             # The hook is synchronous (requests); a thread keeps the triggerer's loop free.
             total = await asyncio.to_thread(self._count, hook)
-            if initial is None:
-                initial = total
-            unchanged = unchanged + 1 if total == last and total != initial else 0
-            last = total
+            if watch.initial is None:
+                watch.initial = total
+            watch.observe(total, time.monotonic())
             status = None
             if total >= self.expected_total:
                 status = "complete"
-            elif unchanged >= self.stable_polls:
+            elif watch.settled:
                 status = "settled"
             elif time.monotonic() >= deadline:
                 status = "timeout"

@@ -14,7 +14,7 @@ from typing import Any
 
 import requests
 
-from airflow_provider_sequences.testing.whippy import rate_limit_tier
+from airflow_provider_sequences.testing.whippy_requests import rate_limit_tier
 from tests.e2e.processes import Processes, free_port
 
 #: Documented limits (requests, window in seconds), per the API contracts.
