@@ -719,7 +719,7 @@ def test_without_waiting_the_next_run_confirms_without_resending(whippy: Whippy)
     keys = ["1", "2", "3", "4", "5"]
     unconfirmed = {
         "reason": "enrollmentUnconfirmed",
-        "detail": "whippy accepted this contact but its enrolment was not read back in this run; "
+        "detail": "Whippy accepted this contact but its enrolment was not read back in this run; "
         "the next run confirms it",
     }
 

@@ -21,7 +21,7 @@ from airflow_provider_sequences.sync.hashes import HashIndex, hash_strings
 from airflow_provider_sequences.sync.identities import SharedIdentities
 from airflow_provider_sequences.sync.lease import ScopeLease
 from airflow_provider_sequences.sync.options import SyncOptions as SyncOptions
-from airflow_provider_sequences.sync.outcomes import SyncResult
+from airflow_provider_sequences.sync.outcomes import SyncResult, retry_when_changed
 from airflow_provider_sequences.sync.plan import Planner
 from airflow_provider_sequences.sync.prepare import PrepareSpec, check_columns
 from airflow_provider_sequences.sync.progress import Progress
@@ -73,7 +73,7 @@ class SyncRun:
             run_id,
             writes_state=self.writes_state,
             mask_values=options.mask_values,
-            service=adapter.service,
+            service=adapter.display_name,
         )
         self.result = self.recorder.result
         self.planner = Planner(
@@ -83,6 +83,7 @@ class SyncRun:
             max_attempts=options.max_attempts,
             resend_is_safe=adapter.resend_is_safe,
             shards=lease is not None,
+            retry_when_changed=retry_when_changed(adapter.retry_when_changed),
         )
         self.pusher = Pusher(adapter, max_failed_batches=options.max_failed_batches)
         self.progress = Progress(

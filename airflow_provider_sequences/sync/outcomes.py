@@ -60,11 +60,6 @@ def retry_when_changed(service_reasons: frozenset[str]) -> frozenset[str]:
     return PROVIDER_RETRY_WHEN_CHANGED | service_reasons
 
 
-#: Until the planner reads its adapter's reasons (:func:`retry_when_changed`): the provider's
-#: and Reply's (``ReplyAdapter.retry_when_changed``), as before.
-RETRY_WHEN_CHANGED = retry_when_changed(frozenset({"contactNotFound", "forbidden"}))
-
-
 @dataclass
 class SyncResult:
     """The outcome of one run, built up batch by batch.

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from airflow_provider_sequences.sync.outcomes import REQUEST_FAILED, RETRY_WHEN_CHANGED
+from airflow_provider_sequences.sync.outcomes import PROVIDER_RETRY_WHEN_CHANGED, REQUEST_FAILED
 from airflow_provider_sequences.sync.state.null import Store
 from airflow_provider_sequences.sync.values import ADDED, NOT_PROCESSED, PENDING, SENDING
 
@@ -74,6 +74,8 @@ class Planner:
     :param resend_is_safe: whether the adapter may be handed again a batch that may have been
         applied (else such keys are read back first).
     :param shards: whether sibling shards may sync the scope at once (the run holds a lease).
+    :param retry_when_changed: reasons a later run retries only when the row's data changed
+        (the provider's and the service's: :func:`~.outcomes.retry_when_changed`).
     """
 
     def __init__(
@@ -85,6 +87,7 @@ class Planner:
         max_attempts: int,
         resend_is_safe: bool,
         shards: bool,
+        retry_when_changed: frozenset[str] = PROVIDER_RETRY_WHEN_CHANGED,
     ) -> None:
         self.store = store
         self.run_id = run_id
@@ -92,6 +95,7 @@ class Planner:
         self.max_attempts = max_attempts
         self.resend_is_safe = resend_is_safe
         self.shards = shards
+        self.retry_when_changed = retry_when_changed
 
     def plan(self, planned: pd.DataFrame, in_flight: set[str]) -> Plan:
         """The plan of ``planned`` (``key``, ``fingerprint``: first occurrences), given the keys
@@ -148,7 +152,7 @@ class Planner:
         """A :class:`Decision` per key: the first rule that holds, in the order below."""
         status = merged["status"]
         same_run = merged["last_run_id"] == self.run_id
-        data_reason = merged["reason"].isin(list(RETRY_WHEN_CHANGED))
+        data_reason = merged["reason"].isin(list(self.retry_when_changed))
         # Settled by an earlier attempt of this run: enrolled, or refused for good. A transient
         # failure is not settled: the task's retry is there to try it again.
         settled = (status == ADDED) | ((status == NOT_PROCESSED) & data_reason)

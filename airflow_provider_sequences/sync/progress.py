@@ -66,7 +66,7 @@ class Progress:
         self.log.info(
             "%s: %s%s rows read (%.0f rows/s); %d batches sent, %d added, %d not processed, "
             "%d unchanged, %d requests",
-            self.adapter.service,
+            self.adapter.display_name,
             f"{rows:,}",
             total,
             rows / elapsed,

@@ -42,7 +42,7 @@ class Recorder:
     :param run_id: this run.
     :param writes_state: whether outcomes go to the state (else they are kept in the result).
     :param mask_values: mask emails and phones in details.
-    :param service: the service's name, for details.
+    :param service: the service's name in details people read (its display name).
     """
 
     def __init__(
@@ -178,7 +178,7 @@ class Recorder:
         self.pending, self.pending_in_state = {}, 0
         if not pending:
             return 0
-        log.info("Waiting for %s to confirm %d contacts", adapter.service, len(pending))
+        log.info("Waiting for %s to confirm %d contacts", adapter.display_name, len(pending))
         expected = len(pending)
         outcome = adapter.confirm(pending, timeout=timeout)
         del pending
