@@ -164,3 +164,7 @@ class SourceError(SequencesError, ValueError):
 
 def _rebuild_busy(message: str, holder: str) -> ScopeBusyError:
     return ScopeBusyError(message, holder=holder)
+
+
+class StateSchemaError(SequencesError, RuntimeError):
+    """The sync state's schema cannot be used by this provider (it is newer, or unknown)."""

@@ -83,7 +83,7 @@ def test_airflow_cli_lists_the_provider(command: str) -> None:
 
 
 def test_the_sync_engine_imports_no_airflow() -> None:
-    """The engine is plain Python and pandas (DESIGN.md), so it can run and be benchmarked alone."""
+    """The engine is plain Python and pandas (docs/architecture.md): it runs and benchmarks alone."""
     code = (
         "import sys, airflow_provider_sequences.sync.engine, airflow_provider_sequences.sync.contract\n"
         "loaded = sorted(m for m in sys.modules if m == 'airflow' or m.startswith('airflow.'))\n"

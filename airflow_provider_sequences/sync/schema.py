@@ -27,6 +27,7 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 
 from airflow_provider_sequences import __version__
+from airflow_provider_sequences.exceptions import StateSchemaError as StateSchemaError
 
 VERSION_TABLE = "sequence_sync_schema_version"
 META_TABLE = "sequence_sync_meta"
@@ -37,10 +38,6 @@ logging.getLogger("alembic").setLevel(logging.WARNING)
 
 #: Key of the PostgreSQL advisory lock the upgrade holds (any constant of our own).
 _LOCK_KEY = 0x5EC5_0E9C_5C4E_0001 - (1 << 63)
-
-
-class StateSchemaError(RuntimeError):
-    """The state's schema cannot be used by this provider (it is newer, or unknown)."""
 
 
 @dataclass(frozen=True)
