@@ -22,7 +22,7 @@ from typing import Any
 #: Functions whose cumulative time makes a stage (file name suffix, space-separated function
 #: names); a function's calls are not nested in another's.
 STAGES: dict[str, tuple[str, str]] = {
-    "read (read_sql_chunks)": ("sync/source.py", "_read_sql"),
+    "read (read_sql_chunks)": ("sync/source/sql.py", "_read_sql"),
     "fingerprint rows": ("sync/chunk.py", "fingerprints"),
     "prepare (all passes)": ("sync/prepare.py", "prepare_chunk"),
     "plan (incl. state lookup)": ("sync/plan.py", "plan"),
