@@ -204,8 +204,10 @@ def main() -> None:
     cpu_before, started = _cpu(), time.perf_counter()
     profile = cProfile.Profile() if spec.get("profile") else None
     sender_profile = cProfile.Profile()
-    if profile is not None:
-        # cProfile sees one thread: the engine sends (and records answers) in its own.
+    if profile is not None and sys.version_info < (3, 12):
+        # Before 3.12 cProfile sees one thread: the engine sends (and records answers) in its
+        # own. From 3.12 it profiles through sys.monitoring, which sees every thread and allows
+        # one profiler at a time.
         push_and_record = run.sender.push_and_record
 
         def profiled(*args: Any) -> Any:
@@ -216,6 +218,7 @@ def main() -> None:
                 sender_profile.disable()
 
         run.sender.push_and_record = profiled  # type: ignore[method-assign]
+    if profile is not None:
         profile.enable()
     outcome = sync(spec, run)
     if profile is not None:
