@@ -6,11 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from airflow.sdk import conf
-
 try:
+    from airflow.sdk import conf
     from airflow.sdk.exceptions import AirflowFailException
-except ImportError:  # Airflow 3.1 has it only in airflow.exceptions
+except ImportError:  # Airflow 3.1 has them only in airflow.configuration and airflow.exceptions
+    from airflow.configuration import conf  # type: ignore[assignment,no-redef]
     from airflow.exceptions import AirflowFailException  # type: ignore[no-redef]
 
 from airflow_provider_sequences.exceptions import SourceError, SyncConfigurationError
