@@ -319,7 +319,8 @@ def test_each_run_shows_its_requests_against_the_rate_limit_floor(client, nights
         floor = float(_cell(row, "floor").replace(",", ""))
         # A handful of requests: Reply's 100 a minute allow them at once.
         assert floor == 0.0
-        assert 0 < seconds < 120
+        # Shown to a tenth of a second: a run of three rows may take less than 0.05 s.
+        assert 0 <= seconds < 120
         assert f'data-run="{run_key}" data-value="0"' in chart.replace("&amp;", "&")
 
 
