@@ -20,17 +20,32 @@ class SimClock:
     """Simulated time: ``time_scale`` simulated seconds pass per real second.
 
     With ``time_scale=60`` a rate-limit "minute" lasts one real second, so tests can exercise
-    per-minute and per-hour limits quickly.
+    per-minute and per-hour limits quickly. A test that counts requests inside one window
+    freezes the clock (:meth:`freeze`), so a slow machine cannot stretch the window, and
+    moves it on by hand (:meth:`advance`).
     """
 
     def __init__(self, time_scale: float = 1.0) -> None:
         if time_scale <= 0:
             raise ValueError("time_scale must be positive")
         self.time_scale = time_scale
+        self._frozen_at: float | None = None
 
     def now(self) -> float:
         """Simulated seconds on a monotonic clock."""
+        if self._frozen_at is not None:
+            return self._frozen_at
         return time.monotonic() * self.time_scale
+
+    def freeze(self) -> None:
+        """Stop simulated time where it is, until :meth:`advance` moves it."""
+        self._frozen_at = self.now()
+
+    def advance(self, real_seconds: float) -> None:
+        """Move a frozen clock on by ``real_seconds`` (scaled like the running clock)."""
+        if self._frozen_at is None:
+            raise RuntimeError("only a frozen clock is advanced by hand")
+        self._frozen_at += real_seconds * self.time_scale
 
     def to_real(self, simulated_seconds: float) -> float:
         """Convert a simulated duration into real seconds."""
