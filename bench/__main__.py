@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import ROOT, machine
+from bench.nights import nights
 from bench.report import draw_chart, table
 from bench.scenarios import (
     CASES,
@@ -53,8 +54,21 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--only",
         nargs="+",
-        choices=["requests", "throughput", "baseline", "ratelimits", "multiworker", "xcom"],
+        choices=["requests", "throughput", "baseline", "ratelimits", "multiworker", "xcom", "nights"],
         help="run only these",
+    )
+    parser.add_argument(
+        "--nights-sizes",
+        type=int,
+        nargs="+",
+        help="sizes for the nights against the reference read (default 1000000; 10000000 is the "
+        "issue's large export, cached in bench/.cache, some 2 GB)",
+    )
+    parser.add_argument(
+        "--stores",
+        nargs="+",
+        choices=["sqlite", "postgresql"],
+        help="sync-state stores for the nights (default both; PostgreSQL started by the bench)",
     )
     parser.add_argument("--xcom-rows", type=int, help="rows for the result through XCom (default 1000000)")
     parser.add_argument("--output", type=Path, help="JSON to write (default bench/results/latest.json)")
@@ -80,7 +94,11 @@ def main(argv: list[str] | None = None) -> int:
     baseline_rows = args.baseline_rows or (300 if quick else 10_000)
     output = args.output or RESULTS / ("quick.json" if quick else "latest.json")
     xcom_rows = args.xcom_rows or (2_000 if quick else 1_000_000)
-    wanted = set(args.only or ["requests", "throughput", "baseline", "ratelimits", "multiworker", "xcom"])
+    nights_sizes = args.nights_sizes or ([2_000] if quick else [1_000_000])
+    stores = args.stores or ["sqlite", "postgresql"]
+    wanted = set(
+        args.only or ["requests", "throughput", "baseline", "ratelimits", "multiworker", "xcom", "nights"]
+    )
     work = workdir()
     started = time.perf_counter()
     results: dict[str, Any] = {
@@ -129,6 +147,21 @@ def main(argv: list[str] | None = None) -> int:
                 "xcom_results",
                 "8. the result through XCom, both backends",
                 lambda: xcom_results(xcom_rows, list(BACKENDS), threshold=1_000_000),
+            )
+        if "nights" in wanted:
+            run(
+                "nights",
+                "9. a night against reading the export, each state store",
+                lambda: nights(
+                    {
+                        case: nights_sizes
+                        for case in ("reply_emails", "whippy")
+                        if case in (args.cases or CASES)
+                    },
+                    stores,
+                    repeats,
+                    work,
+                ),
             )
     finally:
         shutil.rmtree(work, ignore_errors=True)

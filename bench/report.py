@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.nights import verdict_rows as night_rows
+
 THROUGHPUT_TARGET = 20_000
 RSS_TARGET_MB = 600
 RSS_RATIO_TARGET = 1.5
@@ -182,6 +184,8 @@ def verdicts(results: dict[str, Any]) -> list[tuple[str, str, str, str]]:
                 _mark(first < 2.0 and slowest < 2.0),
             )
         )
+    if scenarios.get("nights"):
+        rows.extend(night_rows(scenarios["nights"]))
     xcom = scenarios.get("xcom_results")
     if xcom:
         for backend, f in xcom["backends"].items():

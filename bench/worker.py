@@ -106,7 +106,8 @@ def build_run(spec: dict[str, Any]) -> Any:
         id_column=id_column,
     )
     state = SyncState(
-        create_state_engine(f"sqlite:///{spec['state']}"),
+        # ``state_url``: another state database (PostgreSQL); else a SQLite file at ``state``.
+        create_state_engine(spec.get("state_url") or f"sqlite:///{spec['state']}"),
         Scope(adapter.service, conn_id, str(spec["sequence_id"])),
     )
     options = SyncOptions(

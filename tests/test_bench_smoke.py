@@ -40,3 +40,40 @@ def test_bench_quick_mode_runs_and_writes_its_json(tmp_path):
     for case in cases.values():
         assert case["sizes"]
         assert {"unchanged", "one_percent"} <= set(case["rerun"])
+
+
+def test_bench_nights_measure_each_night_against_the_reference_read(tmp_path):
+    output = tmp_path / "nights.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench",
+            "--quick",
+            "--only",
+            "nights",
+            "--cases",
+            "reply_emails",
+            "--stores",
+            "sqlite",
+            "--output",
+            str(output),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    nights = json.loads(output.read_text())["scenarios"]["nights"]
+    assert nights["calibration"]["cpu_loop_s"]["median"] > 0
+    entry = nights["cases"]["reply_emails"]["2000"]
+    assert entry["reference_read_s"]["median"] > 0
+    sqlite = entry["stores"]["sqlite"]
+    # The second night of the same export writes nothing; the next night only its changes.
+    assert sqlite["unchanged"]["write_requests"] == 0
+    assert 0 < sqlite["one_percent"]["write_requests"] < sqlite["first_night"]["write_requests"]
+    assert sqlite["unchanged"]["over_read"] > 0
+    assert sqlite["state_bytes_per_key"] > 0
+    assert "9. reply_emails 2,000 rows, sqlite: unchanged night" in done.stdout
