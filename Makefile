@@ -57,9 +57,12 @@ compat:
 		$(MAKE) --no-print-directory suite PYTHON="$(PYTHON_LOW)" AIRFLOW_VERSION="$(AIRFLOW_LOW)" \
 		VENV=".venv-py$$version-af$(AIRFLOW_LOW)"
 
-## suite: the whole test suite, without lint (PYTEST_ARGS to narrow it)
+## suite: the whole test suite, without lint (PYTEST_ARGS to narrow it), in TEST_WORKERS
+## processes (pytest-xdist; 0 runs it in this one). Most tests wait on HTTP, subprocesses and
+## Airflow's task runner rather than compute, so more workers than cores still shortens it.
+TEST_WORKERS ?= 4
 suite: $(STAMP)
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 ## test-matrix: lint once, then the whole suite on every Python x Airflow of MATRIX, each in
 ## its own venv (.venv-py<version>-af<version>, the main .venv for its own combination); stops

@@ -57,11 +57,23 @@ def postgres_url() -> Iterator[str]:
     """
     script = REPO / "scripts" / "postgres.sh"
     data = os.environ.get("SEQUENCES_PG_DATA", str(REPO / ".pg"))
+    # pytest-xdist's workers (make test runs several) each start their own cluster, on a port
+    # of their own, so none stops the one another still uses.
+    env = dict(os.environ)
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if worker:
+        data = f"{data}-{worker}"
+        env.setdefault("PGPORT", str(55430 + int(worker.removeprefix("gw"))))
     started = False
     try:
         # apt-get may run on a fresh machine: give it time, within pytest-timeout's 300 s.
         done = subprocess.run(
-            ["bash", str(script), "start", data], capture_output=True, text=True, timeout=280, check=False
+            ["bash", str(script), "start", data],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=280,
+            check=False,
         )
         started = "starting the server" in done.stderr
         lines = done.stdout.strip().splitlines()
@@ -80,4 +92,6 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(message)
     yield url
     if started:
-        subprocess.run(["bash", str(script), "stop", data], capture_output=True, timeout=120, check=False)
+        subprocess.run(
+            ["bash", str(script), "stop", data], env=env, capture_output=True, timeout=120, check=False
+        )
