@@ -43,6 +43,8 @@ DEFAULTS: dict[str, Any] = {
     "state_conn_id": STATE_CONN_ID,
     "poll_interval": 0.2,
     "enrollment_timeout": 3,
+    # dag.test() has no executor to race (see test_a_trigger_fires_no_earlier_than_not_before).
+    "min_deferral": 0,
 }
 
 
@@ -644,6 +646,45 @@ def test_deferrable_run_waits_in_a_trigger_that_only_reads(
     assert deferred.result["stats"]["write_requests"] == inline.result["stats"]["write_requests"] == 1
     for sequence_id in (whippy.sequence_id, other):
         assert in_step(sim, sequence_id, whippy.steps(sequence_id)[0]) == dict.fromkeys(keys[:8], 1)
+
+
+def test_a_trigger_fires_no_earlier_than_not_before(whippy: Whippy) -> None:
+    """Whippy done at once must not resume the task at once: Airflow 3.2 and 3.3 fail a
+    resumed task whose worker's exit the scheduler hears late (apache/airflow#71580)."""
+    import asyncio
+    import time
+
+    from airflow_provider_sequences.triggers.whippy import WhippyEnrollmentTrigger
+
+    WhippyHook().create_sequence_contacts(whippy.sequence_id, [{"phone": "+14155550001"}])
+    whippy.sim.wait_idle()
+
+    async def first_event(not_before: float | None) -> tuple[dict[str, Any], float]:
+        trigger = WhippyEnrollmentTrigger(
+            whippy_conn_id="whippy_default",
+            sequence_id=whippy.sequence_id,
+            step_id=whippy.steps()[0],
+            expected_total=1,
+            poll_interval=0.1,
+            not_before=not_before,
+        )
+        started = time.monotonic()
+        event = await anext(trigger.run())
+        return event.payload, time.monotonic() - started
+
+    done_at_once, quick = asyncio.run(first_event(None))
+    guarded, slow = asyncio.run(first_event(time.time() + 1.5))
+    assert done_at_once["status"] == guarded["status"] == "complete"
+    assert quick < 1.0
+    assert slow >= 1.4
+    assert guarded["waited"] >= 1.4
+    # The guard survives the triggerer's restart: it is in what the trigger serializes.
+    assert (
+        WhippyEnrollmentTrigger(
+            whippy_conn_id="w", sequence_id="s", step_id="t", expected_total=1, not_before=5.0
+        ).serialize()[1]["not_before"]
+        == 5.0
+    )
 
 
 @pytest.mark.whippy_simulator(processing_delay=2.0)

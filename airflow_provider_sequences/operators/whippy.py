@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from datetime import datetime
 from typing import Any
@@ -49,6 +50,9 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
     :param poll_interval: seconds between read-backs while waiting.
     :param deferrable: wait in the triggerer instead of a worker slot (default: Airflow's
         ``[operators] default_deferrable``, false unless set).
+    :param min_deferral: least seconds a deferred task waits before it resumes (default 20),
+        however soon Whippy is done: Airflow 3.2 and 3.3 fail a deferred task that resumes
+        before the scheduler has heard its worker exit (apache/airflow#71580).
 
     ``column_map`` targets ``phone`` (required, made E.164 with ``default_region``), ``email``,
     ``name``, ``external_id``, ``language``, ``default_channel_id``, ``address.<part>``
@@ -85,6 +89,7 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         enrollment_timeout: float = 600.0,
         poll_interval: float = 10.0,
         deferrable: bool | None = None,
+        min_deferral: float = 20.0,
         **kwargs: Any,
     ) -> None:
         if not kwargs.get("column_map"):
@@ -101,6 +106,7 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
         self.enrollment_timeout = enrollment_timeout
         self.poll_interval = poll_interval
         self.deferrable = default_deferrable() if deferrable is None else deferrable
+        self.min_deferral = min_deferral
         self._baseline = 0
 
     def connection_id(self) -> str:
@@ -172,6 +178,7 @@ class WhippyAddContactsToSequenceOperator(SequenceSyncOperator):
             tail_from=None if run.pending else self._baseline,
             poll_interval=self.poll_interval,
             timeout=self.enrollment_timeout,
+            not_before=time.time() + self.min_deferral,
         )
 
     def defer_timeout(self) -> float:

@@ -36,6 +36,10 @@ class WhippyEnrollmentTrigger(BaseTrigger):
     :param tail_from: where in the step the task's contacts start, when it sent every contact it
         waits for after reading that count: the resumed task reads the step from there, not
         all of it. ``None``: they may be anywhere.
+    :param not_before: a time (seconds since the epoch) before which no event fires, however
+        soon Whippy is done. Airflow 3.2 and 3.3 fail a deferred task whose resumed attempt is
+        already running when the scheduler hears that the deferring worker exited
+        (apache/airflow#71580, #72716); a trigger that fires at once makes that likely.
     """
 
     def __init__(
@@ -50,6 +54,7 @@ class WhippyEnrollmentTrigger(BaseTrigger):
         timeout: float = 600.0,
         initial_total: int | None = None,
         tail_from: int | None = None,
+        not_before: float | None = None,
     ) -> None:
         super().__init__()
         self.whippy_conn_id = whippy_conn_id
@@ -61,6 +66,7 @@ class WhippyEnrollmentTrigger(BaseTrigger):
         self.timeout = timeout
         self.initial_total = initial_total
         self.tail_from = tail_from
+        self.not_before = not_before
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
@@ -75,6 +81,7 @@ class WhippyEnrollmentTrigger(BaseTrigger):
                 "timeout": self.timeout,
                 "initial_total": self.initial_total,
                 "tail_from": self.tail_from,
+                "not_before": self.not_before,
             },
         )
 
@@ -102,6 +109,8 @@ class WhippyEnrollmentTrigger(BaseTrigger):
                 status = "timeout"
             if status:
                 self.log.info("Whippy step %s holds %d contacts: %s", self.step_id, total, status)
+                if self.not_before is not None and (early := self.not_before - time.time()) > 0:
+                    await asyncio.sleep(early)
                 waited = round(time.monotonic() - started, 1)
                 yield TriggerEvent(
                     {"status": status, "total": total, "waited": waited, "tail_from": self.tail_from}
