@@ -6,24 +6,15 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_bench_quick_mode_runs_and_writes_its_json(tmp_path):
-    output = tmp_path / "bench.json"
+def _bench(output: Path, *args: str) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """``python -m bench --quick ARGS``; what it printed and the figures it wrote."""
     done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--quick",
-            "--only",
-            "requests",
-            "throughput",
-            "--output",
-            str(output),
-        ],
+        [sys.executable, "-m", "bench", "--quick", *args, "--output", str(output)],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -31,7 +22,11 @@ def test_bench_quick_mode_runs_and_writes_its_json(tmp_path):
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    figures = json.loads(output.read_text())
+    return done, json.loads(output.read_text())
+
+
+def test_bench_quick_mode_runs_and_writes_its_json(tmp_path):
+    _, figures = _bench(tmp_path / "bench.json", "--only", "requests", "throughput")
     assert "machine" in figures
     assert "requests_per_1000" in figures["scenarios"]
     # The layout the report and the README read: every case, its sizes and its re-run.
@@ -43,30 +38,10 @@ def test_bench_quick_mode_runs_and_writes_its_json(tmp_path):
 
 
 def test_bench_nights_measure_each_night_against_the_reference_read(tmp_path):
-    output = tmp_path / "nights.json"
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "bench",
-            "--quick",
-            "--only",
-            "nights",
-            "--cases",
-            "reply_emails",
-            "--stores",
-            "sqlite",
-            "--output",
-            str(output),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
+    done, figures = _bench(
+        tmp_path / "nights.json", "--only", "nights", "--cases", "reply_emails", "--stores", "sqlite"
     )
-    assert done.returncode == 0, done.stderr[-3000:]
-    nights = json.loads(output.read_text())["scenarios"]["nights"]
+    nights = figures["scenarios"]["nights"]
     assert nights["calibration"]["cpu_loop_s"]["median"] > 0
     entry = nights["cases"]["reply_emails"]["2000"]
     assert entry["reference_read_s"]["median"] > 0
