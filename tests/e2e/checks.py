@@ -41,9 +41,12 @@ def _seconds(start: str | None, end: str | None) -> float | None:
 def airflow_race(deployment: Deployment, dag_id: str, run_id: str, task_id: str) -> bool:
     """Whether the scheduler failed this task for a stale executor event after its deferral
     (Airflow's own race, apache/airflow#71580), not for anything the task did."""
-    marker = f"<TaskInstance: {dag_id}.{task_id} {run_id} [running]"
+    # A mapped task's line has its map_index between the run id and the state.
+    marker = f"<TaskInstance: {dag_id}.{task_id} {run_id} "
     return any(
-        marker in line and "but the task instance's state attribute is running" in line
+        marker in line
+        and "[running]" in line
+        and "but the task instance's state attribute is running" in line
         for line in deployment.processes.log("scheduler").read_text(errors="replace").splitlines()
     )
 
