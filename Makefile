@@ -60,9 +60,12 @@ compat:
 ## suite: the whole test suite, without lint (PYTEST_ARGS to narrow it), in TEST_WORKERS
 ## processes (pytest-xdist; 0 runs it in this one). Most tests wait on HTTP, subprocesses and
 ## Airflow's task runner rather than compute, so more workers than cores still shortens it.
+## Tests marked serial time requests against a rate limit's window: they run after, alone
+## (pytest exits 5 when PYTEST_ARGS selects none of them).
 TEST_WORKERS ?= 4
 suite: $(STAMP)
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) -m "not serial" $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -m serial $(PYTEST_ARGS) || test $$? -eq 5
 
 ## test-matrix: lint once, then the whole suite on every Python x Airflow of MATRIX, each in
 ## its own venv (.venv-py<version>-af<version>, the main .venv for its own combination); stops

@@ -131,6 +131,7 @@ def test_injected_429_is_honoured_with_its_wait(reply_simulator) -> None:
 
 
 # A scaled minute of five seconds: the 101 requests fit in it even on a loaded machine.
+@pytest.mark.serial
 @pytest.mark.reply_simulator(time_scale=12)
 def test_reply_429_from_the_real_limit_is_honoured(reply_simulator, reply_account, monkeypatch) -> None:
     # The client's own limiter is opened wide so the simulator's limit is what stops it.
@@ -152,6 +153,7 @@ def test_reply_429_from_the_real_limit_is_honoured(reply_simulator, reply_accoun
     assert statuses.count(200) == 101
 
 
+@pytest.mark.serial
 @pytest.mark.reply_simulator(time_scale=60)
 @pytest.mark.usefixtures("reply_connection")
 def test_reply_burst_stays_under_the_limit_without_a_429(reply_simulator) -> None:
@@ -165,6 +167,7 @@ def test_reply_burst_stays_under_the_limit_without_a_429(reply_simulator) -> Non
     assert elapsed >= 2.0
 
 
+@pytest.mark.serial
 @pytest.mark.whippy_simulator(time_scale=60)
 def test_whippy_sequence_writes_stay_under_the_limit_without_a_429(
     whippy_simulator, whippy_account, whippy_connection

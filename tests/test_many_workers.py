@@ -289,6 +289,7 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+@pytest.mark.serial
 @pytest.mark.reply_simulator(time_scale=60)
 def test_processes_on_one_account_share_its_rate_budget(
     tmp_path: Path,
