@@ -69,7 +69,12 @@ install_postgresql() {
 }
 
 if [[ "$command_name" == start ]] && ! BINDIR="$(find_bindir)"; then
-    install_postgresql
+    # make suite's parallel workers may all get here on a fresh machine: one installs, the
+    # others wait for it (apt-get refuses a second run at once) and then find initdb.
+    exec 9>/tmp/sequences-postgres-install.lock
+    flock 9
+    BINDIR="$(find_bindir)" || install_postgresql
+    flock -u 9
     BINDIR="$(find_bindir)" || die "PostgreSQL was installed but no initdb was found"
 elif [[ "$command_name" == stop ]]; then
     BINDIR="$(find_bindir)" || die "PostgreSQL is not installed (no initdb), so no cluster runs"
