@@ -49,13 +49,14 @@ SCOPE = Scope("reply", "reply_default", "1001")
 # -- backends ---------------------------------------------------------------------------------
 
 
-@pytest.fixture(params=["sqlite", "postgresql"])
+@pytest.fixture(params=["sqlite", "postgresql", "postgresql+psycopg"])
 def state_url(request: pytest.FixtureRequest, tmp_path: Any) -> Iterator[str]:
-    """A state database with no table yet: a SQLite file, or a fresh PostgreSQL schema."""
+    """A state database with no table yet: a SQLite file, or a fresh PostgreSQL schema through
+    psycopg2 (SQLAlchemy's default) or psycopg 3 (whose writes go through ``COPY``)."""
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'state.db'}"
         return
-    server: str = request.getfixturevalue("postgres_url")
+    server: str = request.getfixturevalue("postgres_url").replace("postgresql://", f"{request.param}://", 1)
     schema = f"test_{uuid.uuid4().hex[:16]}"
     admin = sa.create_engine(server)
     with admin.begin() as connection:
@@ -125,6 +126,20 @@ def test_record_upserts_one_row_per_key(state: SyncState) -> None:
     assert json.loads(b["identity"]) == {"email": "b@example.com"}
     assert b["created_at"] == after_first["b"]["created_at"]
     assert b["updated_at"] > after_first["b"]["updated_at"]
+
+
+def test_one_write_that_names_a_key_twice_keeps_its_last_outcome(state: SyncState) -> None:
+    """PostgreSQL upserts a batch in one statement, which may not touch a row twice."""
+    state.record(
+        [
+            KeyOutcome("a", SENDING),
+            KeyOutcome("b", ADDED),
+            KeyOutcome("a", NOT_PROCESSED, "invalidEmail", "x"),
+        ],
+        "run-1",
+    )
+    rows = rows_of(state.to_frame())
+    assert (rows["a"]["status"], rows["a"]["attempts"], rows["b"]["status"]) == (NOT_PROCESSED, 1, ADDED)
 
 
 def test_a_batch_in_flight_is_one_row_shown_as_sending_until_its_outcomes(state: SyncState) -> None:
@@ -204,6 +219,23 @@ def test_lookup_returns_known_keys_of_its_scope_only(engine: sa.Engine, state: S
         assert other.to_frame()["contact_key"].tolist() == ["a"]
     assert rows_of(state.lookup(["a"]))["a"]["status"] == ADDED
     assert len(state.to_frame()) == 2
+
+
+def test_enrolled_keys_are_this_scopes_added_keys_but_those_of_the_runs_named(
+    engine: sa.Engine, state: SyncState
+) -> None:
+    """What an unchanged night reads in one pass instead of a lookup per key."""
+    state.record([KeyOutcome(f"old{i}", ADDED) for i in range(5)], "run-1")
+    state.record([KeyOutcome("live", ADDED), KeyOutcome("mine", PENDING)], "run-2")
+    state.record([KeyOutcome("refused", NOT_PROCESSED, "invalidEmail", "no @")], "run-1")
+    SyncState(engine, Scope("reply", "reply_default", "1002")).record([KeyOutcome("other", ADDED)], "run-1")
+
+    def read(excluding: set[str]) -> list[str]:
+        return sorted(key for part in state.enrolled_keys(excluding, slice_size=2) for key in part)
+
+    assert read(set()) == ["live", *(f"old{i}" for i in range(5))]
+    assert read({"run-2", "run-3"}) == [f"old{i}" for i in range(5)]
+    assert state.key_count() == 8
 
 
 def test_run_outcomes_are_the_keys_a_run_wrote_last(state: SyncState) -> None:
@@ -662,6 +694,34 @@ def test_unchanged_rows_skip_the_per_row_checks(nights: Nights, monkeypatch: pyt
     checked.clear()
     nights.run([*rows, person(10)])
     assert sum(checked) == 1  # only the new row
+
+
+def test_an_unchanged_night_reads_the_enrolled_keys_once_not_each_key(
+    nights: Nights, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Looking up each key of a large export cost most of an unchanged night: once the run has
+    read a tenth as many rows as the state holds keys, the enrolled ones come from one read."""
+    looked_up: list[str] = []
+    real = SyncState.lookup
+
+    def counting(self: SyncState, keys: Any) -> pd.DataFrame:
+        looked_up.extend(keys)
+        return real(self, keys)
+
+    monkeypatch.setattr(SyncState, "lookup", counting)
+    rows = [person(i) for i in range(40)] + [person(40, email="not-an-email")]
+    nights.run(rows)
+    looked_up.clear()
+    again = nights.run([*rows, person(41)])
+    assert nights.imported() == 1
+    assert (again["stats"]["unchanged"], again["added"], list(again["not_processed"])) == (
+        40,
+        ["c041"],
+        ["c040"],
+    )
+    # Only what the state does not record enrolled is looked up: the refused row and the new one.
+    assert sorted(looked_up) == ["c040", "c041"]
+    assert set(nights.enrolled().values()) == {1}
 
 
 def test_read_sync_state_through_an_airflow_connection(

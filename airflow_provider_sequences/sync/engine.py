@@ -17,6 +17,7 @@ import pandas as pd
 
 from airflow_provider_sequences.sync import chunk as chunks
 from airflow_provider_sequences.sync.contract import Identity, ServiceAdapter
+from airflow_provider_sequences.sync.enrolled import EnrolledKeys
 from airflow_provider_sequences.sync.hashes import HashIndex, hash_strings
 from airflow_provider_sequences.sync.identities import SharedIdentities
 from airflow_provider_sequences.sync.lease import ScopeLease
@@ -110,6 +111,9 @@ class SyncRun:
         #: Hashes of the keys read so far (see :mod:`~airflow_provider_sequences.sync.hashes`).
         self._seen = HashIndex()
         self._key_spec = chunks.key_spec(spec)
+        self._enrolled = EnrolledKeys(
+            self._reader, run_id, enabled=not (options.full_resync or not options.incremental)
+        )
         #: Batches this run must resolve (left in flight by an earlier attempt or a dead run).
         self._left_in_flight: dict[str, list[str]] = {}
         self._left_in_flight_keys: set[str] = set()
@@ -193,20 +197,28 @@ class SyncRun:
         if chunk.empty:
             return
         chunk = chunk.reset_index(drop=True)
-        fingerprints = chunks.fingerprints(chunk, self.spec)
         keys, key_details = chunks.key_pass(chunk, self._key_spec, first_row)
-        first = chunks.first_occurrences(keys, self._seen)
+        hashes = hash_strings(keys)
+        first = chunks.first_occurrences(hashes, self._seen)
         self.result.stats["duplicates"] += int((~first).sum())
+        enrolled = first & self._enrolled.match(hashes, first_row + len(chunk))
+        if enrolled.any():
+            self.result.stats["unchanged"] += int(enrolled.sum())
+        planned = np.flatnonzero(first & ~enrolled)
+        if not len(planned):
+            return
+        # Only the rows the plan reads need a fingerprint (an unchanged night's are few).
+        fingerprints = np.full(len(chunk), None, dtype=object)
+        fingerprints[planned] = chunks.fingerprints(chunk.iloc[planned], self.spec)
 
         plan = self.planner.plan(
-            pd.DataFrame({"key": keys[first], "fingerprint": fingerprints[first]}), self._left_in_flight_keys
+            pd.DataFrame({"key": keys[planned], "fingerprint": fingerprints[planned]}),
+            self._left_in_flight_keys,
         )
         self._apply(plan.stats, plan.resent, plan.carried, plan.repeated)
         # A set lookup: numpy's isin sorts object arrays, which cost most of a large run.
         todo = plan.handle | plan.check
-        wanted = np.flatnonzero(
-            first & np.fromiter((key in todo for key in keys), dtype=bool, count=len(keys))
-        )
+        wanted = planned[np.fromiter((key in todo for key in keys[planned]), dtype=bool, count=len(planned))]
         if not len(wanted):
             return
         contacts, rejected = chunks.prepare_rows(

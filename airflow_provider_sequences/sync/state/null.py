@@ -6,7 +6,7 @@ write one way whether a run has a state or not.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
 from typing import Any, TypeAlias
 
@@ -25,6 +25,12 @@ class NullStore:
 
     def is_empty(self) -> bool:
         return True
+
+    def key_count(self) -> int:
+        return 0
+
+    def enrolled_keys(self, excluding: Collection[str], slice_size: int = 100_000) -> Iterator[list[str]]:
+        return iter(())
 
     def live_runs(self) -> set[str]:
         return set()

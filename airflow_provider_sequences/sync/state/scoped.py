@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Collection, Iterator, Sequence
 from datetime import datetime, timezone
 from functools import cached_property
 from typing import Any
@@ -18,7 +18,7 @@ from airflow_provider_sequences.sync.state.tables import (
     STATE_TABLE,
     leases_table,
 )
-from airflow_provider_sequences.sync.values import Scope
+from airflow_provider_sequences.sync.values import ADDED, Scope
 
 # IN lists are cut to this size: SQLite allows 32,766 bound parameters per statement.
 LOOKUP_SLICE = 5_000
@@ -64,15 +64,56 @@ class ScopedStore:
         """
         columns = LOOKUP_COLUMNS
         found: list[tuple[Any, ...]] = []
+        select = f"SELECT {', '.join(columns)} FROM {STATE_TABLE} WHERE {self._scope_sql}"  # noqa: S608
         for start in range(0, len(keys), LOOKUP_SLICE):
             part = list(keys[start : start + LOOKUP_SLICE])
             # Only constant names and placeholders are formatted in; every value is bound.
-            found += self._fetch(
-                f"SELECT {', '.join(columns)} FROM {STATE_TABLE} WHERE {self._scope_sql} "  # noqa: S608
-                f"AND contact_key IN ({', '.join([self._placeholder] * len(part))})",
-                [*self._scope_params, *part],
-            )
+            if self.engine.dialect.name == "postgresql":
+                # One array parameter: psycopg parses a statement of 5,000 placeholders anew
+                # each time (most of a lookup's cost).
+                found += self._fetch(f"{select} AND contact_key = ANY(%s)", [*self._scope_params, part])
+            else:
+                marks = ", ".join([self._placeholder] * len(part))
+                found += self._fetch(f"{select} AND contact_key IN ({marks})", [*self._scope_params, *part])
         return _frame(found, columns)
+
+    def key_count(self) -> int:
+        """How many keys the state records for this scope."""
+        sql = f"SELECT count(*) FROM {STATE_TABLE} WHERE {self._scope_sql}"  # noqa: S608
+        return int(self._fetch(sql, self._scope_params)[0][0])
+
+    def enrolled_keys(self, excluding: Collection[str], slice_size: int = 100_000) -> Iterator[list[str]]:
+        """Slices of the keys recorded ``added`` whose last run is not one of ``excluding``,
+        read in one pass over the scope (the caller keeps what it needs of each slice)."""
+        runs = sorted(excluding)
+        sqlite = self.engine.dialect.name == "sqlite"
+        # SQLite: the unary plus keeps every index out, for a scan of the table in its order;
+        # the scope's indexes would fetch each row apart (4x slower when the scope is most of
+        # the table).
+        mark = self._placeholder
+        scope = self._scope_sql
+        if sqlite:
+            scope = f"+service = {mark} AND +account = {mark} AND +sequence_id = {mark}"
+        sql = (
+            f"SELECT contact_key FROM {STATE_TABLE} WHERE {scope} "  # noqa: S608
+            f"AND status = {mark}"
+        )
+        if runs:
+            marks = ", ".join([mark] * len(runs))
+            sql += f" AND (last_run_id IS NULL OR last_run_id NOT IN ({marks}))"
+        params = (*self._scope_params, ADDED, *runs)
+        with self.engine.connect() as connection:
+            if sqlite:
+                cursor = connection.connection.cursor()
+            else:
+                # A server-side cursor: the keys come in slices, never all in memory at once.
+                cursor = connection.connection.cursor("sequence_sync_enrolled_keys")
+            try:
+                cursor.execute(sql, params)
+                while rows := cursor.fetchmany(slice_size):
+                    yield [row[0] for row in rows]
+            finally:
+                cursor.close()
 
     @property
     def _placeholder(self) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 import msgspec
@@ -40,6 +41,13 @@ from airflow_provider_sequences.sync.values import (
     PendingKeys,
     Scope,
 )
+
+#: Where a batch's rows wait for their upsert on PostgreSQL: one per session, emptied at commit.
+INCOMING_TABLE = "sequence_sync_state_incoming"
+_INCOMING = f"CREATE TEMP TABLE IF NOT EXISTS {INCOMING_TABLE} (LIKE {STATE_TABLE}) ON COMMIT DELETE ROWS"
+
+#: Where a state row holds its key.
+_KEY = STATE_COLUMNS.index("contact_key")
 
 #: ``json.loads``, about 3x faster: a Whippy read-back loads an identity per pending key.
 _load_identity = msgspec.json.decode
@@ -212,6 +220,19 @@ class SyncState(InFlightBatches, Leases, Runs, ClaimedValues):
             # SQLite: the driver's executemany on the statement compiled once. SQLAlchemy's
             # per-row parameter handling cost more than SQLite's own work (about 4x).
             connection.exec_driver_sql(self._raw_upsert, rows)
+        elif self._copy_upsert is not None and len({row[_KEY] for row in rows}) == len(rows):
+            # PostgreSQL through psycopg 3: the batch is copied into a temporary table and
+            # upserted from it in one statement (a statement per row cost 2x SQLite's write).
+            # One statement may not upsert a key twice: such a batch goes row by row.
+            cursor = connection.connection.cursor()
+            try:
+                cursor.execute(_INCOMING)
+                with cursor.copy(f"COPY {INCOMING_TABLE} ({', '.join(STATE_COLUMNS)}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+                cursor.execute(self._copy_upsert)
+            finally:
+                cursor.close()
         else:
             connection.execute(self._upsert(), [dict(zip(STATE_COLUMNS, row, strict=True)) for row in rows])
 
@@ -288,11 +309,22 @@ class SyncState(InFlightBatches, Leases, Runs, ClaimedValues):
                     moved = count.rowcount
         return int(moved)
 
-    def _upsert(self) -> Any:
+    @cached_property
+    def _copy_upsert(self) -> str | None:
+        """PostgreSQL's upsert of the rows copied into the temporary table (psycopg 3 only)."""
+        if self.engine.dialect.name != "postgresql" or self.engine.dialect.driver != "psycopg":
+            return None
+        incoming = sa.table(INCOMING_TABLE, *(sa.column(name) for name in STATE_COLUMNS))
+        return str(self._upsert(sa.select(incoming)).compile(dialect=self.engine.dialect))
+
+    def _upsert(self, rows: sa.Select[Any] | None = None) -> Any:
+        """The state's upsert: of one row's values, or of the rows ``rows`` selects."""
         dialect = self.engine.dialect.name
         insert: Any
         if dialect == "postgresql":
             insert = postgresql.insert(state_table)
+            if rows is not None:
+                insert = insert.from_select(STATE_COLUMNS, rows)
         elif dialect == "sqlite":
             insert = sqlite.insert(state_table)
         else:
