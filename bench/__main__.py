@@ -167,12 +167,20 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(work, ignore_errors=True)
     results["duration_s"] = round(time.perf_counter() - started, 1)
     output.parent.mkdir(parents=True, exist_ok=True)
+    if "nights" in scenarios:
+        # The machine's yardsticks, beside its description, for every absolute figure.
+        results["calibration"] = scenarios["nights"]["calibration"]
     if output.exists():
-        # The view's figures come from their own command (bench.ui_first_page): kept.
-        earlier = json.loads(output.read_text()).get("scenarios", {})
-        for key in set(earlier) - set(scenarios):
-            if key == "ui_first_page":
-                scenarios[key] = earlier[key]
+        # Scenarios this run did not measure keep their figures, and say which run made them.
+        before = json.loads(output.read_text())
+        earlier = before.get("scenarios", {})
+        kept: dict[str, Any] = results.setdefault("kept_from_earlier_runs", {})
+        for key in sorted(set(earlier) - set(scenarios)):
+            scenarios[key] = earlier[key]
+            kept[key] = before.get("kept_from_earlier_runs", {}).get(key) or {
+                "generated_at": before.get("generated_at"),
+                "command": before.get("command"),
+            }
     output.write_text(json.dumps(results, indent=2) + "\n")
     print(table(results))
     chart = draw_chart(results, output.with_suffix(".png"))

@@ -118,18 +118,20 @@ def run_workers(
     return results
 
 
-def export(rows: int, *, seed: int = 7, bad_share: float = 0.02, night_two: bool = False) -> Path:
+def export(
+    rows: int, *, seed: int = 7, bad_share: float = 0.02, night_two: bool = False, changed_share: float = 0.01
+) -> Path:
     """A SQLite CRM export of ``rows`` rows, cached under ``bench/.cache``.
 
-    ``night_two``: the next night's export: the same rows with 0.5% of them changed (a new
-    company) and 0.5% more rows appended: 1% new or changed.
+    ``night_two``: the next night's export: the same rows with half of ``changed_share`` of
+    them changed (a new company) and as many rows appended (see ``night_two_frame``).
     """
-    name = f"crm-{rows}-s{seed}-b{bad_share}{'-night2' if night_two else ''}.db"
-    path = CACHE / name
+    suffix = ("-night2" + ("" if changed_share == 0.01 else f"-c{changed_share}")) if night_two else ""
+    path = CACHE / f"crm-{rows}-s{seed}-b{bad_share}{suffix}.db"
     if path.exists():
         return path
     frame = (
-        night_two_frame(rows, seed, bad_share)
+        night_two_frame(rows, seed, bad_share, changed_share=changed_share)
         if night_two
         else crm_frame(rows, seed=seed, bad_share=bad_share)
     )
@@ -140,12 +142,15 @@ def export(rows: int, *, seed: int = 7, bad_share: float = 0.02, night_two: bool
     return path
 
 
-def night_two_frame(rows: int, seed: int, bad_share: float, first_id: int = 1) -> pd.DataFrame:
-    """Night one's rows (``crm_frame(rows, seed, bad_share, first_id)``), 0.5% of them with a
-    new company, and 0.5% new rows appended after them."""
+def night_two_frame(
+    rows: int, seed: int, bad_share: float, first_id: int = 1, *, changed_share: float = 0.01
+) -> pd.DataFrame:
+    """Night one's rows (``crm_frame(rows, seed, bad_share, first_id)``), half of
+    ``changed_share`` of them with a new company, and as many new rows appended after them:
+    ``changed_share`` new or changed (1% by default)."""
     frame = crm_frame(rows, seed=seed, bad_share=bad_share, first_id=first_id)
-    share = max(rows // 200, 1)
-    changed = frame.index[::200][:share]
+    share = max(round(rows * changed_share / 2), 1)
+    changed = frame.index[:: max(rows // share, 1)][:share]
     frame.loc[changed, "company"] = "Changed Corp"
     new = crm_frame(share, seed=seed + 1, bad_share=0.0, first_id=first_id + rows + 10_000_000)
     return pd.concat([frame, new], ignore_index=True)

@@ -10,7 +10,7 @@ from airflow_provider_sequences.sync.hashes import HashIndex, hash_strings
 
 
 @settings(max_examples=200, deadline=None)
-@given(chunks=st.lists(st.lists(st.text(max_size=6), max_size=30), max_size=6))
+@given(chunks=st.lists(st.lists(st.text(max_size=6), max_size=30), max_size=40))
 def test_chunks_added_and_looked_up_behave_like_a_dict(chunks: list[list[str]]) -> None:
     index = HashIndex(np.int32)
     expected: dict[str, int] = {}

@@ -40,7 +40,7 @@ def test_a_session_stops_the_postgresql_it_started(tmp_path: Path) -> None:
     try:
         done = _session(data)
         assert done.returncode == 0, done.stdout[-3000:]
-        assert "2 passed" in done.stdout  # the SQLite and the PostgreSQL case: it did start
+        assert "3 passed" in done.stdout  # SQLite and PostgreSQL (two drivers): it did start
         assert _start(data), "the session left its PostgreSQL running"
 
         # Running before the session (the call above started it): still running after it.

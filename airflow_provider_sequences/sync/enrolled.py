@@ -58,7 +58,6 @@ class EnrolledKeys:
         excluding = self.store.live_runs() | {self.run_id}
         parts = [hash_strings(keys) for keys in self.store.enrolled_keys(excluding)]
         hashes = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
+        parts.clear()
         hashes.sort()
-        index = HashIndex()
-        index.hashes = hashes
-        return index
+        return HashIndex.of(hashes, presorted=True)

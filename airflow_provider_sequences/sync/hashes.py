@@ -23,38 +23,77 @@ def hash_strings(values: Any) -> Array:
 
 class HashIndex:
     """Sorted hashes, each with a payload of ``payload`` dtype (what the caller needs to know of
-    the entry; ``None``: no payload)."""
+    the entry; ``None``: no payload).
+
+    Added chunks are kept as sorted runs, and a run is merged into the one before it once it
+    is half its size: each hash is copied about log2(n / chunk) times in all, and a lookup
+    searches as many runs. One sorted array, grown by a sorted insert per chunk, copied the
+    whole index for every chunk (at ten million keys, gigabytes per run).
+    """
 
     def __init__(self, payload: type[np.generic] | None = None) -> None:
-        self.hashes: Array = np.empty(0, dtype=np.uint64)
-        self.payload: Array | None = None if payload is None else np.empty(0, dtype=payload)
+        self._dtype = payload
+        self._runs: list[tuple[Array, Array | None]] = []
+        self._size = 0
 
     @classmethod
-    def of(cls, hashes: Array) -> HashIndex:
-        """An index of ``hashes``, without payload, sorted at once."""
-        index = cls()
-        index.hashes = np.sort(hashes)
+    def of(cls, hashes: Array, payload: Array | None = None, *, presorted: bool = False) -> HashIndex:
+        """An index of ``hashes`` (each once), with their ``payload`` if given, sorted at once
+        (unless ``presorted``: then ``hashes`` is used as it is, not copied)."""
+        index = cls(None if payload is None else payload.dtype.type)
+        if presorted:
+            index._runs = [(hashes, payload)] if len(hashes) else []
+            index._size = len(hashes)
+        else:
+            index.add(hashes, payload)
         return index
 
     def __len__(self) -> int:
-        return len(self.hashes)
+        return self._size
+
+    @property
+    def hashes(self) -> Array:
+        """Every hash, sorted."""
+        self._merge(until=1)
+        return self._runs[0][0] if self._runs else np.empty(0, dtype=np.uint64)
 
     def lookup(self, hashes: Array) -> tuple[Array, Array | None]:
         """For each hash: whether it is in the index, and its payload (0 when not)."""
-        if not len(self.hashes):
-            found = np.zeros(len(hashes), dtype=bool)
-            payload = None if self.payload is None else np.zeros(len(hashes), dtype=self.payload.dtype)
-            return found, payload
-        at = np.minimum(np.searchsorted(self.hashes, hashes), len(self.hashes) - 1)
-        found = self.hashes[at] == hashes
-        return found, None if self.payload is None else np.where(found, self.payload[at], 0)
+        found = np.zeros(len(hashes), dtype=bool)
+        payload = None if self._dtype is None else np.zeros(len(hashes), dtype=self._dtype)
+        for run, run_payload in self._runs:
+            at = np.minimum(np.searchsorted(run, hashes), len(run) - 1)
+            hit = run[at] == hashes
+            found |= hit
+            if payload is not None and run_payload is not None:
+                payload[hit] = run_payload[at[hit]]
+        return found, payload
 
     def add(self, hashes: Array, payload: Array | None = None) -> None:
         """Add hashes not in the index yet (with their payload)."""
-        # One sorted insert per call: O(size) copying, no re-sort of what is there.
+        if not len(hashes):
+            return
         order = np.argsort(hashes, kind="stable")
-        at = np.searchsorted(self.hashes, hashes[order])
-        self.hashes = np.insert(self.hashes, at, hashes[order])
-        if self.payload is not None:
+        values = None
+        if self._dtype is not None:
             assert payload is not None
-            self.payload = np.insert(self.payload, at, payload[order].astype(self.payload.dtype))
+            values = payload[order].astype(self._dtype)
+        self._runs.append((hashes[order], values))
+        self._size += len(hashes)
+        self._merge()
+
+    def _merge(self, until: int | None = None) -> None:
+        """Merge the newest runs while the last is at least half the one before (or, with
+        ``until``, until that many runs are left)."""
+        runs = self._runs
+        while len(runs) > 1 and (
+            (until is not None and len(runs) > until) or 2 * len(runs[-1][0]) >= len(runs[-2][0])
+        ):
+            (older, older_payload), (newer, newer_payload) = runs[-2], runs[-1]
+            merged = np.concatenate([older, newer])
+            # Two sorted runs: a stable sort (timsort) finds them and merges in linear time.
+            order = np.argsort(merged, kind="stable")
+            values = None
+            if older_payload is not None and newer_payload is not None:
+                values = np.concatenate([older_payload, newer_payload])[order]
+            runs[-2:] = [(merged[order], values)]

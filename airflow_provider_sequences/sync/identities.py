@@ -106,8 +106,8 @@ class SharedIdentities:
                 hashes = np.concatenate([h for h, _ in found])
                 # The oldest claim of a value wins (two runs at once may both have sent it).
                 hashes, first = np.unique(hashes, return_index=True)
-                self._earlier[name].hashes = hashes
-                self._earlier[name].payload = np.concatenate([k for _, k in found])[first]
+                holders = np.concatenate([k for _, k in found])[first]
+                self._earlier[name] = HashIndex.of(hashes, holders.astype(np.uint64), presorted=True)
         self._loaded = True
 
     def claim(self, contacts: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

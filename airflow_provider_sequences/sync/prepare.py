@@ -348,9 +348,12 @@ class _Chunk:
         if key_target is None or key_target not in self.values or key_target in self.rules.integer_fields:
             return keys
         normalised = self.values[key_target]
-        if key_target in self.rules.email_fields:
-            keys = np.array([None if key is None else key.lower() for key in keys.tolist()], dtype=object)
-        return np.where(pd.isna(normalised), keys, normalised).astype(object)
+        raw = pd.isna(normalised)
+        if key_target in self.rules.email_fields and raw.any():
+            # Where the email is not valid, the key is the text as given, in lower case.
+            keys = keys.copy()
+            keys[raw] = [None if key is None else key.lower() for key in keys[raw].tolist()]
+        return np.where(raw, keys, normalised).astype(object)
 
     def contacts(self, keys: npt.NDArray[np.object_]) -> pd.DataFrame:
         """The accepted rows (see :class:`Prepared`)."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any, ClassVar
 
+import numpy as np
 import pandas as pd
 
 from airflow_provider_sequences.adapters.base import HookAdapter
@@ -23,6 +24,7 @@ from airflow_provider_sequences.exceptions import (
 from airflow_provider_sequences.hooks.base import describe_shape
 from airflow_provider_sequences.hooks.reply import REPLY_MAX_BULK_IDS, ReplyHook, reply_sequence_id
 from airflow_provider_sequences.sync.contract import BatchOutcome, Identity
+from airflow_provider_sequences.sync.hashes import Array, HashIndex
 from airflow_provider_sequences.sync.outcomes import (
     CONTACT_ALREADY_IN_SEQUENCE,
     CONTACT_LIMIT_EXCEEDED,
@@ -79,7 +81,9 @@ class ReplyAdapter(HookAdapter):
         )
         self.sequence_name: str | None = None
         #: Contact ids in the sequence, once read (then kept up to date with this run's adds).
-        self._members: set[int] | None = None
+        #: (Contact ids as 64-bit values in a :class:`HashIndex`: 8 bytes an id where a Python
+        #: set of ten million ints costs some 600 MB.)
+        self._members: HashIndex | None = None
         self._members_first = self.enrolment.start_step_id is not None
         self._limit_reached: str | None = None
         #: Paged reads of the sequence's contacts this adapter made.
@@ -124,19 +128,24 @@ class ReplyAdapter(HookAdapter):
 
     # -- the sequence's contacts -----------------------------------------------------------
 
-    def members(self, *, fresh: bool = False) -> set[int]:
+    def members(self, *, fresh: bool = False) -> HashIndex:
         """Contact ids in the sequence: read once (every page), then kept with this run's adds."""
         if self._members is None or fresh:
             self.member_reads += 1
-            members: set[int] = set()
+            members: list[int] = []
             for item in self.hook.iter_sequence_contacts(self.sequence_id):
                 contact_id = item.get("contactId") if isinstance(item, dict) else None
                 if isinstance(contact_id, int) and not isinstance(contact_id, bool):
-                    members.add(contact_id)
+                    members.append(contact_id)
                 elif isinstance(contact_id, str) and contact_id.isdigit():
-                    members.add(int(contact_id))
-            self._members = members
+                    members.append(int(contact_id))
+            self._members = HashIndex.of(np.unique(_id_values(members)), presorted=True)
         return self._members
+
+    def in_sequence(self, contact_ids: list[int]) -> set[int]:
+        """Which of these contacts are in the sequence (see :meth:`members`)."""
+        found, _ = self.members().lookup(_id_values(contact_ids))
+        return {contact_id for contact_id, member in zip(contact_ids, found.tolist(), strict=True) if member}
 
     # -- push ------------------------------------------------------------------------------
 
@@ -173,8 +182,7 @@ class ReplyAdapter(HookAdapter):
         self, key_by_id: dict[int, str], resent_keys: frozenset[str], outcome: BatchOutcome
     ) -> None:
         """Take contacts already in the sequence out of ``key_by_id``: never named again."""
-        members = self.members()
-        for contact_id in [c for c in key_by_id if c in members]:
+        for contact_id in sorted(self.in_sequence(list(key_by_id))):
             key = key_by_id.pop(contact_id)
             if key in resent_keys:
                 # An earlier attempt sent it and never heard back: that send enrolled it.
@@ -239,8 +247,10 @@ class ReplyAdapter(HookAdapter):
             if key is not None:
                 outcome.added[key] = str(contact_id)
                 answered.add(contact_id)
-                if self._members is not None:
-                    self._members.add(contact_id)
+        if self._members is not None and answered:
+            added = np.unique(_id_values(list(answered)))
+            known, _ = self._members.lookup(added)
+            self._members.add(added[~known])
         refused: dict[int, tuple[str, str]] = {}
         for raw_id, error in (answer.get("notProcessed") or {}).items():
             contact_id = int(raw_id)
@@ -250,7 +260,7 @@ class ReplyAdapter(HookAdapter):
                 answered.add(contact_id)
         doubtful = [c for c, (slug, _) in refused.items() if slug == INVALID_INPUT]
         # Reply's CLI: a member named again is refused as invalidInput, like a bad contact.
-        members = self.members() if doubtful else set()
+        members = self.in_sequence(list(refused)) if doubtful else set()
         for contact_id, (slug, detail) in refused.items():
             key = key_by_id[contact_id]
             member = contact_id in members or slug == CONTACT_ALREADY_IN_SEQUENCE
@@ -313,7 +323,9 @@ class ReplyAdapter(HookAdapter):
         outcome = BatchOutcome()
         if not pending:
             return outcome
-        members = self.members(fresh=True)
+        self.members(fresh=True)
+        named = [identity.get("id") for identity in pending.values() if isinstance(identity, dict)]
+        members = self.in_sequence([i for i in named if isinstance(i, int)])
         absent: dict[int, str] = {}
         for key, identity in pending.items():
             contact_id = identity.get("id") if isinstance(identity, dict) else None
@@ -355,3 +367,8 @@ def _contact_id(value: Any) -> int | None:
         return int(value) if value is not None else None
     except (TypeError, ValueError):
         return None
+
+
+def _id_values(contact_ids: list[int]) -> Array:
+    """Contact ids as the 64-bit values a :class:`HashIndex` holds (each id is its own hash)."""
+    return np.asarray(contact_ids, dtype=np.int64).view(np.uint64)
