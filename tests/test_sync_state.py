@@ -700,7 +700,7 @@ def test_an_unchanged_night_reads_the_enrolled_keys_once_not_each_key(
     nights: Nights, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Looking up each key of a large export cost most of an unchanged night: once the run has
-    read a tenth as many rows as the state holds keys, the enrolled ones come from one read."""
+    read 2% as many rows as the state holds keys, the enrolled ones come from one read."""
     looked_up: list[str] = []
     real = SyncState.lookup
 
