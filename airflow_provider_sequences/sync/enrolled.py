@@ -41,8 +41,9 @@ class EnrolledKeys:
         self.enabled = enabled
 
     def match(self, hashes: Array, rows_read: int) -> Array:
-        """For each key hash: whether an earlier run enrolled the key (``False`` for every key
-        until the run has read ``rows_read`` rows enough to read the state's keys)."""
+        """For each key hash: whether an earlier run enrolled the key. ``rows_read``: the rows
+        the run has read, this chunk's included; until they are enough to make the pass worth
+        it, every key answers ``False`` (and is looked up)."""
         if not self.enabled:
             return np.zeros(len(hashes), dtype=bool)
         if self._index is None:

@@ -182,7 +182,8 @@ class ReplyAdapter(HookAdapter):
         self, key_by_id: dict[int, str], resent_keys: frozenset[str], outcome: BatchOutcome
     ) -> None:
         """Take contacts already in the sequence out of ``key_by_id``: never named again."""
-        for contact_id in sorted(self.in_sequence(list(key_by_id))):
+        members = self.in_sequence(list(key_by_id))
+        for contact_id in [c for c in key_by_id if c in members]:
             key = key_by_id.pop(contact_id)
             if key in resent_keys:
                 # An earlier attempt sent it and never heard back: that send enrolled it.
