@@ -267,7 +267,7 @@ def draw_chart(results: dict[str, Any], path: Path) -> Path | None:
         print("matplotlib is not installed: no chart")
         return None
     scenarios = results["scenarios"]
-    fig, axes = plt.subplots(2, 2, figsize=(12, 8))
+    fig, axes = plt.subplots(3, 2, figsize=(12, 12))
     ax = axes[0][0]
     per = scenarios.get("requests_per_1000")
     if per:
@@ -311,6 +311,10 @@ def draw_chart(results: dict[str, Any], path: Path) -> Path | None:
         ax.axhline(20, color="orange", linestyle="--", linewidth=0.8)
         ax.legend()
     ax.set_title("6. Against a hand-written per-contact loop")
+    if scenarios.get("nights"):
+        _night_panels(axes[2][0], axes[2][1], scenarios["nights"])
+    axes[2][0].set_title("9. A night's wall against reading the export")
+    axes[2][1].set_title("9. Peak RSS of a night")
     m = results["machine"]
     fig.suptitle(
         f"airflow-provider-sequences benchmarks: {m['cpus_usable']} CPUs, {m['memory_mb']:,} MB, "
@@ -320,3 +324,35 @@ def draw_chart(results: dict[str, Any], path: Path) -> Path | None:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     return path
+
+
+def _night_panels(ratios: Any, memory: Any, nights: dict[str, Any]) -> None:
+    """Scenario 9: each case, size and store, its nights over the reference read; peak RSS."""
+    labels: list[str] = []
+    unchanged: list[float] = []
+    changed: list[float] = []
+    peaks: list[float] = []
+    for case, sizes in nights["cases"].items():
+        for size, entry in sizes.items():
+            n = int(size)
+            shown = f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n:,}"
+            for store, figures in entry["stores"].items():
+                labels.append(f"{case.split('_')[0]} {shown}\n{'PG' if store == 'postgresql' else store}")
+                unchanged.append(figures["unchanged"]["over_read"])
+                changed.append(figures["changed"]["over_read"])
+                peaks.append(
+                    max(figures[night]["peak_rss_mb"] for night in ("first_night", "unchanged", "changed"))
+                )
+    x = list(range(len(labels)))
+    ratios.bar([i - 0.2 for i in x], unchanged, 0.4, label="unchanged night")
+    ratios.bar([i + 0.2 for i in x], changed, 0.4, label="next night (1% new at 1M, 0.1% at 10M)")
+    ratios.axhline(2.0, color="red", linestyle="--", linewidth=0.8, label="target: unchanged, SQLite")
+    ratios.axhline(2.5, color="orange", linestyle="--", linewidth=0.8, label="target: 0.1% at 10M")
+    ratios.set_xticks(x, labels, fontsize="x-small")
+    ratios.set_ylabel("x the reference read")
+    ratios.legend(fontsize="x-small")
+    memory.bar(x, peaks)
+    memory.axhline(1024, color="red", linestyle="--", linewidth=0.8, label="target at 10M")
+    memory.set_xticks(x, labels, fontsize="x-small")
+    memory.set_ylabel("MB")
+    memory.legend(fontsize="x-small")
