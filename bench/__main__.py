@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from bench.harness import ROOT, machine
-from bench.nights import nights
+from bench.nights import merge_earlier, nights
 from bench.report import draw_chart, table
 from bench.scenarios import (
     CASES,
@@ -175,6 +175,8 @@ def main(argv: list[str] | None = None) -> int:
         before = json.loads(output.read_text())
         earlier = before.get("scenarios", {})
         kept: dict[str, Any] = results.setdefault("kept_from_earlier_runs", {})
+        if "nights" in scenarios and "nights" in earlier:
+            merge_earlier(scenarios["nights"], earlier["nights"])
         for key in sorted(set(earlier) - set(scenarios)):
             scenarios[key] = earlier[key]
             kept[key] = before.get("kept_from_earlier_runs", {}).get(key) or {
