@@ -869,3 +869,33 @@ def test_a_nested_parquet_column_that_is_mapped_is_refused_by_name(
         column_map={"phone": "phone"}, key_column="id", rules=whippy_rules(email_required=False)
     )
     assert len(prepare_chunk(frame, spec, first_row=0).contacts) == 1
+
+
+@pytest.mark.parametrize("driver", ["psycopg", "psycopg2"])
+def test_a_postgresql_query_streams_its_result_through_a_server_side_cursor(
+    postgres_url: str, driver: str
+) -> None:
+    """A driver's default cursor holds a query's whole result in the worker before the first
+    chunk (gigabytes for ten million rows): the result comes a chunk at a time instead."""
+    engine = sa.create_engine(postgres_url.replace("postgresql://", f"postgresql+{driver}://", 1))
+    table = {"psycopg": "export_psycopg", "psycopg2": "export_psycopg2"}[driver]  # names, not input
+    with engine.begin() as connection:
+        connection.execute(sa.text(f"DROP TABLE IF EXISTS {table}"))
+        rows = "SELECT 'c' || g AS contact_id FROM generate_series(1, 5000) g"
+        connection.execute(sa.text(f"CREATE TABLE {table} AS {rows}"))
+    query = f"SELECT contact_id FROM {table} ORDER BY contact_id"  # noqa: S608 - a constant name
+    chunks = read_sql_chunks(engine, query, chunk_size=1_000)
+    first = next(chunks)
+    with engine.connect() as other:
+        # What the reading session said last: DECLARE or FETCH of its cursor, not a SELECT
+        # whose whole result it already holds.
+        said = other.execute(
+            sa.text(
+                "SELECT query FROM pg_stat_activity WHERE datname = current_database() "
+                "AND pid <> pg_backend_pid() AND state = 'idle in transaction'"
+            )
+        ).scalars()
+        assert {"DECLARE", "FETCH"} & {query.split(None, 1)[0].upper() for query in said}
+    rest = list(chunks)
+    assert [len(first), *(len(chunk) for chunk in rest)] == [1_000] * 5
+    engine.dispose()

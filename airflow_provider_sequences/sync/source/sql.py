@@ -44,6 +44,35 @@ def _read_sql(
     parameters: Mapping[str, Any] | Sequence[Any] | None,
 ) -> Generator[pd.DataFrame, None, None]:
     errors = _database_errors(connection)
+    with contextlib.ExitStack() as stack:
+        if _is_engine(connection):
+            # A connection of its own that streams the result (a server-side cursor on
+            # PostgreSQL and MySQL): a driver's default cursor holds the whole result in the
+            # worker's memory before the first chunk, ten million rows included.
+            try:
+                connection = stack.enter_context(connection.connect()).execution_options(
+                    stream_results=True, max_row_buffer=chunk_size
+                )
+            except errors as error:
+                raise SourceError(f"the source query failed: {_database_message(error)}") from error
+        yield from _frames(connection, sql, chunk_size, parameters, errors)
+
+
+def _is_engine(connection: Any) -> bool:
+    try:
+        from sqlalchemy import Engine
+    except ImportError:  # pragma: no cover - SQLAlchemy comes with Airflow
+        return False
+    return isinstance(connection, Engine)
+
+
+def _frames(
+    connection: Any,
+    sql: str,
+    chunk_size: int,
+    parameters: Mapping[str, Any] | Sequence[Any] | None,
+    errors: tuple[type[BaseException], ...],
+) -> Generator[pd.DataFrame, None, None]:
     try:
         chunks = iter(pd.read_sql(sql, connection, params=parameters, chunksize=chunk_size))
     except errors as error:

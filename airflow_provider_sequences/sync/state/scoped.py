@@ -102,16 +102,24 @@ class ScopedStore:
             marks = ", ".join([mark] * len(runs))
             sql += f" AND (last_run_id IS NULL OR last_run_id NOT IN ({marks}))"
         params = (*self._scope_params, ADDED, *runs)
+        for rows in self._slices(sql, params, slice_size):
+            yield [row[0] for row in rows]
+
+    def _slices(self, sql: str, params: Sequence[Any], size: int) -> Iterator[Sequence[Any]]:
+        """A plain query's rows, ``size`` at a time, through the driver's own cursor.
+
+        On PostgreSQL a server-side cursor: the driver's default one would hold the whole result
+        in memory before the first row (ten million rows: gigabytes).
+        """
         with self.engine.connect() as connection:
-            if sqlite:
-                cursor = connection.connection.cursor()
+            if self.engine.dialect.name == "postgresql":
+                cursor = connection.connection.cursor("sequence_sync_slices")
             else:
-                # A server-side cursor: the keys come in slices, never all in memory at once.
-                cursor = connection.connection.cursor("sequence_sync_enrolled_keys")
+                cursor = connection.connection.cursor()
             try:
-                cursor.execute(sql, params)
-                while rows := cursor.fetchmany(slice_size):
-                    yield [row[0] for row in rows]
+                cursor.execute(sql, tuple(params))
+                while rows := cursor.fetchmany(size):
+                    yield rows
             finally:
                 cursor.close()
 

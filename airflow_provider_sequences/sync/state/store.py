@@ -92,16 +92,10 @@ class SyncState(InFlightBatches, Leases, Runs, ClaimedValues):
             f"WHERE {self._scope_sql} AND status = {self._placeholder} AND last_run_id = {self._placeholder}"
         )
         found: dict[str, Any] = {}
-        with self.engine.connect() as connection:
-            cursor = connection.connection.cursor()
-            try:
-                cursor.execute(sql, (*self._scope_params, PENDING, run_id))
-                while rows := cursor.fetchmany(10_000):
-                    for key, identity in rows:
-                        value = _load_identity(identity) if identity else {}
-                        found[key] = key if value == key else value
-            finally:
-                cursor.close()
+        for rows in self._slices(sql, (*self._scope_params, PENDING, run_id), 10_000):
+            for key, identity in rows:
+                value = _load_identity(identity) if identity else {}
+                found[key] = key if value == key else value
         return found
 
     def run_outcomes(self, run_id: str) -> Iterator[tuple[str, str, str | None, str | None]]:
@@ -117,15 +111,9 @@ class SyncState(InFlightBatches, Leases, Runs, ClaimedValues):
             f"SELECT contact_key, status, reason, detail FROM {STATE_TABLE} "  # noqa: S608
             f"WHERE {self._scope_sql} AND last_run_id = {self._placeholder} ORDER BY {order}"
         )
-        with self.engine.connect() as connection:
-            cursor = connection.connection.cursor()
-            try:
-                cursor.execute(sql, (*self._scope_params, run_id))
-                while rows := cursor.fetchmany(10_000):
-                    for row in rows:
-                        yield row[0], row[1], row[2], row[3]
-            finally:
-                cursor.close()
+        for rows in self._slices(sql, (*self._scope_params, run_id), 10_000):
+            for row in rows:
+                yield row[0], row[1], row[2], row[3]
 
     def to_frame(self) -> pd.DataFrame:
         """The whole state of this scope as a DataFrame (for people, not for the sync)."""
