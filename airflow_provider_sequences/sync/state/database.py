@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
+import tenacity
 
 
 def default_state_url(airflow_home: str | Path) -> str:
@@ -22,7 +24,7 @@ def create_state_engine(url: str) -> sa.Engine:
         def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
             # WAL lets readers and one writer work at once; several mapped tasks share the file.
             cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
+            _use_wal(cursor)
             cursor.execute("PRAGMA synchronous=NORMAL")
             # Outcomes land at random places of the key index, so every batch dirties about a
             # page per key. A cache of 32 MB (not 2) keeps the index's upper levels and recent
@@ -34,3 +36,20 @@ def create_state_engine(url: str) -> sa.Engine:
 
         return engine
     return sa.create_engine(url, pool_pre_ping=True)
+
+
+def _locked(error: BaseException) -> bool:
+    return isinstance(error, sqlite3.OperationalError) and "locked" in str(error)
+
+
+@tenacity.retry(
+    retry=tenacity.retry_if_exception(_locked),
+    wait=tenacity.wait_random(0.01, 0.2),
+    stop=tenacity.stop_after_delay(60),
+    reraise=True,
+)
+def _use_wal(cursor: Any) -> None:
+    """Switch the file to WAL (it stays so). SQLite answers "database is locked" at once, without
+    waiting its busy timeout, when another process opens a new state file at the same moment:
+    two mapped tasks starting on a fresh state. So the switch is tried again for up to 60 s."""
+    cursor.execute("PRAGMA journal_mode=WAL")
