@@ -63,7 +63,9 @@ def postgres_url() -> Iterator[str]:
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
     if worker:
         data = f"{data}-{worker}"
-        env.setdefault("PGPORT", str(55430 + int(worker.removeprefix("gw"))))
+        # Below Linux's ephemeral ports (32768-60999): a client socket of another test may
+        # hold any port in that range at the moment the server binds (CI once lost 55430 so).
+        env.setdefault("PGPORT", str(31430 + int(worker.removeprefix("gw"))))
     started = False
     try:
         # apt-get may run on a fresh machine: give it time, within pytest-timeout's 300 s.
