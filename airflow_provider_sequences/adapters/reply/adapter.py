@@ -82,7 +82,7 @@ class ReplyAdapter(HookAdapter):
         self.sequence_name: str | None = None
         #: Contact ids in the sequence, once read (then kept up to date with this run's adds).
         #: (Contact ids as 64-bit values in a :class:`HashIndex`: 8 bytes an id where a Python
-        #: set of ten million ints costs some 600 MB.)
+        #: set of ten million ints costs an estimated 600 MB.)
         self._members: HashIndex | None = None
         self._members_first = self.enrolment.start_step_id is not None
         self._limit_reached: str | None = None
