@@ -127,7 +127,8 @@ def export(
     them changed (a new company) and as many rows appended (see ``night_two_frame``).
     """
     suffix = ("-night2" + ("" if changed_share == 0.01 else f"-c{changed_share}")) if night_two else ""
-    path = CACHE / f"crm-{rows}-s{seed}-b{bad_share}{suffix}.db"
+    # v2: phones unique past 8M ids (v1 repeated them, so 20% of a 10M export shared one).
+    path = CACHE / f"crm-v2-{rows}-s{seed}-b{bad_share}{suffix}.db"
     if path.exists():
         return path
     frame = (

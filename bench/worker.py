@@ -138,8 +138,8 @@ def sync(spec: dict[str, Any], run: Any) -> dict[str, Any]:
     stats = dict(result.stats)
     return {
         "stats": {k: v for k, v in stats.items() if isinstance(v, (int, float))},
-        "added": len(result.added),
-        "not_processed": len(result.not_processed),
+        "added": result.added_count,
+        "not_processed": result.not_processed_count,
         # Where the wall went, without a profiler's overhead: read to push (``run``), the
         # read-back (``confirm``: Whippy confirms in the background), and the result.
         "phase_wall_s": {

@@ -703,6 +703,37 @@ def test_most_rows_bad_fails_the_task_but_keeps_the_result(world: ReplyWorld, sh
     assert world.enrolled_emails() == Counter({"ada@example.com": 1})
 
 
+def test_a_set_over_max_xcom_keys_stays_in_the_state_and_xcom_says_where(world: ReplyWorld) -> None:
+    from airflow_provider_sequences.sync_state import read_sync_state
+
+    rows = [{"email": e} for e in ("ada@example.com", "grace@example.com", "alan@example.com", "bad-1")]
+    run = world.run(
+        world.dag(
+            upstream_rows=rows, column_map={"email": "email"}, max_xcom_keys=2, max_not_processed_share=None
+        )
+    )
+
+    assert run.states[TASK] == "success"
+    result = run.result
+    # Three added keys are over the limit: their count stays, the keys are in the state.
+    assert "added" not in result
+    assert result["omitted"] == ["added"]
+    assert result["stats"]["added"] == 3
+    assert list(result["not_processed"]) == ["bad-1"]
+    where = result["keys_in_state"]
+    assert where["state_conn_id"] == STATE_CONN
+    state = read_sync_state(service="reply", sequence_id=where["sequence_id"], state_conn_id=STATE_CONN)
+    this_run = state[state.last_run_id == where["last_run_id"]]
+    assert sorted(this_run[this_run.status == "added"].contact_key) == [
+        "ada@example.com",
+        "alan@example.com",
+        "grace@example.com",
+    ]
+    assert world.enrolled_emails() == Counter(
+        dict.fromkeys(this_run[this_run.status == "added"].contact_key, 1)
+    )
+
+
 # -- mapping, templates, links, example DAGs -----------------------------------------------------
 
 

@@ -257,6 +257,39 @@ def test_run_outcomes_are_the_keys_a_run_wrote_last(state: SyncState) -> None:
     assert list(SyncState(state.engine, Scope("reply", "reply_default", "1002")).run_outcomes("run-1")) == []
 
 
+def test_a_runs_result_counts_its_keys_in_the_state_and_reads_them_only_when_asked(
+    state: SyncState,
+) -> None:
+    """Ten million added keys as Python strings were most of a first night's memory: the
+    result counts them where they are, and reads them only for whoever asks for the keys."""
+    import tracemalloc
+
+    from airflow_provider_sequences.sync.record import Recorder
+    from airflow_provider_sequences.sync.values import AddedKeys
+
+    keys = [f"crm-{i:07d}" for i in range(30_000)]
+    state.record([], "run-1", added=AddedKeys(dict.fromkeys(keys), {}))
+    state.record([KeyOutcome("bad", NOT_PROCESSED, "invalidEmail", "no @")], "run-1")
+    state.record([KeyOutcome("late", PENDING)], "run-1")
+    recorder = Recorder(state, "run-1", writes_state=True, mask_values=False, service="Reply")
+    tracemalloc.start()
+    try:
+        result = recorder.finish(dry_run=False, would_send=0)
+        stats = {name: value for name, value in result.to_xcom(max_keys=100)["stats"].items() if value}
+        reasons = result.reasons()
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert stats == {"added": 30_000, "not_processed": 2}
+    assert reasons == {"invalidEmail": 1, "enrollmentUnconfirmed": 1}
+    # 30,000 keys as strings in a list take some 2.5 MB.
+    assert peak < 500_000, peak
+    assert result.added == keys
+    assert result.not_processed["bad"] == {"reason": "invalidEmail", "detail": "no @"}
+    assert result.not_processed["late"]["reason"] == "enrollmentUnconfirmed"
+    assert result.to_xcom()["stats"]["added"] == 30_000
+
+
 def test_promote_pending_records_a_runs_pending_keys_as_added_only_when_the_count_matches(
     state: SyncState,
 ) -> None:

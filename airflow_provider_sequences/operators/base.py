@@ -36,6 +36,7 @@ from airflow_provider_sequences.sync_state import state_engine
 from airflow_provider_sequences.ui.queries import REASONS_STAT
 
 DEFAULT_CHUNK_SIZE = 20_000
+DEFAULT_MAX_XCOM_KEYS = 1_000_000
 
 
 class SequenceSyncOperator(ConfirmScaffold, BaseOperator):
@@ -63,6 +64,10 @@ class SequenceSyncOperator(ConfirmScaffold, BaseOperator):
         keys read is not processed (the result is still in XCom); ``None`` never fails.
         The default, 0.5, tolerates the few bad rows of a nightly export but not a run where
         most rows fail.
+    :param max_xcom_keys: ``added`` or ``not_processed`` with more keys than this stays out
+        of XCom (its count stays in ``stats``, ``omitted`` names it, and ``keys_in_state`` says
+        where to read it: every key's outcome is in the sync state). Default 1,000,000:
+        ten million keys would put some 150 MB into XCom every night. ``None``: no limit.
     :param incremental: skip keys an earlier run enrolled and retry what may succeed now.
     :param full_resync: send every key again, whatever the state says.
     :param max_attempts: sends of one key across runs before a transient failure is final.
@@ -126,6 +131,7 @@ class SequenceSyncOperator(ConfirmScaffold, BaseOperator):
         chunk_size: int = DEFAULT_CHUNK_SIZE,
         dry_run: bool = False,
         max_not_processed_share: float | None = 0.5,
+        max_xcom_keys: int | None = DEFAULT_MAX_XCOM_KEYS,
         incremental: bool = True,
         full_resync: bool = False,
         max_attempts: int = 5,
@@ -164,6 +170,7 @@ class SequenceSyncOperator(ConfirmScaffold, BaseOperator):
         self.chunk_size = chunk_size
         self.dry_run = dry_run
         self.max_not_processed_share = max_not_processed_share
+        self.max_xcom_keys = max_xcom_keys
         self.incremental = incremental
         self.full_resync = full_resync
         self.max_attempts = max_attempts
@@ -389,7 +396,22 @@ class SequenceSyncOperator(ConfirmScaffold, BaseOperator):
 
     def complete(self, context: Mapping[str, Any], result: SyncResult, run: SyncRun) -> dict[str, Any]:
         """Log the summary, push the result and apply the partial-failure policy."""
-        value = result.to_xcom()
+        # Only keys the state holds may stay out: a run that writes none has them nowhere else.
+        value = result.to_xcom(max_keys=self.max_xcom_keys if run.writes_state else None)
+        if "omitted" in value:
+            value["keys_in_state"] = {
+                "service": run.adapter.service,
+                "sequence_id": str(self.sequence_id),
+                "last_run_id": run.run_id,
+                "state_conn_id": self.state_conn_id,
+            }
+            self.log.warning(
+                "The result's %s left out of XCom: more than max_xcom_keys=%d keys. Every key's "
+                "outcome is in the sync state (read_sync_state(), rows with last_run_id %r)",
+                " and ".join(value["omitted"]),
+                self.max_xcom_keys,
+                run.run_id,
+            )
         if run.options.dry_run:
             value["would_send"] = run.would_send
         stats = value["stats"]

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import dataclass, field
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Protocol
 
 # The provider's own reasons (the services' slugs, such as ``contactAlreadyInSequence``,
 # ``contactNotFound``, ``forbidden``, ``contactLimitExceeded`` and ``invalidInput``, pass through).
@@ -60,17 +60,83 @@ def retry_when_changed(service_reasons: frozenset[str]) -> frozenset[str]:
     return PROVIDER_RETRY_WHEN_CHANGED | service_reasons
 
 
-@dataclass
+#: One key's outcome as a result reads it: ``(key, None, None)`` when added, else
+#: ``(key, reason, detail)``.
+KeyResult = tuple[str, str | None, str | None]
+
+
+class StoredOutcomes(Protocol):
+    """A run's outcomes where they are kept (the sync state)."""
+
+    def counts(self) -> Counter[str | None]:
+        """How many keys each reason accounts for (``None``: added)."""
+        ...
+
+    def keys(self, added: bool) -> Iterator[KeyResult]:
+        """The added keys' outcomes (``added``), or the others', streamed."""
+        ...
+
+
 class SyncResult:
-    """The outcome of one run, built up batch by batch.
+    """The outcome of one run.
 
     ``added`` and ``not_processed`` never share a key; ``stats["rows"]`` counts every row
     read, so ``rows == added + not_processed + duplicates (+ unchanged)`` always holds.
+
+    A run without a state builds it up key by key (:meth:`add`, :meth:`reject`). A run with
+    one passes ``stored``: its outcomes are counted in the state, and only read
+    into ``added`` and ``not_processed`` when someone asks for the keys, so the counts of a
+    night of ten million keys cost no memory per key.
     """
 
-    added: list[str] = field(default_factory=list)
-    not_processed: dict[str, dict[str, str]] = field(default_factory=dict)
-    stats: Counter[str] = field(default_factory=Counter)
+    def __init__(
+        self,
+        *,
+        stats: Counter[str] | None = None,
+        stored: StoredOutcomes | None = None,
+    ) -> None:
+        self.stats: Counter[str] = stats if stats is not None else Counter()
+        self._stored = stored
+        self._added: list[str] | None = None
+        self._not_processed: dict[str, dict[str, str]] | None = None
+        self._added_count = 0
+        self._reasons: Counter[str] = Counter()
+        if stored is None:
+            self._added, self._not_processed = [], {}
+            return
+        for reason, count in stored.counts().items():
+            if reason is None:
+                self._added_count += count
+            else:
+                self._reasons[reason] += count
+
+    @property
+    def added(self) -> list[str]:
+        """Every key added (read from the state on first use)."""
+        if self._added is None:
+            assert self._stored is not None
+            self._added = [key for key, _, _ in self._stored.keys(added=True)]
+        return self._added
+
+    @property
+    def not_processed(self) -> dict[str, dict[str, str]]:
+        """Every key not processed, with its ``reason`` and ``detail`` (read on first use)."""
+        if self._not_processed is None:
+            assert self._stored is not None
+            self._not_processed = {
+                key: {"reason": reason, "detail": detail or ""}
+                for key, reason, detail in self._stored.keys(added=False)
+                if reason is not None
+            }
+        return self._not_processed
+
+    @property
+    def added_count(self) -> int:
+        return self._added_count if self._added is None else len(self._added)
+
+    @property
+    def not_processed_count(self) -> int:
+        return sum(self._reasons.values()) if self._not_processed is None else len(self._not_processed)
 
     def add(self, key: str) -> None:
         self.added.append(key)
@@ -80,15 +146,36 @@ class SyncResult:
 
     def reasons(self) -> Counter[str]:
         """How many keys each reason accounts for."""
-        return Counter(outcome["reason"] for outcome in self.not_processed.values())
+        if self._not_processed is None:
+            return Counter(self._reasons)
+        return Counter(outcome["reason"] for outcome in self._not_processed.values())
 
-    def to_xcom(self) -> dict[str, Any]:
-        """The operator's return value: JSON-safe, keys are strings."""
+    def to_xcom(self, max_keys: int | None = None) -> dict[str, Any]:
+        """The operator's return value: JSON-safe, keys are strings.
+
+        ``max_keys``: ``added`` or ``not_processed`` with more keys than this is left out (its
+        count stays in ``stats``, and ``omitted`` names it); ``None`` keeps both whole.
+        """
         stats = dict(self.stats)
-        stats["added"] = len(self.added)
-        stats["not_processed"] = len(self.not_processed)
+        stats["added"] = self.added_count
+        stats["not_processed"] = self.not_processed_count
         for name in ("rows", "duplicates", "requests", "write_requests", "read_requests"):
             stats.setdefault(name, 0)
+        value: dict[str, Any] = {}
+        omitted = [
+            name for name in ("added", "not_processed") if max_keys is not None and stats[name] > max_keys
+        ]
         # The result's own list and dict, not copies: at a million keys a copy doubles the
         # task's memory while XCom serialises it.
-        return {"added": self.added, "not_processed": self.not_processed, "stats": stats}
+        # Counted from the keys handed over: a key another run recorded since the counts were
+        # taken is in neither.
+        if "added" not in omitted:
+            value["added"] = self.added
+            stats["added"] = len(self.added)
+        if "not_processed" not in omitted:
+            value["not_processed"] = self.not_processed
+            stats["not_processed"] = len(self.not_processed)
+        value["stats"] = stats
+        if omitted:
+            value["omitted"] = omitted
+        return value

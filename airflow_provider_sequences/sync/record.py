@@ -19,7 +19,7 @@ import pandas as pd
 
 from airflow_provider_sequences.sync.contract import BatchOutcome, Identity, ServiceAdapter
 from airflow_provider_sequences.sync.masking import mask_text
-from airflow_provider_sequences.sync.outcomes import ENROLLMENT_UNCONFIRMED, SyncResult
+from airflow_provider_sequences.sync.outcomes import ENROLLMENT_UNCONFIRMED, KeyResult, SyncResult
 from airflow_provider_sequences.sync.state.null import Store
 from airflow_provider_sequences.sync.values import (
     ADDED,
@@ -211,20 +211,42 @@ class Recorder:
                         "its enrolment back",
                     )
             return self.result
-        result = SyncResult(stats=self.result.stats)
-        for key, status, reason, detail in self.store.run_outcomes(self.run_id):
-            if status == ADDED:
-                result.add(key)
+        return SyncResult(stats=self.result.stats, stored=RunOutcomes(self.store, self.run_id, self.service))
+
+
+class RunOutcomes:
+    """A run's outcomes in the sync state, as its result reads them: keys still pending are
+    not processed (``enrollmentUnconfirmed``) until a later run reads them back."""
+
+    def __init__(self, store: Store, run_id: str, service: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.unconfirmed = (
+            f"{service} accepted this contact but its enrolment was not read back in this run; "
+            "the next run confirms it"
+        )
+
+    def counts(self) -> Counter[str | None]:
+        counts: Counter[str | None] = Counter()
+        for (status, reason), count in self.store.run_counts(self.run_id).items():
+            counts[self._reason(status, reason)] += count
+        return counts
+
+    def keys(self, added: bool) -> Iterator[KeyResult]:
+        for key, status, reason, detail in self.store.run_outcomes(self.run_id, added=added):
+            found = self._reason(status, reason)
+            if found is None:
+                yield key, None, None
             elif status == NOT_PROCESSED:
-                result.reject(key, reason or "", detail or "")
+                yield key, found, detail or ""
             else:
-                result.reject(
-                    key,
-                    ENROLLMENT_UNCONFIRMED,
-                    f"{self.service} accepted this contact but its enrolment was not read back "
-                    "in this run; the next run confirms it",
-                )
-        return result
+                yield key, found, self.unconfirmed
+
+    @staticmethod
+    def _reason(status: str, reason: str | None) -> str | None:
+        if status == ADDED:
+            return None
+        return (reason or "") if status == NOT_PROCESSED else ENROLLMENT_UNCONFIRMED
 
 
 def _only_statuses(outcome: BatchOutcome, expected: int) -> bool:

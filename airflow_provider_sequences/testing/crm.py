@@ -38,7 +38,7 @@ def crm_frame(rows: int, *, seed: int = 7, bad_share: float = 0.02, first_id: in
             "last_name": last,
             "company": np.array(COMPANIES)[rng.integers(0, len(COMPANIES), rows)],
             "job_title": np.array(TITLES)[rng.integers(0, len(TITLES), rows)],
-            # San Francisco numbers, unique per id, written the ways CRMs hold them.
+            # Bay Area numbers, unique per id, written the ways CRMs hold them.
             "phone": [_phone(int(i)) for i in ids],
             "city": [CITIES[c][0] for c in city_index],
             "country": [CITIES[c][1] for c in city_index],
@@ -64,11 +64,18 @@ def crm_frame(rows: int, *, seed: int = 7, bad_share: float = 0.02, first_id: in
     return frame
 
 
+#: Bay Area codes: each holds 8,000,000 numbers (exchanges 200-999), so ids stay unique to 32M.
+AREA_CODES = (415, 628, 650, 510)
+
+
 def _phone(i: int) -> str:
+    area = AREA_CODES[(i // 8_000_000) % len(AREA_CODES)]
     exchange, line = 200 + (i // 10_000) % 800, i % 10_000
-    return (f"+1 415-{exchange}-{line:04d}", f"(415) {exchange}-{line:04d}", f"415.{exchange}.{line:04d}")[
-        i % 3
-    ]
+    return (
+        f"+1 {area}-{exchange}-{line:04d}",
+        f"({area}) {exchange}-{line:04d}",
+        f"{area}.{exchange}.{line:04d}",
+    )[i % 3]
 
 
 def write_crm_sqlite(path: str | Path, frame: pd.DataFrame, *, table: str = CRM_TABLE) -> Path:

@@ -50,7 +50,12 @@ class NullStore:
     def pending_identities(self, run_id: str) -> dict[str, Any]:
         return {}
 
-    def run_outcomes(self, run_id: str) -> Iterator[tuple[str, str, str | None, str | None]]:
+    def run_counts(self, run_id: str) -> dict[tuple[str, str | None], int]:
+        return {}
+
+    def run_outcomes(
+        self, run_id: str, *, added: bool | None = None
+    ) -> Iterator[tuple[str, str, str | None, str | None]]:
         return iter(())
 
     def record(

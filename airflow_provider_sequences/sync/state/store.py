@@ -98,8 +98,22 @@ class SyncState(InFlightBatches, Leases, Runs, ClaimedValues):
                 found[key] = key if value == key else value
         return found
 
-    def run_outcomes(self, run_id: str) -> Iterator[tuple[str, str, str | None, str | None]]:
-        """(key, status, reason, detail) of every key whose last run is ``run_id``, by key.
+    def run_counts(self, run_id: str) -> dict[tuple[str, str | None], int]:
+        """How many keys whose last run is ``run_id`` have each (status, reason)."""
+        sql = (
+            f"SELECT status, reason, COUNT(*) FROM {STATE_TABLE} "  # noqa: S608
+            f"WHERE {self._scope_sql} AND last_run_id = {self._placeholder} GROUP BY status, reason"
+        )
+        return {
+            (status, reason): count
+            for status, reason, count in self._fetch(sql, (*self._scope_params, run_id))
+        }
+
+    def run_outcomes(
+        self, run_id: str, *, added: bool | None = None
+    ) -> Iterator[tuple[str, str, str | None, str | None]]:
+        """(key, status, reason, detail) of every key whose last run is ``run_id``, by key;
+        ``added``: only the added keys (``True``) or only the others (``False``).
 
         Streamed in slices: a run of a million keys is never all in memory twice.
         """
@@ -107,11 +121,13 @@ class SyncState(InFlightBatches, Leases, Runs, ClaimedValues):
         # slower at a million keys, and every key of the sequence, not only this run's): the
         # unary plus keeps it on the run index and has it sort the run's rows itself.
         order = "+contact_key" if self.engine.dialect.name == "sqlite" else "contact_key"
+        status = "" if added is None else f" AND status {'=' if added else '<>'} {self._placeholder}"
         sql = (
             f"SELECT contact_key, status, reason, detail FROM {STATE_TABLE} "  # noqa: S608
-            f"WHERE {self._scope_sql} AND last_run_id = {self._placeholder} ORDER BY {order}"
+            f"WHERE {self._scope_sql} AND last_run_id = {self._placeholder}{status} ORDER BY {order}"
         )
-        for rows in self._slices(sql, (*self._scope_params, run_id), 10_000):
+        params = (*self._scope_params, run_id) if added is None else (*self._scope_params, run_id, ADDED)
+        for rows in self._slices(sql, params, 10_000):
             for row in rows:
                 yield row[0], row[1], row[2], row[3]
 
