@@ -720,6 +720,7 @@ def test_a_set_over_max_xcom_keys_stays_in_the_state_and_xcom_says_where(world: 
     assert result["omitted"] == ["added"]
     assert result["stats"]["added"] == 3
     assert list(result["not_processed"]) == ["bad-1"]
+    assert result["reasons"] == {"invalidEmail": 1}
     where = result["keys_in_state"]
     assert where["state_conn_id"] == STATE_CONN
     state = read_sync_state(service="reply", sequence_id=where["sequence_id"], state_conn_id=STATE_CONN)

@@ -416,6 +416,8 @@ class SequenceSyncOperator(ConfirmScaffold, BaseOperator):
             value["would_send"] = run.would_send
         stats = value["stats"]
         reasons = result.reasons()
+        # Counts by reason stay in XCom when the keys do not (max_xcom_keys).
+        value["reasons"] = dict(reasons)
         log_result(self.log, f"{self.display_name} sequence {self.sequence_id}", stats, reasons)
         if run.writes_state:
             # The run's counts, for the Sequence syncs view: it charts runs from these rather
