@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,3 +39,23 @@ def test_hashes_do_not_change_between_processes_or_versions() -> None:
         12688429079084477622,
         13380050531990893809,
     ]
+
+
+def test_merging_a_large_index_copies_it_at_most_twice_at_its_peak() -> None:
+    # A first night of ten million keys adds one chunk's hashes at a time, and the last merges
+    # join runs of millions: a merge that also made an order array and a sorted copy held the
+    # index four times over (320 MB at ten million keys) at the worker's memory peak.
+    rng = np.random.default_rng(7)
+    chunks = [rng.integers(0, 2**63, 20_000, dtype=np.uint64) for _ in range(64)]
+    index = HashIndex()
+    tracemalloc.start()
+    try:
+        for chunk in chunks:
+            index.add(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(index) == 64 * 20_000
+    hashes = index.hashes
+    assert bool(np.all(hashes[1:] >= hashes[:-1]))
+    assert peak < 2.5 * len(index) * 8

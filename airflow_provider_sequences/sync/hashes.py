@@ -89,11 +89,19 @@ class HashIndex:
         while len(runs) > 1 and (
             (until is not None and len(runs) > until) or 2 * len(runs[-1][0]) >= len(runs[-2][0])
         ):
-            (older, older_payload), (newer, newer_payload) = runs[-2], runs[-1]
+            (older, older_payload), (newer, newer_payload) = runs.pop(-2), runs.pop(-1)
             merged = np.concatenate([older, newer])
-            # Two sorted runs: a stable sort (timsort) finds them and merges in linear time.
-            order = np.argsort(merged, kind="stable")
             values = None
             if older_payload is not None and newer_payload is not None:
-                values = np.concatenate([older_payload, newer_payload])[order]
-            runs[-2:] = [(merged[order], values)]
+                values = np.concatenate([older_payload, newer_payload])
+            del older, newer, older_payload, newer_payload  # the runs' copies go before the sort's
+            if values is None:
+                # In place: a stable sort (timsort) finds the two sorted runs and merges them in
+                # linear time, with a buffer of the smaller run; the argsort below needs an
+                # order array and a sorted copy as well (4 copies of the index at the peak).
+                merged.sort(kind="stable")
+            else:
+                order = np.argsort(merged, kind="stable")
+                merged, values = merged[order], values[order]
+                del order
+            runs.append((merged, values))
