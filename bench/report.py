@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.nights import over_read
 from bench.nights import verdict_rows as night_rows
 
 THROUGHPUT_TARGET = 20_000
@@ -338,8 +339,8 @@ def _night_panels(ratios: Any, memory: Any, nights: dict[str, Any]) -> None:
             shown = f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n:,}"
             for store, figures in entry["stores"].items():
                 labels.append(f"{case.split('_')[0]} {shown}\n{'PG' if store == 'postgresql' else store}")
-                unchanged.append(figures["unchanged"]["over_read"])
-                changed.append(figures["changed"]["over_read"])
+                unchanged.append(over_read(figures["unchanged"]))
+                changed.append(over_read(figures["changed"]))
                 peaks.append(
                     max(figures[night]["peak_rss_mb"] for night in ("first_night", "unchanged", "changed"))
                 )

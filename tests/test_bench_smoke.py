@@ -8,6 +8,10 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
+from bench.nights import merge_earlier
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,5 +57,42 @@ def test_bench_nights_measure_each_night_against_the_reference_read(tmp_path):
     # latest.json's readers find the machine's yardsticks beside its description.
     assert figures["calibration"]["cpu_loop_s"]["median"] > 0
     assert sqlite["unchanged"]["over_read"] > 0
+    # Each later night is judged against the same read measured just before and just after it.
+    unchanged, changed = sqlite["unchanged"], sqlite["changed"]
+    assert len(unchanged["reads_beside_s"]) == unchanged["wall_s"]["n"] + 1
+    assert changed["over_read_beside"] == pytest.approx(
+        changed["wall_s"] / (sum(changed["reads_beside_s"]) / 2), rel=0.05
+    )
+    assert "x the reads beside it" in done.stdout
     assert sqlite["state_bytes_per_key"] > 0
     assert "9. reply_emails 2,000 rows, sqlite: unchanged night" in done.stdout
+
+
+def test_a_run_of_one_store_keeps_the_other_stores_earlier_figures():
+    earlier = {
+        "cases": {
+            "whippy": {
+                "10000000": {
+                    "reference_read_s": {"median": 40.0},
+                    "measured_at": "earlier",
+                    "stores": {"sqlite": {"unchanged": {"over_read": 1.7}}},
+                }
+            }
+        }
+    }
+    figures = {
+        "cases": {
+            "whippy": {
+                "10000000": {
+                    "reference_read_s": {"median": 35.0},
+                    "stores": {"postgresql": {"unchanged": {"over_read": 2.1}}},
+                }
+            }
+        }
+    }
+    merge_earlier(figures, earlier)
+    stores = figures["cases"]["whippy"]["10000000"]["stores"]
+    assert stores["postgresql"] == {"unchanged": {"over_read": 2.1}}
+    assert stores["sqlite"]["unchanged"] == {"over_read": 1.7}
+    assert stores["sqlite"]["reference_read_s"] == {"median": 40.0}
+    assert stores["sqlite"]["measured_at"] == "earlier"
