@@ -69,7 +69,7 @@ def test_bench_nights_measure_each_night_against_the_reference_read(tmp_path):
 
 
 def test_a_run_of_one_store_keeps_the_other_stores_earlier_figures():
-    earlier = {
+    earlier: dict[str, Any] = {
         "cases": {
             "whippy": {
                 "10000000": {
@@ -80,7 +80,7 @@ def test_a_run_of_one_store_keeps_the_other_stores_earlier_figures():
             }
         }
     }
-    figures = {
+    figures: dict[str, Any] = {
         "cases": {
             "whippy": {
                 "10000000": {

@@ -15,6 +15,7 @@ from typing import Any, ClassVar, TypeAlias
 import pandas as pd
 
 from airflow_provider_sequences.exceptions import SequencesApiError
+from airflow_provider_sequences.sync.pending import FoundKeys, PendingSet
 
 
 @dataclass(frozen=True)
@@ -63,16 +64,30 @@ class BatchOutcome:
     :param added: keys enrolled, with the service's contact id when known.
     :param failed: keys not enrolled, with (reason, detail).
     :param pending: keys accepted but not yet confirmed, with what identifies them in a read-back.
+    :param found: keys a read-back found enrolled, without contact ids, held as hashes of the
+        pending set it read (:meth:`ServiceAdapter.confirm`; ten million keys are not listed).
     """
 
     added: dict[str, str | None] = field(default_factory=dict)
     failed: dict[str, tuple[str, str]] = field(default_factory=dict)
     pending: dict[str, Identity] = field(default_factory=dict)
+    found: FoundKeys | None = None
 
     def merge(self, other: BatchOutcome) -> None:
         self.added.update(other.added)
         self.failed.update(other.failed)
         self.pending.update(other.pending)
+        if other.found:
+            self.added.update(dict.fromkeys(other.found))
+
+    @property
+    def added_count(self) -> int:
+        """How many keys are enrolled: :attr:`added` and :attr:`found`."""
+        return len(self.added) + (len(self.found) if self.found is not None else 0)
+
+    def all_added(self) -> dict[str, str | None]:
+        """:attr:`added` and :attr:`found` in one dict (for a few keys: it lists them all)."""
+        return {**self.added, **dict.fromkeys(self.found or ())}
 
 
 class ServiceAdapter(ABC):
@@ -124,11 +139,12 @@ class ServiceAdapter(ABC):
     def push(self, batch: pd.DataFrame, *, resent_keys: frozenset[str] = frozenset()) -> BatchOutcome:
         """Send one batch; ``resent_keys`` may already have been applied by an earlier attempt."""
 
-    def confirm(self, pending: dict[str, Identity], *, timeout: float) -> BatchOutcome:
+    def confirm(self, pending: PendingSet, *, timeout: float) -> BatchOutcome:
         """Read back what ``pending`` keys became; services that answer at once have nothing to do.
 
-        The adapter may reuse ``pending`` for its outcome (a million keys are not copied)."""
-        return BatchOutcome(added={key: None for key in pending})
+        ``pending`` may hold millions of keys: read it in slices, as often as needed, and answer
+        the keys found with :attr:`BatchOutcome.found` rather than a dict of them."""
+        return BatchOutcome(added=dict.fromkeys(pending.keys()))
 
     @abstractmethod
     def is_row_error(self, error: SequencesApiError) -> bool:

@@ -179,6 +179,8 @@ class SyncRun:
                 unresolved = self._unseen(self._left_in_flight_keys)
                 self._store.settle_in_flight(self._left_in_flight, self.run_id, unresolved=unresolved)
             self._seen = HashIndex()  # a hash per key read: free it before the result is built
+            if self._identities is not None:
+                self._identities.forget()  # every batch is sent and its claims stored
         except BaseException:
             # Whatever stopped the run, what the service already answered is recorded.
             self.sender.drain(quietly=True)

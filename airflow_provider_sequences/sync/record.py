@@ -20,6 +20,7 @@ import pandas as pd
 from airflow_provider_sequences.sync.contract import BatchOutcome, Identity, ServiceAdapter
 from airflow_provider_sequences.sync.masking import mask_text
 from airflow_provider_sequences.sync.outcomes import ENROLLMENT_UNCONFIRMED, KeyResult, SyncResult
+from airflow_provider_sequences.sync.pending import PendingSet
 from airflow_provider_sequences.sync.state.null import Store
 from airflow_provider_sequences.sync.values import (
     ADDED,
@@ -33,6 +34,8 @@ from airflow_provider_sequences.sync.values import (
 
 #: Outcomes of a read-back recorded per state write.
 CONFIRM_RECORD_SLICE = 20_000
+#: Pending keys read from the state at a time for a read-back (it may read them more than once).
+PENDING_SLICE = 50_000
 
 
 class Recorder:
@@ -174,24 +177,28 @@ class Recorder:
         With a state, the keys are this run's pending ones there: those it sent and those an
         earlier run left (carried under this run), with their identities.
         """
-        pending = self.store.pending_identities(self.run_id) if self.writes_state else self.pending
+        pending = (
+            self.store.pending_set(self.run_id, PENDING_SLICE)
+            if self.writes_state
+            else PendingSet.of(self.pending)
+        )
         self.pending, self.pending_in_state = {}, 0
         if not pending:
             return 0
         log.info("Waiting for %s to confirm %d contacts", adapter.display_name, len(pending))
         expected = len(pending)
         outcome = adapter.confirm(pending, timeout=timeout)
-        del pending
         if self.writes_state and _only_statuses(outcome, expected):
             # Failures first: then the run's pending rows are exactly the keys found, and one
             # update records them (a row per key cost most of the confirm at a million keys).
             for part in _slices(BatchOutcome(failed=outcome.failed), CONFIRM_RECORD_SLICE):
                 self.record(part, {})
             outcome.failed = {}
-            if self.store.promote_pending(self.run_id, len(outcome.added)):
+            found = outcome.added_count
+            if self.store.promote_pending(self.run_id, found):
                 with self._lock:
-                    self.counts["added"] += len(outcome.added)
-                outcome.added = {}
+                    self.counts["added"] += found
+                outcome.added, outcome.found = {}, None
         # In slices: the rows of a million outcomes at once would cost more than the run's keys.
         for part in _slices(outcome, CONFIRM_RECORD_SLICE):
             self.record(part, {})
@@ -254,14 +261,21 @@ def _only_statuses(outcome: BatchOutcome, expected: int) -> bool:
     (added without a contact id, or failed)."""
     return (
         not outcome.pending
-        and len(outcome.added) + len(outcome.failed) == expected
+        and outcome.added_count + len(outcome.failed) == expected
         and all(contact_id is None for contact_id in outcome.added.values())
     )
 
 
 def _slices(outcome: BatchOutcome, size: int) -> Iterator[BatchOutcome]:
-    """The outcome in parts of at most ``size`` keys each."""
-    for name in ("added", "failed", "pending"):
-        items = iter(getattr(outcome, name).items())
-        while part := dict(islice(items, size)):
-            yield BatchOutcome(**{name: part})
+    """The outcome in parts of at most ``size`` keys each (the keys found read in slices too)."""
+    added, failed = iter(outcome.added.items()), iter(outcome.failed.items())
+    pending = iter(outcome.pending.items())
+    while part := dict(islice(added, size)):
+        yield BatchOutcome(added=part)
+    while failures := dict(islice(failed, size)):
+        yield BatchOutcome(failed=failures)
+    while waiting := dict(islice(pending, size)):
+        yield BatchOutcome(pending=waiting)
+    found = iter(outcome.found or ())
+    while keys := list(islice(found, size)):
+        yield BatchOutcome(added=dict.fromkeys(keys))

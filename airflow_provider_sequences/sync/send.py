@@ -28,6 +28,7 @@ from airflow_provider_sequences.sync.contract import BatchOutcome, ServiceAdapte
 from airflow_provider_sequences.sync.identities import SharedIdentities
 from airflow_provider_sequences.sync.lease import ScopeLease
 from airflow_provider_sequences.sync.outcomes import INVALID_INPUT, REQUEST_FAILED
+from airflow_provider_sequences.sync.pending import PendingSet
 from airflow_provider_sequences.sync.record import Recorder
 from airflow_provider_sequences.sync.state.null import Store
 
@@ -355,7 +356,7 @@ class Sender:
         if doubtful.empty:
             return contacts
         identities = {row["key"]: self.adapter.identity(row) or {} for row in doubtful.to_dict("records")}
-        found = self.adapter.confirm(identities, timeout=0).added
+        found = self.adapter.confirm(PendingSet.of(identities), timeout=0).all_added()
         fingerprints = dict(zip(doubtful["key"], doubtful["fingerprint"], strict=True))
         self.recorder.record(BatchOutcome(added=found), fingerprints)
         return contacts[~contacts["key"].isin(found)]

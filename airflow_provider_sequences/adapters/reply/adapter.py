@@ -32,6 +32,7 @@ from airflow_provider_sequences.sync.outcomes import (
     INVALID_INPUT,
     REQUEST_FAILED,
 )
+from airflow_provider_sequences.sync.pending import PendingSet
 
 
 class ReplyAdapter(HookAdapter):
@@ -318,12 +319,13 @@ class ReplyAdapter(HookAdapter):
 
     # -- after a lost answer ---------------------------------------------------------------
 
-    def confirm(self, pending: dict[str, Identity], *, timeout: float) -> BatchOutcome:
+    def confirm(self, pending_set: PendingSet, *, timeout: float) -> BatchOutcome:
         """Keys whose bulk add lost its answer: read the sequence once and send only the
         contacts not in it (they never reached Reply)."""
         outcome = BatchOutcome()
-        if not pending:
+        if not pending_set:
             return outcome
+        pending = dict(pending_set.items())  # the batches whose answer was lost: a few thousand keys
         self.members(fresh=True)
         named = [identity.get("id") for identity in pending.values() if isinstance(identity, dict)]
         members = self.in_sequence([i for i in named if isinstance(i, int)])

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Collection
 from contextlib import closing
-from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -15,8 +13,9 @@ from airflow_provider_sequences.adapters.whippy.resend import LostWrites
 from airflow_provider_sequences.adapters.whippy.steps import StepWatch
 from airflow_provider_sequences.exceptions import SequencesApiError
 from airflow_provider_sequences.sync.contract import BatchOutcome
-from airflow_provider_sequences.sync.hashes import Array, HashIndex, hash_strings
+from airflow_provider_sequences.sync.hashes import Array, HashIndex
 from airflow_provider_sequences.sync.outcomes import NOT_ENROLLED
+from airflow_provider_sequences.sync.pending import PendingSet
 
 
 class ReadBack(LostWrites):
@@ -61,11 +60,11 @@ class ReadBack(LostWrites):
         return total
 
     def confirm(
-        self, pending: dict[str, Any], *, timeout: float, poll_interval: float | None = None
+        self, pending: PendingSet, *, timeout: float, poll_interval: float | None = None
     ) -> BatchOutcome:
         """Read the step back until every pending key is seen or ``timeout`` seconds pass.
 
-        ``pending`` becomes the outcome's ``added`` (see :class:`Waiting`).
+        The keys found are the outcome's ``found`` (see :class:`Waiting`).
 
         Each poll reads the step past the offset already read: one request when nothing moved,
         and the poll's page is the first of the new contacts when something did. Keys not seen
@@ -74,15 +73,14 @@ class ReadBack(LostWrites):
         call, when :meth:`_resend_due` says Whippy is done and such a read proves them absent.
         """
         outcome = BatchOutcome()
-        foreign = self._not_pushed(pending)
-        waiting = Waiting(pending, foreign)
+        waiting = Waiting(pending, self._written)
         waiting.see(self._seen)
         deadline = time.monotonic() + timeout
         base_interval = self.poll_interval if poll_interval is None else poll_interval
         interval = base_interval
         # Keys an earlier attempt or run sent may be anywhere in the step: read it all first.
         # So may this run's, when the step's count before its first write is not known.
-        full_first = self._baseline is None or any(waiting.waits_for(key) for key in foreign)
+        full_first = self._baseline is None or waiting.waits_for_foreign()
         watch = StepWatch(self.stable_polls)
         watch.moved_at = time.monotonic()
         while waiting:
@@ -118,7 +116,7 @@ class ReadBack(LostWrites):
             # The tail is no proof of absence: the list's order is not documented.
             self._read(0, waiting)
         waited = timeout if self.waited is None else self.waited
-        outcome.added, missing = waiting.outcome()
+        outcome.found, missing = waiting.outcome(pending)
         for key in missing:
             outcome.failed[key] = (NOT_ENROLLED, self._not_enrolled_detail(key, waited))
         return outcome
@@ -132,24 +130,19 @@ class ReadBack(LostWrites):
         self._baseline = self._cursor = offset
         self._resumed = True
 
-    def _not_pushed(self, pending: Collection[str]) -> set[str]:
-        """The keys this adapter did not write (usually none).
+    def _written(self, key_hashes: Array) -> Array:
+        """For the hashes of pending keys: which keys this adapter wrote (usually all).
 
-        By 64-bit hash: a key taken for written by a collision (odds about 1e-13 per key) would
-        be read in the tail first and still be found by the full read before it is declared
-        not enrolled.
+        A key taken for written by a collision (odds about 1e-13 per key) would be read in the
+        tail first and still be found by the full read before it is declared not enrolled.
         """
         if self._resumed:
-            return set()  # written by the adapter this one resumes (see resume_after)
-        if not self._pushed or not pending:
-            return set(pending)
-        written = HashIndex.of(np.concatenate(self._pushed))
-        foreign: set[str] = set()
-        keys = iter(pending)
-        while part := list(islice(keys, 100_000)):
-            found, _ = written.lookup(hash_strings(part))
-            foreign.update(key for key, hit in zip(part, found, strict=True) if not hit)
-        return foreign
+            # Written by the adapter this one resumes (see resume_after).
+            return np.ones(len(key_hashes), dtype=bool)
+        if not self._pushed:
+            return np.zeros(len(key_hashes), dtype=bool)
+        written, _ = HashIndex.of(np.concatenate(self._pushed)).lookup(key_hashes)
+        return written
 
     def _read(self, start: int, waiting: Waiting) -> int:
         """Read the step's contacts from offset ``start`` to its end, taking the keys found out of

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
+
 from airflow_provider_sequences.adapters.whippy.identities import whippy_identity
 from airflow_provider_sequences.adapters.whippy.steps import CURRENT_STATUSES
+from airflow_provider_sequences.sync.hashes import Array, HashIndex, hash_strings
+from airflow_provider_sequences.sync.pending import FoundKeys, PendingSet
 
 
 @dataclass
@@ -28,72 +32,126 @@ class StepContacts:
             self.emails.add(str(contact["email"]).lower())
 
 
-#: An index's entry: the one key with that value (the norm), or the keys sharing it.
-_Entry = str | list[str]
-#: What a pending key's identity becomes once the key is found.
-_FOUND: Any = object()
+class _Values:
+    """Which pending keys hold each value: the values' hashes, sorted, and each one's key (its
+    position in the pending set). About 12 bytes a key.
+
+    :param given: which keys have a value (default: all of them).
+    """
+
+    def __init__(self, hashes: Array, given: Array | None = None) -> None:
+        kind = np.int32 if len(hashes) < 2**31 else np.int64
+        if given is None:
+            order = np.argsort(hashes, kind="stable")
+            self.hashes = hashes[order]
+            self.positions = order.astype(kind)
+        else:
+            positions = np.flatnonzero(given).astype(kind)
+            values = hashes[positions]
+            order = np.argsort(values, kind="stable")
+            self.hashes = values[order]
+            self.positions = positions[order]
+
+    def ranges(self, hashes: Array) -> tuple[list[int], list[int]]:
+        """For each hash: where its keys start and end in :attr:`positions`."""
+        return (
+            np.searchsorted(self.hashes, hashes, side="left").tolist(),
+            np.searchsorted(self.hashes, hashes, side="right").tolist(),
+        )
+
+    def locate(self, hashes: Array) -> tuple[Array, Array]:
+        """For each hash: the position of the (first) key with it, and whether there is one."""
+        at = np.minimum(np.searchsorted(self.hashes, hashes), max(len(self.hashes) - 1, 0))
+        if not len(self.hashes):
+            return at, np.zeros(len(hashes), dtype=bool)
+        return self.positions[at], self.hashes[at] == hashes
+
+
+def _hashes(values: list[str]) -> Array:
+    return hash_strings(values) if values else np.empty(0, dtype=np.uint64)
+
+
+def _value_hashes(values: list[str | None]) -> Array:
+    """Hashes of values, 0 for none: an empty value identifies nothing and is never looked up."""
+    hashed = _hashes([value or "" for value in values])
+    hashed[[at for at, value in enumerate(values) if not value]] = 0
+    return hashed
+
+
+def _identity(stored: Any) -> tuple[str | None, str | None, str | None]:
+    return whippy_identity(stored) or (None, None, None)
+
+
+def _joined(parts: list[Array]) -> Array:
+    joined = np.concatenate(parts) if parts else np.empty(0, dtype=np.uint64)
+    parts.clear()
+    return joined
+
+
+def _is_current(item: Mapping[str, Any]) -> bool:
+    status = item.get("status")
+    if type(status) is str and status in CURRENT_STATUSES:
+        return True
+    return str(status or "").lower() in CURRENT_STATUSES
 
 
 class Waiting:
     """Pending keys not seen yet, indexed by what identifies them in a read-back.
 
-    A step contact takes the key whose external id it shows, when it shows one that a key
+    A step contact takes the keys whose external id it shows, when it shows one that a key
     has; otherwise the keys with its phone or its (lowercase) email, the values Whippy itself
     matches contacts by. So a read-back never depends on ``external_id``, which Whippy's step
-    contacts may not carry. Each step contact read costs O(1).
+    contacts may not carry.
 
-    Sized for a million keys: a key found is marked in ``pending`` itself (its identity
-    replaced by :data:`_FOUND`) rather than copied to another dict; a key that is its own
-    external id (the usual set-up) is looked up in ``pending`` rather than in a second index;
-    the phone and email indexes are built only when a step contact's external id identifies
-    no key (always, when Whippy shows none).
+    Sized for ten million keys: the keys and their values are held as 64-bit hashes with
+    their positions (12 bytes a key and value, where Python strings with their identities
+    cost some 190 bytes a key), and each key found is a byte. The phone and email indexes are
+    built only when a step contact's external id identifies no key (always, when Whippy shows
+    none). Two values with one hash (odds of about n² / 2⁶⁵) count as one.
 
-    :param foreign: keys this adapter did not write, for :attr:`found_written`.
+    :param pending: the keys and their identities (read once here).
+    :param written: for an array of key hashes, which keys this adapter wrote
+        (:attr:`found_written` counts those found).
     """
 
-    def __init__(self, pending: dict[str, Any], foreign: Collection[str]) -> None:
+    def __init__(self, pending: PendingSet, written: Callable[[Array], Array]) -> None:
         self._pending = pending
-        self._foreign = foreign
-        self._left = len(pending)
+        keys: list[Array] = []
+        external_ids: list[Array] = []
+        for part in pending.slices():
+            keys.append(_hashes([key for key, _ in part]))
+            external_ids.append(_value_hashes([_identity(stored)[2] for _, stored in part]))
+        key_hashes, id_hashes = _joined(keys), _joined(external_ids)
+        self._left = len(key_hashes)
+        self._found = bytearray(self._left)
+        self._foreign = bytearray((~written(key_hashes)).astype(np.uint8).tobytes())
         #: Keys found that this adapter wrote.
         self.found_written = 0
-        self._own_ids = False  # whether some key is matched by ``pending`` as its external id
-        self._by_external_id: dict[str, _Entry] = {}
-        self._by_phone: dict[str, _Entry] | None = None
-        self._by_email: dict[str, _Entry] = {}
-        for key, stored in pending.items():
-            identity = whippy_identity(stored)
-            external_id = identity[2] if identity is not None else None
-            if external_id is None:
-                continue
-            if external_id == key:
-                self._own_ids = True
-            else:
-                self._index(self._by_external_id, external_id, key)
-
-    @staticmethod
-    def _index(index: dict[str, _Entry], value: str, key: str) -> None:
-        held = index.get(value)
-        if held is None:
-            index[value] = key
-        elif isinstance(held, list):
-            held.append(key)
+        self._keys = _Values(key_hashes)
+        if np.array_equal(id_hashes, key_hashes):
+            # Every key is its own external id (the usual set-up): one index serves both.
+            self._by_external_id = self._keys
         else:
-            index[value] = [held, key]
+            self._by_external_id = _Values(id_hashes, id_hashes != 0)
+        del key_hashes, id_hashes
+        self._by_phone: _Values | None = None
+        self._by_email: _Values | None = None
 
-    def _contact_indexes(self) -> tuple[dict[str, _Entry], dict[str, _Entry]]:
-        """The phone and email indexes of the keys still waiting, built at the first need."""
-        if self._by_phone is None:
-            self._by_phone = {}
-            for key, stored in self._pending.items():
-                identity = None if stored is _FOUND else whippy_identity(stored)
-                if identity is None:
-                    continue
-                phone, email, _ = identity
-                if phone:
-                    self._index(self._by_phone, phone, key)
-                if email:
-                    self._index(self._by_email, email, key)
+    def _contact_indexes(self) -> tuple[_Values, _Values]:
+        """The phone and email indexes, built at the first need: the pending keys are read
+        again (a read-back whose step contacts show external ids never needs them)."""
+        if self._by_phone is None or self._by_email is None:
+            phones = np.zeros(len(self._found), dtype=np.uint64)
+            emails = np.zeros(len(self._found), dtype=np.uint64)
+            for part in self._pending.slices():
+                # Matched by the keys' hashes: a second read may list them in another order.
+                at, known = self._keys.locate(_hashes([key for key, _ in part]))
+                identities = [_identity(stored) for _, stored in part]
+                phones[at[known]] = _value_hashes([identity[0] for identity in identities])[known]
+                emails[at[known]] = _value_hashes([identity[1] for identity in identities])[known]
+            self._by_phone = _Values(phones, phones != 0)
+            del phones
+            self._by_email = _Values(emails, emails != 0)
         return self._by_phone, self._by_email
 
     def __bool__(self) -> bool:
@@ -102,104 +160,108 @@ class Waiting:
     def __len__(self) -> int:
         return self._left
 
-    def remaining(self) -> Iterator[str]:
-        """The keys still waiting."""
-        return (key for key, identity in self._pending.items() if identity is not _FOUND)
+    def _waiting(self) -> Array:
+        waiting: Array = np.frombuffer(self._found, dtype=np.uint8) == 0
+        return waiting
+
+    def waits_for_each(self, keys: list[str]) -> list[bool]:
+        """For each key: whether it is pending and not seen yet."""
+        if not keys:
+            return []
+        starts, ends = self._keys.ranges(_hashes(keys))
+        found = self._found
+        return [
+            any(not found[at] for at in self._keys.positions[start:end].tolist())
+            for start, end in zip(starts, ends, strict=True)
+        ]
 
     def waits_for(self, key: str) -> bool:
-        return key in self._pending and self._pending[key] is not _FOUND
+        return self.waits_for_each([key])[0]
 
-    def _take(self, key: str) -> int:
-        if self._pending[key] is _FOUND:
+    def waits_for_foreign(self) -> bool:
+        """Whether a key this adapter did not write is still waiting."""
+        foreign = np.frombuffer(self._foreign, dtype=np.uint8) == 1
+        return bool((foreign & self._waiting()).any())
+
+    def outcome(self, pending: PendingSet) -> tuple[FoundKeys, list[str]]:
+        """(the keys found, the keys still waiting), ``pending`` read again for the second."""
+        waiting = self._waiting()[self._keys.positions]  # in the order of the sorted hashes
+        found = FoundKeys(pending, self._keys.hashes[~waiting])
+        if not waiting.any():
+            return found, []
+        left = HashIndex.of(self._keys.hashes[waiting], presorted=True)
+        missing: list[str] = []
+        for part in pending.slices():
+            keys = [key for key, _ in part]
+            hit, _ = left.lookup(_hashes(keys))
+            missing += [key for key, miss in zip(keys, hit.tolist(), strict=True) if miss]
+        return found, missing
+
+    def _take(self, index: _Values, start: int, end: int) -> int:
+        if start == end:
             return 0
-        self._pending[key] = _FOUND  # a value replaced: the dict does not grow
-        self._left -= 1
-        if key not in self._foreign:
-            self.found_written += 1
-        return 1
-
-    def outcome(self) -> tuple[dict[str, str | None], list[str]]:
-        """(keys found, with no contact id, keys still waiting): ``pending`` becomes the first."""
-        left = list(self.remaining())
-        for key in left:
-            del self._pending[key]
-        for key in self._pending:
-            self._pending[key] = None
-        return self._pending, left
-
-    def _own(self, external_id: str) -> int:
-        """Take the key that is this external id itself, if it waits with it as its external id."""
-        held = self._pending.get(external_id)
-        if held is None or held is _FOUND:
-            return 0
-        identity = whippy_identity(held)
-        return self._take(external_id) if identity is not None and identity[2] == external_id else 0
-
-    def _see(self, external_id: str | None, phone: str | None, email: str | None) -> int:
-        taken = 0
-        if external_id is not None:
-            if self._own_ids:
-                taken += self._own(external_id)
-            if self._by_external_id:
-                taken += self._take_all(self._by_external_id, external_id)
-            if taken:
-                return taken
-        if phone is None and email is None:
-            return 0
-        by_phone, by_email = self._contact_indexes()
-        if phone is not None:
-            taken += self._take_all(by_phone, phone)
-        if email is not None:
-            taken += self._take_all(by_email, email)
+        found, taken = self._found, 0
+        for at in index.positions[start:end].tolist():
+            if not found[at]:
+                found[at] = 1
+                taken += 1
+                if not self._foreign[at]:
+                    self.found_written += 1
+        self._left -= taken
         return taken
 
-    def _take_all(self, index: dict[str, _Entry], value: str) -> int:
-        if not index:
-            return 0
-        held = index.pop(value, None)
-        if held is None:
-            return 0
-        return sum(self._take(key) for key in ([held] if isinstance(held, str) else held))
+    def _see_all(self, external_ids: list[str], phones: list[str], emails: list[str]) -> list[int]:
+        """Take the keys each step contact identifies, one after the other (``""``: no value);
+        how many each took."""
+        count = len(external_ids)
+        id_starts, id_ends = self._by_external_id.ranges(_hashes(external_ids))
+        contact_ranges: tuple[list[int], list[int], list[int], list[int]] | None = None
+        taken = [0] * count
+        for at in range(count):
+            if external_ids[at]:
+                taken[at] = self._take(self._by_external_id, id_starts[at], id_ends[at])
+                if taken[at]:
+                    continue
+            if not phones[at] and not emails[at]:
+                continue
+            by_phone, by_email = self._contact_indexes()
+            if contact_ranges is None:
+                contact_ranges = (*by_phone.ranges(_hashes(phones)), *by_email.ranges(_hashes(emails)))
+            phone_starts, phone_ends, email_starts, email_ends = contact_ranges
+            if phones[at]:
+                taken[at] += self._take(by_phone, phone_starts[at], phone_ends[at])
+            if emails[at]:
+                taken[at] += self._take(by_email, email_starts[at], email_ends[at])
+        return taken
 
     def see(self, seen: StepContacts) -> None:
         """Take the keys that step contacts read earlier identify."""
-        for external_id in seen.external_ids:
-            self._see(external_id, None, None)
-        for phone in seen.phones:
-            self._see(None, phone, None)
-        for email in seen.emails:
-            self._see(None, None, email)
+        external_ids, phones, emails = list(seen.external_ids), list(seen.phones), list(seen.emails)
+        self._see_all(external_ids, [""] * len(external_ids), [""] * len(external_ids))
+        self._see_all([""] * len(phones), phones, [""] * len(phones))
+        self._see_all([""] * len(emails), [""] * len(emails), emails)
 
     def see_page(self, items: list[Any], tail: int) -> list[Mapping[str, Any]]:
-        """Take the keys a page's current step contacts identify; returns those of its items at
-        or past index ``tail`` that are current and took no key.
-
-        :meth:`see_item` of each, with the usual case of the documented answer (a key that is
-        its own external id, shown by the step contact) in one dict lookup: a read-back sees a
-        million of them."""
-        unmatched: list[Mapping[str, Any]] = []
-        own_ids = self._own_ids
-        for at, item in enumerate(items):
-            status = item.get("status")
-            current = type(status) is str and status in CURRENT_STATUSES
-            if not current and str(status or "").lower() not in CURRENT_STATUSES:
-                continue
-            if own_ids:
-                contact = item.get("contact") or {}
-                external_id = contact.get("external_id")
-                # An empty one identifies nothing, as in :meth:`see_item`.
-                if type(external_id) is str and external_id and self._own(external_id):
-                    continue
-            if not self.see_item(item) and at >= tail:
-                unmatched.append(item)
-        return unmatched
+        """Take the keys a page's current step contacts identify, in the page's order; returns
+        those of its items at or past index ``tail`` that are current and took no key."""
+        current = [(at, item) for at, item in enumerate(items) if _is_current(item)]
+        external_ids, phones, emails = [], [], []
+        for _, item in current:
+            contact = item.get("contact") or {}
+            external_id, phone, email = contact.get("external_id"), contact.get("phone"), contact.get("email")
+            external_ids.append(str(external_id) if external_id else "")
+            phones.append(str(phone) if phone else "")
+            emails.append(str(email).lower() if email else "")
+        taken = self._see_all(external_ids, phones, emails)
+        return [item for (at, item), took in zip(current, taken, strict=True) if not took and at >= tail]
 
     def see_item(self, item: Mapping[str, Any]) -> int:
         """Take the keys a step contact identifies; how many were still waiting."""
         contact = item.get("contact") or {}
         external_id, phone, email = contact.get("external_id"), contact.get("phone"), contact.get("email")
-        return self._see(
-            str(external_id) if external_id else None,
-            str(phone) if phone else None,
-            str(email).lower() if email else None,
+        (taken,) = self._see_all(
+            [str(external_id) if external_id else ""],
+            [str(phone) if phone else ""],
+            [str(email).lower() if email else ""],
         )
+        return taken

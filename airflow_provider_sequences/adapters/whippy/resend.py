@@ -50,9 +50,10 @@ class LostWrites:
         """
         if not self._lost or watch.unchanged < 1 or self._accepted_at is None or self._lost_at is None:
             return False
-        if not any(key in self._lost for key in waiting.remaining()):
+        if not any(waiting.waits_for_each(list(self._lost))):
             return False
-        certain_missing = any(key not in self._uncertain for key in waiting.remaining())
+        # Some key still waiting is not one whose write was lost.
+        certain_missing = len(waiting) > sum(waiting.waits_for_each(list(self._uncertain)))
         if certain_missing and not watch.settled:
             return False
         lag = max(watch.moved_at - self._accepted_at, 0.0)
@@ -61,7 +62,8 @@ class LostWrites:
     def _resend(self, waiting: Waiting) -> bool:
         """Send the lost batches' contacts still waiting once more (up to 4,000 a call).
         Returns whether any call was answered."""
-        keys = [key for key in waiting.remaining() if key in self._lost]
+        lost = list(self._lost)
+        keys = [key for key, waits in zip(lost, waiting.waits_for_each(lost), strict=True) if waits]
         items = {key: self._lost.pop(key) for key in keys}
         self._lost.clear()  # once per run: what is not sent now is left to the task's retry
         answered = False

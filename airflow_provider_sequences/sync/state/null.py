@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from collections.abc import Collection, Iterable, Iterator, Sequence
 from datetime import datetime
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import pandas as pd
 
+from airflow_provider_sequences.sync.pending import PendingSet
 from airflow_provider_sequences.sync.state.store import SyncState
 from airflow_provider_sequences.sync.state.tables import LOOKUP_COLUMNS
 from airflow_provider_sequences.sync.values import AddedKeys, Claims, KeyOutcome, PendingKeys
@@ -47,8 +48,8 @@ class NullStore:
     def iter_claims(self) -> Iterator[Claims]:
         return iter(())
 
-    def pending_identities(self, run_id: str) -> dict[str, Any]:
-        return {}
+    def pending_set(self, run_id: str, slice_size: int = 50_000) -> PendingSet:
+        return PendingSet.of({})
 
     def run_counts(self, run_id: str) -> dict[tuple[str, str | None], int]:
         return {}

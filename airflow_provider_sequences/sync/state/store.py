@@ -17,6 +17,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 
+from airflow_provider_sequences.sync.pending import PendingSet
 from airflow_provider_sequences.sync.state.in_flight import InFlightBatches
 from airflow_provider_sequences.sync.state.leases import Leases
 from airflow_provider_sequences.sync.state.read import read_state
@@ -80,23 +81,23 @@ class SyncState(InFlightBatches, Leases, Runs, ClaimedValues):
                 return False
         return True
 
-    def pending_identities(self, run_id: str) -> dict[str, Any]:
+    def pending_set(self, run_id: str, slice_size: int = 50_000) -> PendingSet:
         """Keys ``run_id`` left pending, with their identity (the stored JSON, loaded; ``{}``
-        when none was stored).
+        when none was stored), read from the state in slices each time the set is read."""
+        mark = self._placeholder
+        where = f"WHERE {self._scope_sql} AND status = {mark} AND last_run_id = {mark}"
+        params = (*self._scope_params, PENDING, run_id)
+        # Only constant names and placeholders are formatted in; the values are bound.
+        (count,) = self._fetch(f"SELECT COUNT(*) FROM {STATE_TABLE} {where}", params)[0]  # noqa: S608
+        sql = f"SELECT contact_key, identity FROM {STATE_TABLE} {where}"  # noqa: S608
 
-        Read in slices, and an identity that is its key's own text shares the key's string: the
-        read-back of a million keys holds each key's text once.
-        """
-        sql = (
-            f"SELECT contact_key, identity FROM {STATE_TABLE} "  # noqa: S608
-            f"WHERE {self._scope_sql} AND status = {self._placeholder} AND last_run_id = {self._placeholder}"
-        )
-        found: dict[str, Any] = {}
-        for rows in self._slices(sql, (*self._scope_params, PENDING, run_id), 10_000):
-            for key, identity in rows:
-                value = _load_identity(identity) if identity else {}
-                found[key] = key if value == key else value
-        return found
+        def read() -> Iterator[list[tuple[str, Any]]]:
+            for rows in self._slices(sql, params, slice_size):
+                # An identity that is its key's own text shares the key's string.
+                loaded = ((key, _load_identity(identity) if identity else {}) for key, identity in rows)
+                yield [(key, key if value == key else value) for key, value in loaded]
+
+        return PendingSet(int(count), read)
 
     def run_counts(self, run_id: str) -> dict[tuple[str, str | None], int]:
         """How many keys whose last run is ``run_id`` have each (status, reason)."""
