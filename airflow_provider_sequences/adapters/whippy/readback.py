@@ -109,7 +109,8 @@ class Waiting:
     built only when a step contact's external id identifies no key (always, when Whippy shows
     none). Two values with one hash (odds of about n² / 2⁶⁵) count as one.
 
-    :param pending: the keys and their identities (read once here).
+    :param pending: the keys and their identities (read here, and again for the phone and email
+        indexes and for the keys still waiting at the end).
     :param written: for an array of key hashes, which keys this adapter wrote
         (:attr:`found_written` counts those found).
     """
