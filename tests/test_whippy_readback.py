@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -32,6 +33,26 @@ pytestmark = pytest.mark.usefixtures("whippy_connection")
 ROWS = 20_000
 
 
+def first_night(
+    frame: pd.DataFrame, account: WhippyAccount, tmp_path: Path, *, batch_size: int, timeout: float
+) -> SyncRun:
+    """A first night of ``frame`` (a CRM export) on a SQLite state, its keys left pending."""
+    adapter = WhippyAdapter(WhippyHook(), account.sequence_id, poll_interval=0.2, stable_polls=1)
+    adapter.preflight()
+    spec = PrepareSpec(
+        column_map={"crm_id": "external_id", "phone": "phone", "email": "email"},
+        key_column="crm_id",
+        rules=adapter.rules,
+        default_region="US",
+    )
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    state = SyncState(engine, Scope("whippy", "whippy_default", account.sequence_id))
+    options = SyncOptions(batch_size=batch_size, enrollment_timeout=timeout)
+    run = SyncRun(adapter, spec, state, "night-1", options)
+    run.run(records_chunks(frame.to_dict("records"), chunk_size=batch_size))
+    return run
+
+
 @pytest.mark.parametrize("simulator_behaviour", BEHAVIOURS)
 def test_a_read_back_holds_a_nights_pending_keys_as_hashes(
     whippy_simulator: WhippySimulator,
@@ -45,19 +66,7 @@ def test_a_read_back_holds_a_nights_pending_keys_as_hashes(
     With the observed behaviour, step contacts show no external id: the phone and email
     indexes are built too."""
     monkeypatch.setattr(record, "PENDING_SLICE", 1_000)
-    frame = crm_frame(ROWS, bad_share=0.0)
-    adapter = WhippyAdapter(WhippyHook(), whippy_account.sequence_id, poll_interval=0.2, stable_polls=1)
-    adapter.preflight()
-    spec = PrepareSpec(
-        column_map={"crm_id": "external_id", "phone": "phone", "email": "email"},
-        key_column="crm_id",
-        rules=adapter.rules,
-        default_region="US",
-    )
-    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    state = SyncState(engine, Scope("whippy", "whippy_default", whippy_account.sequence_id))
-    run = SyncRun(adapter, spec, state, "night-1", SyncOptions(batch_size=4_000, enrollment_timeout=60))
-    run.run(records_chunks(frame.to_dict("records"), chunk_size=5_000))
+    run = first_night(crm_frame(ROWS, bad_share=0.0), whippy_account, tmp_path, batch_size=4_000, timeout=60)
     whippy_simulator.wait_idle()
     assert run.pending_count == ROWS
 
@@ -88,18 +97,7 @@ def test_keys_whippy_never_shows_are_named_not_enrolled_and_the_others_added(
     monkeypatch.setattr(record, "PENDING_SLICE", 700)
     frame = crm_frame(3_000, bad_share=0.0)
     ignored = set(frame["crm_id"].iloc[[5, 1_234, 2_999]])
-    adapter = WhippyAdapter(WhippyHook(), whippy_account.sequence_id, poll_interval=0.2, stable_polls=1)
-    adapter.preflight()
-    spec = PrepareSpec(
-        column_map={"crm_id": "external_id", "phone": "phone", "email": "email"},
-        key_column="crm_id",
-        rules=adapter.rules,
-        default_region="US",
-    )
-    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    state = SyncState(engine, Scope("whippy", "whippy_default", whippy_account.sequence_id))
-    run = SyncRun(adapter, spec, state, "night-1", SyncOptions(batch_size=1_000, enrollment_timeout=3))
-    run.run(records_chunks(frame.to_dict("records"), chunk_size=1_000))
+    run = first_night(frame, whippy_account, tmp_path, batch_size=1_000, timeout=3)
     whippy_simulator.wait_idle()
     for contact in whippy_simulator.step_contacts(whippy_account.sequence_id):
         if contact["contact"].get("external_id") in ignored:
