@@ -176,9 +176,6 @@ class Waiting:
             for start, end in zip(starts, ends, strict=True)
         ]
 
-    def waits_for(self, key: str) -> bool:
-        return self.waits_for_each([key])[0]
-
     def waits_for_foreign(self) -> bool:
         """Whether a key this adapter did not write is still waiting."""
         foreign = np.frombuffer(self._foreign, dtype=np.uint8) == 1
@@ -255,14 +252,3 @@ class Waiting:
             emails.append(str(email).lower() if email else "")
         taken = self._see_all(external_ids, phones, emails)
         return [item for (at, item), took in zip(current, taken, strict=True) if not took and at >= tail]
-
-    def see_item(self, item: Mapping[str, Any]) -> int:
-        """Take the keys a step contact identifies; how many were still waiting."""
-        contact = item.get("contact") or {}
-        external_id, phone, email = contact.get("external_id"), contact.get("phone"), contact.get("email")
-        (taken,) = self._see_all(
-            [str(external_id) if external_id else ""],
-            [str(phone) if phone else ""],
-            [str(email).lower() if email else ""],
-        )
-        return taken
