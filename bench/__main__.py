@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -75,7 +76,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stop(signum: int, _frame: object) -> None:
+    # A bench stopped with SIGTERM (kill, a CI timeout) unwinds as on Ctrl-C: the servers it
+    # started (simulators, its PostgreSQL) stop and its working directory goes.
+    raise SystemExit(128 + signum)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _stop)
     args = _parser().parse_args(argv)
     quick = args.quick
     sizes = args.sizes or ([2_000, 5_000] if quick else [100_000, 1_000_000])

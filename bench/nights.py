@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import uuid
@@ -49,6 +50,20 @@ def changed_share(rows: int) -> float:
 
 
 @contextlib.contextmanager
+def _sigterm_after() -> Iterator[None]:
+    """Hold a SIGTERM back until the block ends: one that killed the script half-way through
+    starting the server would leave a server that no stop finds."""
+    held: list[int] = []
+    before = signal.signal(signal.SIGTERM, lambda signum, _frame: held.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    if held:
+        signal.raise_signal(held[0])
+
+
+@contextlib.contextmanager
 def postgres(workdir: Path) -> Iterator[str]:
     """A PostgreSQL cluster of the bench's own on a free loopback port; its URL."""
     data = workdir / "pg"
@@ -59,12 +74,13 @@ def postgres(workdir: Path) -> Iterator[str]:
     bash = shutil.which("bash") or "/bin/bash"
     # Durable as the SQLite state is (fsync on, no wait for each commit's flush).
     env = {**os.environ, "PGPORT": str(port), "PG_DURABLE": "1"}
-    done = subprocess.run(  # noqa: S603 - the repository's own script
-        [bash, str(script), "start", str(data)], capture_output=True, text=True, env=env, check=False
-    )
-    if done.returncode != 0:
-        raise RuntimeError(f"scripts/postgres.sh could not start PostgreSQL:\n{done.stderr[-2000:]}")
     try:
+        with _sigterm_after():
+            done = subprocess.run(  # noqa: S603 - the repository's own script
+                [bash, str(script), "start", str(data)], capture_output=True, text=True, env=env, check=False
+            )
+        if done.returncode != 0:
+            raise RuntimeError(f"scripts/postgres.sh could not start PostgreSQL:\n{done.stderr[-2000:]}")
         yield done.stdout.strip().splitlines()[-1]
     finally:
         subprocess.run(  # noqa: S603

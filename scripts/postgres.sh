@@ -4,6 +4,9 @@
 #   scripts/postgres.sh [DATA_DIR]        start it if it is not running; print its URL (last line)
 #   scripts/postgres.sh stop [DATA_DIR]   stop it (the data stays: rm -rf DATA_DIR to start afresh)
 #
+# A cluster the server's user could not keep in DATA_DIR (see below) lives in a directory of its
+# own under /tmp, which the caller cannot see: stop removes that one, as it removes its lock file.
+#
 # DATA_DIR defaults to .pg in the repository (gitignored). The port is $PGPORT, else 54329, else
 # the next free one. Idempotent: while the cluster runs, a second call only prints the URL.
 # It sets itself up on a fresh machine: when no initdb is found (on PATH or in
@@ -116,6 +119,7 @@ as_user() {
 # a Unix socket address (107 bytes): otherwise keep the cluster in a directory of its own under
 # /tmp, named after DATA_DIR so that every call finds the same one.
 checksum="$(printf '%s' "$DATA" | cksum | cut -d' ' -f1)"
+fallback=""
 if ! as_user test -x "$(dirname "$DATA")" || [[ ${#DATA} -gt 90 ]]; then
     fallback="${TMPDIR:-/tmp}/sequences-pg-$checksum"
     say "$RUN_AS cannot use $DATA (unreachable or too long a path): using $fallback"
@@ -124,10 +128,13 @@ fi
 
 # Two callers at once (two pytest sessions) must not both initdb or start.
 LOCK="${TMPDIR:-/tmp}/sequences-pg-$checksum-$EUID.lock"
-exec 9>"$LOCK"
-if command -v flock >/dev/null; then
+while true; do
+    exec 9>"$LOCK"
+    command -v flock >/dev/null || break
     flock -w 120 9 || die "timed out waiting for $LOCK"
-fi
+    # A stop removes the lock file once done: the lock held must still be the file named LOCK.
+    [[ /proc/self/fd/9 -ef "$LOCK" ]] && break
+done
 
 pg_ctl_() { as_user "$BINDIR/pg_ctl" -D "$DATA" "$@"; }
 
@@ -142,6 +149,10 @@ if [[ "$command_name" == stop ]]; then
     else
         say "no cluster runs in $DATA"
     fi
+    if [[ -n "$fallback" ]]; then
+        rm -rf "$fallback"
+    fi
+    rm -f "$LOCK"
     exit 0
 fi
 

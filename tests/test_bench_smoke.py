@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +101,36 @@ def test_a_run_of_one_store_keeps_the_other_stores_earlier_figures():
     assert stores["sqlite"]["unchanged"] == {"over_read": 1.7}
     assert stores["sqlite"]["reference_read_s"] == {"median": 40.0}
     assert stores["sqlite"]["measured_at"] == "earlier"
+
+
+def test_a_bench_stopped_with_sigterm_stops_its_postgresql(tmp_path):
+    # A TMPDIR the server's user can reach (pytest's own is private to root), so the bench's
+    # working directory and the cluster the script keeps for it are in one place only this
+    # test looks at.
+    tmp = Path(tempfile.mkdtemp(prefix="bench-sigterm-", dir="/tmp"))
+    tmp.chmod(0o755)
+    errors = tmp_path / "stderr"
+    command = [sys.executable, "-m", "bench", "--quick", "--only", "nights", "--stores", "postgresql"]
+    with errors.open("w") as stderr:
+        bench = subprocess.Popen(
+            [*command, "--output", str(tmp_path / "bench.json")],
+            cwd=ROOT,
+            env={**os.environ, "TMPDIR": str(tmp)},
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+    try:
+        deadline = time.monotonic() + 120
+        while not list(tmp.glob("**/postmaster.pid")):
+            assert bench.poll() is None, errors.read_text()[-3000:]
+            assert time.monotonic() < deadline, "the bench's PostgreSQL did not start"
+            time.sleep(0.2)
+        pid = int(next(tmp.glob("**/postmaster.pid")).read_text().split()[0])
+        bench.send_signal(signal.SIGTERM)
+        assert bench.wait(timeout=120) == 128 + signal.SIGTERM
+        assert not Path(f"/proc/{pid}").exists(), "the bench left its PostgreSQL running"
+        assert not list(tmp.iterdir()), f"the bench left {sorted(p.name for p in tmp.iterdir())}"
+    finally:
+        if bench.poll() is None:
+            bench.kill()
+        shutil.rmtree(tmp, ignore_errors=True)

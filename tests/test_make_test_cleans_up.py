@@ -1,8 +1,10 @@
-"""A test session stops the PostgreSQL it started, and leaves one it found running alone."""
+"""A test session stops the PostgreSQL it started, and leaves one it found running alone; a stop
+leaves nothing behind in /tmp."""
 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -51,3 +53,27 @@ def test_a_session_stops_the_postgresql_it_started(tmp_path: Path) -> None:
         subprocess.run(
             ["bash", str(SCRIPT), "stop", str(data)], capture_output=True, timeout=120, check=False
         )
+
+
+def test_a_stop_removes_the_cluster_it_had_to_keep_in_tmp(tmp_path: Path) -> None:
+    # pytest's tmp_path is private to root (0700): the server's user cannot reach it, so the
+    # script keeps the cluster in a directory of its own under /tmp, which no caller removes.
+    data = tmp_path / "pg"
+    done = subprocess.run(
+        ["bash", str(SCRIPT), "start", str(data)], capture_output=True, text=True, check=True, timeout=200
+    )
+    try:
+        moved = re.search(r"using (/\S+)", done.stderr)
+        if moved is None:  # run as the server's own user: nothing moved to /tmp
+            assert (data / "PG_VERSION").exists()
+            return
+        fallback = Path(moved.group(1))
+        assert (fallback / "PG_VERSION").exists()
+        lock = next(Path(fallback.parent).glob(f"{fallback.name}-*.lock"))
+    finally:
+        stop = subprocess.run(
+            ["bash", str(SCRIPT), "stop", str(data)], capture_output=True, text=True, timeout=120, check=False
+        )
+    assert stop.returncode == 0, stop.stderr
+    assert not fallback.exists(), "the stop left the cluster it kept in /tmp"
+    assert not lock.exists(), "the stop left its lock file"
