@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import itertools
 import re
+import tracemalloc
 from collections.abc import Iterator
 from typing import Any
 
+import numpy as np
 import pandas as pd
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -126,3 +128,28 @@ def test_a_later_run_names_the_key_that_sent_the_value() -> None:
     assert kept["key"].tolist() == ["c", "a"]  # the value "a" sent before is still its own
     assert refused["key"].tolist() == ["b"]
     assert refused["detail"][0].startswith("its phone +1 was sent to Whippy earlier, with key 'a': ")
+
+
+def test_loading_the_stored_claims_copies_them_at_most_twice_at_its_peak() -> None:
+    # A night with a few changed rows loads every value earlier runs sent (ten million keys
+    # with a phone and an email: 320 MB of hashes); np.unique's copies of both fields at once
+    # held 3.5 times that at the worker's memory peak; one field at a time holds 1.5 times.
+    rng = np.random.default_rng(7)
+    store = MemoryStore()
+    fields = ("phone", "email")
+    for batch in range(40):
+        keys = [f"k{batch}-{i}" for i in range(5_000)]
+        store.save_claims(Claims(fields, keys, rng.integers(1, 2**63, (5_000, 2), dtype="<u8").tobytes()))
+    identities = SharedIdentities(fields, service="Whippy", store=store)
+    kept = 40 * 5_000 * len(fields) * 16  # a hash and its key's hash for every value
+    tracemalloc.start()
+    try:
+        identities.claim(
+            pd.DataFrame(
+                {"key": ["new"], "row": [0], "phone": ["+1"], "email": ["a@b"], "fingerprint": ["f"]}
+            )
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 2 * kept, peak
