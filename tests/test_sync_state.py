@@ -238,6 +238,18 @@ def test_enrolled_keys_are_this_scopes_added_keys_but_those_of_the_runs_named(
     assert state.key_count() == 8
 
 
+def test_the_last_finished_runs_rows_stand_for_the_key_count(engine: sa.Engine, state: SyncState) -> None:
+    """When the enrolled pass pays off (2% of the state read) without counting the keys, which
+    reads the whole index: some 3 s at ten million keys, on every unchanged night."""
+    assert state.last_run_rows() is None
+    state.save_run("run-1", {"rows": 1_000}, finished=True)
+    state.save_run("run-2", {"rows": 400})  # still running: not finished
+    SyncState(engine, Scope("reply", "reply_default", "1002")).save_run("run-3", {"rows": 9}, finished=True)
+    assert state.last_run_rows() == 1_000
+    state.save_run("run-2", {"rows": 1_200}, finished=True)
+    assert state.last_run_rows() == 1_200
+
+
 def test_run_outcomes_are_the_keys_a_run_wrote_last(state: SyncState) -> None:
     state.record(
         [

@@ -13,7 +13,6 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from airflow_provider_sequences.sync.hashes import HashIndex
 from airflow_provider_sequences.sync.outcomes import MISSING_KEY
 from airflow_provider_sequences.sync.prepare import PrepareSpec, prepare_chunk
 
@@ -49,16 +48,6 @@ def key_pass(chunk: pd.DataFrame, keys_only: PrepareSpec, first_row: int) -> tup
         if reason == MISSING_KEY
     }
     return keys, key_details
-
-
-def first_occurrences(hashes: _Array, seen: HashIndex) -> _Array:
-    """Which rows hold the first occurrence of their key (``hashes``: their keys' hashes) in
-    the run (``seen``: the hashes of the keys read so far, updated). The first occurrence
-    wins, whether accepted or not."""
-    earlier, _ = seen.lookup(hashes)
-    first: _Array = ~pd.Series(hashes).duplicated().to_numpy() & ~earlier
-    seen.add(hashes[first])
-    return first
 
 
 def prepare_rows(

@@ -18,8 +18,9 @@ import pandas as pd
 from airflow_provider_sequences.sync import chunk as chunks
 from airflow_provider_sequences.sync.contract import Identity, ServiceAdapter
 from airflow_provider_sequences.sync.enrolled import EnrolledKeys
-from airflow_provider_sequences.sync.hashes import HashIndex, hash_strings
+from airflow_provider_sequences.sync.hashes import hash_strings
 from airflow_provider_sequences.sync.identities import SharedIdentities
+from airflow_provider_sequences.sync.keys_read import KeysRead
 from airflow_provider_sequences.sync.lease import ScopeLease
 from airflow_provider_sequences.sync.options import SyncOptions as SyncOptions
 from airflow_provider_sequences.sync.outcomes import SyncResult, retry_when_changed
@@ -108,11 +109,9 @@ class SyncRun:
             on_settled=self.progress.batch_settled,
         )
         self.would_send: list[str] = []
-        #: Hashes of the keys read so far (see :mod:`~airflow_provider_sequences.sync.hashes`).
-        self._seen = HashIndex()
         self._key_spec = chunks.key_spec(spec)
-        self._enrolled = EnrolledKeys(
-            self._reader, run_id, enabled=not (options.full_resync or not options.incremental)
+        self._keys_read = KeysRead(
+            EnrolledKeys(self._reader, run_id, enabled=not (options.full_resync or not options.incremental))
         )
         #: Batches this run must resolve (left in flight by an earlier attempt or a dead run).
         self._left_in_flight: dict[str, list[str]] = {}
@@ -178,7 +177,7 @@ class SyncRun:
                 # or read back. Keys absent from tonight's rows stay in flight for a later run.
                 unresolved = self._unseen(self._left_in_flight_keys)
                 self._store.settle_in_flight(self._left_in_flight, self.run_id, unresolved=unresolved)
-            self._seen = HashIndex()  # a hash per key read: free it before the result is built
+            self._keys_read.forget()  # before the result is built
             if self._identities is not None:
                 self._identities.forget()  # every batch is sent and its claims stored
         except BaseException:
@@ -201,9 +200,8 @@ class SyncRun:
         chunk = chunk.reset_index(drop=True)
         keys, key_details = chunks.key_pass(chunk, self._key_spec, first_row)
         hashes = hash_strings(keys)
-        first = chunks.first_occurrences(hashes, self._seen)
+        first, enrolled = self._keys_read.take(hashes, first_row + len(chunk))
         self.result.stats["duplicates"] += int((~first).sum())
-        enrolled = first & self._enrolled.match(hashes, first_row + len(chunk))
         if enrolled.any():
             self.result.stats["unchanged"] += int(enrolled.sum())
         planned = np.flatnonzero(first & ~enrolled)
@@ -255,7 +253,7 @@ class SyncRun:
     def _unseen(self, keys: set[str]) -> list[str]:
         """The keys no row of this run had, sorted."""
         ordered = sorted(keys)
-        found, _ = self._seen.lookup(hash_strings(ordered))
+        found = self._keys_read.seen(hash_strings(ordered))
         return [key for key, seen in zip(ordered, found, strict=True) if not seen]
 
     # -- confirm and finish -------------------------------------------------------------------

@@ -30,6 +30,9 @@ class NullStore:
     def key_count(self) -> int:
         return 0
 
+    def last_run_rows(self) -> int | None:
+        return None
+
     def enrolled_keys(self, excluding: Collection[str], slice_size: int = 100_000) -> Iterator[list[str]]:
         return iter(())
 

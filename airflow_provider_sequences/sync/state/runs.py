@@ -42,6 +42,23 @@ class Runs(ScopedStore):
         with self.engine.connect() as connection:
             return connection.execute(query).first() is not None
 
+    def last_run_rows(self) -> int | None:
+        """The rows the scope's last finished run read, or ``None`` before one finished: about
+        the state's key count for a nightly export of the whole CRM, read from one row where a
+        count reads the whole index (some 3 s at ten million keys)."""
+        query = (
+            sa.select(runs_table.c.stats)
+            .where(self._where(runs_table), runs_table.c.finished.is_(True))
+            .order_by(runs_table.c.updated_at.desc())
+            .limit(1)
+        )
+        with self.engine.connect() as connection:
+            row = connection.execute(query).first()
+        if row is None:
+            return None
+        rows = json.loads(row[0]).get("rows")
+        return int(rows) if isinstance(rows, int) else None
+
     def save_run(
         self,
         run_id: str,
