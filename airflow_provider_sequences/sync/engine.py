@@ -172,6 +172,7 @@ class SyncRun:
                 self.progress.maybe_log()
             self.sender.flush(final=True)
             self.sender.drain()
+            self.recorder.flush()
             if self.writes_state and self._left_in_flight:
                 # Their keys were planned like any other this run: enrolled, refused, sent again
                 # or read back. Keys absent from tonight's rows stay in flight for a later run.

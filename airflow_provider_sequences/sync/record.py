@@ -36,6 +36,9 @@ from airflow_provider_sequences.sync.values import (
 CONFIRM_RECORD_SLICE = 20_000
 #: Pending keys read from the state at a time for a read-back (it may read them more than once).
 PENDING_SLICE = 50_000
+#: Rows refused before sending, recorded per state write: a commit per chunk cost 3 s of an
+#: unchanged night of ten million rows, which reports its 137,000 refused rows again.
+REJECT_SLICE = 20_000
 
 
 class Recorder:
@@ -58,6 +61,7 @@ class Recorder:
         self.service = service
         self.result = SyncResult()
         self.result.stats.update(unchanged=0, resumed=0)
+        self._rejected: list[KeyOutcome] = []
         #: Keys accepted but not confirmed yet, with what identifies them in a read-back. With
         #: a state only the keys an earlier run left pending: those of this run's writes are in
         #: the state (:meth:`confirm` reads them there), not held here for the whole run.
@@ -147,15 +151,23 @@ class Recorder:
             )
         )
         if self.writes_state:
-            self.store.record(
-                [KeyOutcome(k, NOT_PROCESSED, r, d, fingerprint=f) for k, r, d, f in rows], self.run_id
-            )
+            # Nothing was sent for them: a crash before they are written only makes the retry
+            # refuse them again.
+            self._rejected.extend(KeyOutcome(k, NOT_PROCESSED, r, d, fingerprint=f) for k, r, d, f in rows)
+            if len(self._rejected) >= REJECT_SLICE:
+                self.flush()
         with self._lock:
             self.counts["not_processed"] += len(rows)
             if self.writes_state:
                 return
             for key, reason, detail, _ in rows:
                 self.result.reject(key, reason, detail)
+
+    def flush(self) -> None:
+        """Write the refused rows not written yet (:meth:`reject` writes them in slices)."""
+        if self._rejected:
+            self.store.record(self._rejected, self.run_id)
+            self._rejected = []
 
     def carry(self, keys: list[str]) -> None:
         """Keys an earlier run left pending: recorded under this run too, so that its result
