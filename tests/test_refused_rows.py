@@ -9,32 +9,19 @@ import pandas as pd
 import pytest
 import sqlalchemy as sa
 
-from airflow_provider_sequences.adapters.whippy import WhippyAdapter
-from airflow_provider_sequences.hooks.whippy import WhippyHook
 from airflow_provider_sequences.sync import record
-from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
-from airflow_provider_sequences.sync.prepare import PrepareSpec
-from airflow_provider_sequences.sync.source import records_chunks
-from airflow_provider_sequences.sync.state import Scope, SyncState, create_state_engine
+from airflow_provider_sequences.sync.outcomes import SyncResult
+from airflow_provider_sequences.sync.state import create_state_engine
 from airflow_provider_sequences.testing import WhippyAccount
+from tests.whippy_nights import whippy_night
 
 pytestmark = pytest.mark.usefixtures("whippy_connection")
 
 
-def night(frame: pd.DataFrame, account: WhippyAccount, engine: sa.Engine, run_id: str) -> SyncRun:
-    adapter = WhippyAdapter(WhippyHook(), account.sequence_id, poll_interval=0.2, stable_polls=1)
-    adapter.preflight()
-    spec = PrepareSpec(
-        column_map={"crm_id": "external_id", "phone": "phone"},
-        key_column="crm_id",
-        rules=adapter.rules,
-        default_region="US",
-    )
-    state = SyncState(engine, Scope("whippy", "whippy_default", account.sequence_id))
-    run = SyncRun(adapter, spec, state, run_id, SyncOptions(batch_size=100, enrollment_timeout=30))
-    run.run(records_chunks(frame.to_dict("records"), chunk_size=100))
+def night(frame: pd.DataFrame, account: WhippyAccount, engine: sa.Engine, run_id: str) -> SyncResult:
+    run = whippy_night(frame, account, engine, run_id=run_id, batch_size=100, timeout=30)
     run.confirm()
-    return run
+    return run.finish()
 
 
 def test_an_unchanged_night_writes_its_refused_rows_in_slices(
@@ -44,12 +31,12 @@ def test_an_unchanged_night_writes_its_refused_rows_in_slices(
     rows = 3_000
     frame = pd.DataFrame({"crm_id": [f"crm-{i}" for i in range(rows)], "phone": ["not a phone"] * rows})
     engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    first = night(frame, whippy_account, engine, "night-1").finish()
+    first = night(frame, whippy_account, engine, "night-1")
     assert len(first.not_processed) == rows
 
     commits: list[int] = []
     sa.event.listen(engine, "commit", lambda _connection: commits.append(1))
-    second = night(frame, whippy_account, engine, "night-2").finish()
+    second = night(frame, whippy_account, engine, "night-2")
 
     # Every row is reported again, from the state, with what the first night said of it.
     again = second.not_processed

@@ -8,49 +8,24 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from airflow_provider_sequences.adapters.whippy import WhippyAdapter
 from airflow_provider_sequences.adapters.whippy.identities import _SEP
 from airflow_provider_sequences.adapters.whippy.readback import Waiting
-from airflow_provider_sequences.hooks.whippy import WhippyHook
 from airflow_provider_sequences.sync import record
-from airflow_provider_sequences.sync.engine import SyncOptions, SyncRun
 from airflow_provider_sequences.sync.pending import PendingSet
-from airflow_provider_sequences.sync.prepare import PrepareSpec
-from airflow_provider_sequences.sync.source import records_chunks
-from airflow_provider_sequences.sync.state import Scope, SyncState, create_state_engine
+from airflow_provider_sequences.sync.state import create_state_engine
 from airflow_provider_sequences.testing import WhippyAccount
 from airflow_provider_sequences.testing.base import BEHAVIOURS
 from airflow_provider_sequences.testing.crm import crm_frame
 from airflow_provider_sequences.testing.whippy import WhippySimulator
+from tests.whippy_nights import whippy_night
 
 pytestmark = pytest.mark.usefixtures("whippy_connection")
 
 ROWS = 20_000
-
-
-def first_night(
-    frame: pd.DataFrame, account: WhippyAccount, tmp_path: Path, *, batch_size: int, timeout: float
-) -> SyncRun:
-    """A first night of ``frame`` (a CRM export) on a SQLite state, its keys left pending."""
-    adapter = WhippyAdapter(WhippyHook(), account.sequence_id, poll_interval=0.2, stable_polls=1)
-    adapter.preflight()
-    spec = PrepareSpec(
-        column_map={"crm_id": "external_id", "phone": "phone", "email": "email"},
-        key_column="crm_id",
-        rules=adapter.rules,
-        default_region="US",
-    )
-    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
-    state = SyncState(engine, Scope("whippy", "whippy_default", account.sequence_id))
-    options = SyncOptions(batch_size=batch_size, enrollment_timeout=timeout)
-    run = SyncRun(adapter, spec, state, "night-1", options)
-    run.run(records_chunks(frame.to_dict("records"), chunk_size=batch_size))
-    return run
 
 
 @pytest.mark.parametrize("simulator_behaviour", BEHAVIOURS)
@@ -66,7 +41,8 @@ def test_a_read_back_holds_a_nights_pending_keys_as_hashes(
     With the observed behaviour, step contacts show no external id: the phone and email
     indexes are built too."""
     monkeypatch.setattr(record, "PENDING_SLICE", 1_000)
-    run = first_night(crm_frame(ROWS, bad_share=0.0), whippy_account, tmp_path, batch_size=4_000, timeout=60)
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    run = whippy_night(crm_frame(ROWS, bad_share=0.0), whippy_account, engine, batch_size=4_000, timeout=60)
     whippy_simulator.wait_idle()
     assert run.pending_count == ROWS
 
@@ -97,7 +73,8 @@ def test_keys_whippy_never_shows_are_named_not_enrolled_and_the_others_added(
     monkeypatch.setattr(record, "PENDING_SLICE", 700)
     frame = crm_frame(3_000, bad_share=0.0)
     ignored = set(frame["crm_id"].iloc[[5, 1_234, 2_999]])
-    run = first_night(frame, whippy_account, tmp_path, batch_size=1_000, timeout=3)
+    engine = create_state_engine(f"sqlite:///{tmp_path / 'state.db'}")
+    run = whippy_night(frame, whippy_account, engine, batch_size=1_000, timeout=3)
     whippy_simulator.wait_idle()
     for contact in whippy_simulator.step_contacts(whippy_account.sequence_id):
         if contact["contact"].get("external_id") in ignored:
